@@ -1,0 +1,20 @@
+"""Kiln: from data to a served model with PyTorch."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+__version__ = "0.1.0"
+__all__ = ["Run", "__version__", "load", "train"]
+
+if TYPE_CHECKING:
+    from kiln.api import Run, load, train
+
+
+def __getattr__(name: str) -> Any:
+    # Imported on first use so that `kiln --help` does not pay for torch.
+    if name in ("Run", "load", "train"):
+        from kiln import api
+
+        return getattr(api, name)
+    raise AttributeError(f"module 'kiln' has no attribute '{name}'")

@@ -1,0 +1,159 @@
+"""The Python API: `kiln.train(...)` and `kiln.load(...)`. The CLI is a thin layer over these."""
+
+from __future__ import annotations
+
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from kiln import data as kdata
+from kiln.config import RunConfig, build_config
+from kiln.engine import checkpoint
+from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard
+from kiln.engine.device import check_precision, resolve_device, seed_everything
+from kiln.engine.trainer import Trainer
+from kiln.errors import ConfigError, RunError
+from kiln.evaluate import evaluate_run
+from kiln.models import check_options, create_model, get_model
+from kiln.predict import Predictor
+from kiln.rundir import RunDir
+
+
+@dataclass
+class Run:
+    """What `kiln.train` returns: where the run went and how it scored."""
+
+    path: Path
+    config: RunConfig
+    history: list[dict[str, Any]] = field(default_factory=list)
+    test: dict[str, Any] | None = None
+
+    @property
+    def best_val_acc(self) -> float:
+        return max(row["val_acc"] for row in self.history)
+
+    @property
+    def test_acc(self) -> float | None:
+        return None if self.test is None else self.test["accuracy"]
+
+
+def resolve(cfg: RunConfig) -> RunConfig:
+    """Check model options and fill in their defaults, so config.yaml records every value."""
+    options = cfg.model.kwargs()
+    check_options(cfg.model.name, options)
+    filled = {**get_model(cfg.model.name).options(), **options}
+    tree = cfg.to_dict()
+    tree["model"] = {"name": cfg.model.name, **{k: _plain(v) for k, v in filled.items()}}
+    return RunConfig.model_validate(tree)
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, tuple) else value
+
+
+def train(
+    config: str | Path | dict[str, Any] | RunConfig | None = None,
+    *,
+    model: nn.Module | None = None,
+    callbacks: list[Callback] | None = None,
+    resume: str | Path | None = None,
+    progress: bool = True,
+    **overrides: Any,
+) -> Run:
+    """Train from a YAML path, a dict or a RunConfig, with `key=value` overrides (dots as `__`).
+
+    `model=` trains a module of your own instead of a registered one; `resume=RUN_DIR` continues
+    an interrupted run from its last checkpoint.
+    """
+    overrides = {k.replace("__", "."): v for k, v in overrides.items()}
+    if resume is not None:
+        return _resume(Path(resume), model, callbacks, progress, overrides)
+    cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
+    if isinstance(config, RunConfig) and overrides:
+        cfg = build_config(config.to_dict(), overrides)
+    if model is None:
+        cfg = resolve(cfg)
+    device = resolve_device(cfg.train.device)
+    check_precision(cfg.train.precision, device)
+    bundle = kdata.build(cfg.data)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    net = model if model is not None else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
+    run = RunDir.create(cfg)
+    run.write_config(cfg)
+    run.write_info(bundle.info, cfg, _describe(bundle, net, device))
+    return _fit(cfg, net, bundle, run, device, callbacks, progress, resume_state=None)
+
+
+def _resume(
+    path: Path, model: nn.Module | None, callbacks, progress: bool, overrides: dict[str, Any]
+) -> Run:
+    run = RunDir.open(path)
+    cfg = run.load_config()
+    unsupported = [k for k in overrides if k not in ("train.epochs", "epochs")]
+    if unsupported:
+        raise ConfigError(
+            f"--resume continues a run with its saved config; only train.epochs can be changed "
+            f"(got {', '.join(unsupported)})"
+        )
+    state = checkpoint.load(run.checkpoint("last"))
+    if overrides:
+        cfg = build_config(cfg.to_dict(), overrides)
+        if cfg.train.epochs <= state["epoch"]:
+            raise ConfigError(f"train.epochs={cfg.train.epochs}: the run already finished {state['epoch']}")
+    elif state["epoch"] >= cfg.train.epochs:
+        raise RunError(f"{run.path} already finished all {cfg.train.epochs} epochs; nothing to resume")
+    device = resolve_device(cfg.train.device)
+    bundle = kdata.build(cfg.data)
+    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    net = model if model is not None else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
+    if overrides:
+        run.write_config(cfg)
+    return _fit(cfg, net, bundle, run, device, callbacks, progress, resume_state=state)
+
+
+def _fit(cfg, net, bundle, run: RunDir, device, callbacks, progress, resume_state) -> Run:
+    started = time.perf_counter()
+    purge = resume_state["epoch"] + 1 if resume_state else None
+    cbs = ([ProgressBar()] if progress else []) + [TensorBoard(str(run.tb), purge)] + list(callbacks or [])
+    trainer = Trainer(cfg, net, bundle, run, device, cbs)
+    if progress:
+        n = sum(p.numel() for p in net.parameters())
+        verb = "Resuming" if resume_state else "Training"
+        print(
+            f"{verb} {cfg.model.name} ({n:,} parameters) on {cfg.data.name} "
+            f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> {run.path}",
+            flush=True,
+        )
+    history = trainer.fit(resume=resume_state)
+    best = trainer.early_stop
+    net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
+    test_loss, test_acc = trainer.evaluate(trainer.loader(bundle.test))
+    if progress:
+        print(
+            f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} {best.best:.4f} at "
+            f"epoch {best.best_epoch}; final val acc {history[-1]['val_acc']:.2%}; "
+            f"test acc {test_acc:.2%} (loss {test_loss:.4f}, best checkpoint)",
+            flush=True,
+        )
+    test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)
+    if progress:
+        print(f"Run directory: {run.path}", flush=True)
+    return Run(path=run.path, config=cfg, history=history, test=test)
+
+
+def _describe(bundle: kdata.DataBundle, net: nn.Module, device) -> dict[str, Any]:
+    return {
+        "samples": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)},
+        "parameters": sum(p.numel() for p in net.parameters()),
+        "device": str(device),
+        "command": " ".join(sys.argv),
+    }
+
+
+def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Predictor:
+    """A Predictor for a finished (or interrupted) run: `.predict(images)`."""
+    return Predictor.from_run(run_dir, checkpoint, device)

@@ -1,0 +1,196 @@
+"""The `kiln` command: each verb parses its arguments and hands over to the library."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kiln.errors import KilnError
+
+EPILOG_TRAIN = """examples:
+  kiln train                                   digits + mlp, the defaults
+  kiln train recipes/mnist-cnn.yaml epochs=2   a recipe with an override
+  kiln train data=fashion-mnist model=mlp model.hidden=[512,512] lr=3e-3
+  kiln train --resume runs/mnist-cnn           continue an interrupted run
+aliases: data model epochs batch lr device seed name"""
+
+
+def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
+    """`[CONFIG.yaml] [key=value ...]` -> (config path or None, overrides)."""
+    config, overrides = None, []
+    for i, arg in enumerate(args):
+        if "=" in arg:
+            overrides.append(arg)
+        elif i == 0:
+            config = arg
+        else:
+            raise KilnError(f"unexpected argument '{arg}': overrides look like key=value")
+    return config, overrides
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    import kiln
+
+    config, overrides = split_config_args(ns.args)
+    if ns.resume:
+        if config:
+            raise KilnError("--resume takes its config from the run; do not pass a config file too")
+        from kiln.config import parse_override
+
+        kiln.train(resume=ns.resume, **dict(map(parse_override, overrides)))
+        return 0
+    from kiln.config import build_config
+
+    kiln.train(build_config(config, overrides))
+    return 0
+
+
+def cmd_config_show(ns: argparse.Namespace) -> int:
+    from kiln.api import resolve
+    from kiln.config import build_config
+
+    config, overrides = split_config_args(ns.args)
+    print(resolve(build_config(config, overrides)).to_yaml(), end="")
+    return 0
+
+
+def cmd_list(ns: argparse.Namespace) -> int:
+    table = Table(show_header=True, header_style="bold")
+    table.add_column("name")
+    table.add_column("description")
+    if ns.what == "datasets":
+        from kiln.data import DATASETS
+
+        for name, entry in sorted(DATASETS.items()):
+            table.add_row(name, entry.description)
+    else:
+        from kiln.models import MODELS
+
+        table.add_column("options")
+        for name, entry in sorted(MODELS.items()):
+            opts = ", ".join(f"{k}={v!r}" for k, v in entry.options().items())
+            table.add_row(name, entry.description, opts or "-")
+    Console().print(table)
+    return 0
+
+
+def cmd_eval(ns: argparse.Namespace) -> int:
+    from kiln.evaluate import evaluate_run
+    from kiln.rundir import RunDir
+
+    run = RunDir.open(ns.run)
+    result = evaluate_run(run, ns.split, ns.checkpoint)
+    if ns.json:
+        keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted",
+                "per_class", "confusion_matrix")  # fmt: skip
+        print(json.dumps({k: result[k] for k in keys} | {"split": ns.split, "samples": result["samples"]}))
+        return 0
+    print_eval(result)
+    return 0
+
+
+def print_eval(result: dict) -> None:
+    console = Console()
+    console.print(
+        f"[bold]{result['run']}[/] {result['split']} split, {result['checkpoint']} checkpoint "
+        f"(epoch {result['epoch']}), {result['samples']:,} samples"
+    )
+    summary = Table("metric", "value")
+    for key in ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
+                "precision_weighted", "recall_weighted", "f1_weighted"):  # fmt: skip
+        summary.add_row(key, f"{result[key]:.4f}")
+    console.print(summary)
+    per_class = Table("class", "precision", "recall", "f1", "support")
+    for row in result["per_class"]:
+        per_class.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}",
+                          f"{row['f1']:.4f}", str(row["support"]))  # fmt: skip
+    console.print(per_class)
+    names = [r["class"] for r in result["per_class"]]
+    cm = Table("true \\ pred", *names, title="confusion matrix")
+    for name, counts in zip(names, result["confusion_matrix"], strict=True):
+        cm.add_row(name, *map(str, counts))
+    console.print(cm)
+    console.print(f"saved to {Path(result['run']) / ('eval-' + result['split'] + '.json')}")
+
+
+def cmd_predict(ns: argparse.Namespace) -> int:
+    import kiln
+    from kiln.predict import expand_paths
+
+    predictor = kiln.load(ns.run, ns.checkpoint)
+    files = expand_paths(ns.paths)
+    results = []
+    for begin in range(0, len(files), 256):
+        results += predictor.predict(files[begin : begin + 256], top_k=ns.top_k)
+    if ns.json:
+        print(json.dumps(results))
+        return 0
+    for r in results:
+        ranked = "  ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
+        print(f"{r['file']}: {ranked}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="kiln", description="Kiln: train, evaluate and predict with PyTorch."
+    )
+    from kiln import __version__
+
+    parser.add_argument("--version", action="version", version=f"kiln {__version__}")
+    verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
+
+    p = verbs.add_parser(
+        "train", help="train a model", description="Train a model from a config and overrides.",
+        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
+    )  # fmt: skip
+    p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from checkpoints/last.pt")
+    p.set_defaults(func=cmd_train)
+
+    p = verbs.add_parser("config", help="show the resolved config")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = sub.add_parser("show", help="print the fully resolved config (every default filled in)")
+    show.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
+    show.set_defaults(func=cmd_config_show)
+
+    p = verbs.add_parser("list", help="list datasets or models")
+    p.add_argument("what", choices=["datasets", "models"])
+    p.set_defaults(func=cmd_list)
+
+    p = verbs.add_parser("eval", help="evaluate a run on its test or validation split")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--split", default="test", choices=["test", "val"])
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_eval)
+
+    p = verbs.add_parser("predict", help="classify image files or folders with a trained run")
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("paths", nargs="+", metavar="PATH")
+    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    ns = build_parser().parse_args(argv)
+    try:
+        return ns.func(ns)
+    except KilnError as exc:
+        print(f"error: {exc}" if exc.exit_code != 130 else str(exc), file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("Interrupted.", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,240 @@
+"""RunConfig: the one validated description of a run (YAML file + dotted overrides).
+
+Every key has a default, so `kiln train` with nothing else is a complete run. Validation happens
+before any data is read, and each error names the key that is wrong.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from kiln.errors import ConfigError
+
+OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+SCHEDULERS = ("none", "step", "cosine", "onecycle")
+
+# Short names for the keys people type most.
+ALIASES = {
+    "data": "data.name",
+    "model": "model.name",
+    "epochs": "train.epochs",
+    "batch": "data.batch_size",
+    "lr": "optim.lr",
+    "device": "train.device",
+    "seed": "train.seed",
+    "name": "run.name",
+}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class DataConfig(_Section):
+    name: str = "digits"
+    root: str | None = None
+    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    batch_size: int = Field(64, ge=1)
+    eval_batch_size: int = Field(1024, ge=1)
+    normalize: bool = True
+    subset: int | None = Field(None, ge=1, description="use only this many training samples")
+
+
+class ModelConfig(BaseModel):
+    """`name` picks a registered model; every other key is passed to its builder."""
+
+    model_config = ConfigDict(extra="allow")
+    name: str = "mlp"
+
+    def kwargs(self) -> dict[str, Any]:
+        return dict(self.model_extra or {})
+
+
+class OptimConfig(_Section):
+    name: str = "adam"
+    lr: float = Field(1e-3, gt=0.0)
+    momentum: float = Field(0.9, ge=0.0, lt=1.0)
+    nesterov: bool = False
+    weight_decay: float = Field(0.0, ge=0.0)
+    l1: float = Field(0.0, ge=0.0)
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v.lower() not in OPTIMIZERS:
+            raise ValueError(f"unknown optimizer '{v}'; choose one of: {', '.join(OPTIMIZERS)}")
+        return v.lower()
+
+
+class SchedConfig(_Section):
+    name: str = "onecycle"
+    warmup_epochs: float = Field(0.0, ge=0.0)
+    step_size: int = Field(10, ge=1, description="epochs between decays (step)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (step)")
+
+    @field_validator("name")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        if v.lower() not in SCHEDULERS:
+            raise ValueError(f"unknown scheduler '{v}'; choose one of: {', '.join(SCHEDULERS)}")
+        return v.lower()
+
+
+class EarlyStopConfig(_Section):
+    monitor: str = "val_acc"
+    patience: int | None = Field(None, ge=1, description="epochs without improvement; off if unset")
+
+    @field_validator("monitor")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        allowed = ("val_acc", "val_loss", "train_acc", "train_loss")
+        if v not in allowed:
+            raise ValueError(f"unknown metric '{v}'; choose one of: {', '.join(allowed)}")
+        return v
+
+    @property
+    def mode(self) -> Literal["min", "max"]:
+        return "min" if self.monitor.endswith("loss") else "max"
+
+
+class TrainConfig(_Section):
+    epochs: int = Field(20, ge=1)
+    device: str = "auto"
+    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    seed: int = 0
+    deterministic: bool = False
+    grad_clip: float | None = Field(None, gt=0.0)
+    label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    early_stop: EarlyStopConfig = EarlyStopConfig()
+
+    @field_validator("device")
+    @classmethod
+    def _known(cls, v: str) -> str:
+        head = v.split(":")[0]
+        if head not in ("auto", "cpu", "cuda", "mps"):
+            raise ValueError(f"unknown device '{v}'; use auto, cpu, cuda, cuda:N or mps")
+        return v
+
+
+class RunSection(_Section):
+    name: str | None = None
+    dir: str = "runs"
+
+
+class RunConfig(_Section):
+    task: str = "classify"
+    data: DataConfig = DataConfig()
+    model: ModelConfig = ModelConfig()
+    optim: OptimConfig = OptimConfig()
+    sched: SchedConfig = SchedConfig()
+    train: TrainConfig = TrainConfig()
+    run: RunSection = RunSection()
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for i, part in enumerate(parts[:-1]):
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            where = ".".join(parts[: i + 1])
+            raise ConfigError(f"cannot set '{key}': '{where}' is a value, not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def parse_override(text: str) -> tuple[str, Any]:
+    """`key=value` with the value parsed as YAML, so lists and booleans work on the command line."""
+    if "=" not in text:
+        raise ConfigError(f"override '{text}' is not of the form key=value (e.g. optim.lr=3e-3)")
+    key, raw = text.split("=", 1)
+    key = key.strip()
+    if not key:
+        raise ConfigError(f"override '{text}' has no key before '='")
+    key = ALIASES.get(key, key)
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"override '{text}': value is not valid YAML ({exc})") from None
+    return key, value
+
+
+def read_yaml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file '{path}' does not exist")
+    try:
+        data = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{path}:{mark.line + 1}" if mark else str(path)
+        raise ConfigError(f"{where}: not valid YAML ({getattr(exc, 'problem', exc)})") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: the top level must be a mapping of sections (data, model, ...)")
+    return data
+
+
+def _format_errors(exc: ValidationError, source: str) -> str:
+    lines = []
+    for err in exc.errors():
+        key = ".".join(str(p) for p in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            section = key.rsplit(".", 1)[0] if "." in key else None
+            valid = _valid_keys(section)
+            msg = f"unknown key; valid keys here: {', '.join(valid)}"
+        elif "input" in err and err["type"] != "missing":
+            msg = f"{msg} (got {err['input']!r})"
+        lines.append(f"  {key}: {msg}")
+    return f"invalid config ({source}):\n" + "\n".join(lines)
+
+
+def _valid_keys(section: str | None) -> list[str]:
+    model: type[BaseModel] = RunConfig
+    for part in (section.split(".") if section else []):
+        field = model.model_fields.get(part)
+        if field is None or not isinstance(field.annotation, type):
+            return []
+        model = field.annotation
+    return list(model.model_fields)
+
+
+def build_config(
+    source: str | Path | dict[str, Any] | None = None,
+    overrides: list[str] | dict[str, Any] | None = None,
+) -> RunConfig:
+    """Merge a YAML file (or dict) with overrides and validate the result."""
+    if source is None:
+        tree: dict[str, Any] = {}
+        label = "defaults"
+    elif isinstance(source, dict):
+        tree = _copy_tree(source)
+        label = "dict"
+    else:
+        tree = read_yaml(source)
+        label = str(source)
+    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    for key, value in items:
+        _set_dotted(tree, ALIASES.get(key, key), value)
+    if overrides:
+        label += " + overrides"
+    try:
+        return RunConfig.model_validate(tree)
+    except ValidationError as exc:
+        raise ConfigError(_format_errors(exc, label)) from None
+
+
+def _copy_tree(tree: dict[str, Any]) -> dict[str, Any]:
+    return {k: _copy_tree(v) if isinstance(v, dict) else v for k, v in tree.items()}

@@ -1,0 +1,65 @@
+"""Optimizers and learning-rate schedules from the config. Schedules step once per batch."""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+from kiln.config import OptimConfig, SchedConfig
+
+
+def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    wd = cfg.weight_decay
+    if cfg.name == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            weight_decay=wd,
+        )  # fmt: skip
+    if cfg.name == "adam":
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.name == "adamw":
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd)
+    if cfg.name == "rmsprop":
+        return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
+    if cfg.name == "adagrad":
+        return torch.optim.Adagrad(params, lr=cfg.lr, weight_decay=wd)
+    raise AssertionError(cfg.name)  # the config validator already rejected anything else
+
+
+def build_scheduler(
+    cfg: SchedConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+) -> torch.optim.lr_scheduler.LRScheduler:
+    total = steps_per_epoch * epochs
+    warmup = int(cfg.warmup_epochs * steps_per_epoch)
+    if cfg.name == "onecycle":
+        group = optimizer.param_groups[0]
+        cycle_momentum = group.get("momentum", 0) > 0 or "betas" in group
+        pct = min(max(warmup / total, 0.01), 0.99) if warmup else 0.25
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
+            pct_start=pct, cycle_momentum=cycle_momentum,
+        )  # fmt: skip
+    return torch.optim.lr_scheduler.LambdaLR(
+        optimizer, _LrFactor(cfg.name, warmup, total, steps_per_epoch * cfg.step_size, cfg.gamma)
+    )
+
+
+class _LrFactor:
+    """Linear warmup, then constant, step decay or cosine decay, as a factor of the base lr."""
+
+    def __init__(self, name: str, warmup: int, total: int, step_every: int, gamma: float):
+        self.name, self.warmup, self.total = name, warmup, total
+        self.step_every, self.gamma = step_every, gamma
+
+    def __call__(self, step: int) -> float:
+        if step < self.warmup:
+            return (step + 1) / self.warmup
+        if self.name == "step":
+            return self.gamma ** (step // self.step_every)
+        if self.name == "cosine":
+            progress = (step - self.warmup) / max(1, self.total - self.warmup)
+            return 0.5 * (1.0 + math.cos(math.pi * min(progress, 1.0)))
+        return 1.0

@@ -1,0 +1,281 @@
+"""The training loop. Read it top to bottom: `fit` runs epochs, `train_epoch` runs batches.
+
+Everything a resumed run needs (weights, optimizer, schedule, RNG, early stopping, history and,
+when interrupted mid-epoch, the position in the epoch) goes into `checkpoints/last.pt`, so that a
+resumed run ends with exactly the weights an uninterrupted one would.
+"""
+
+from __future__ import annotations
+
+import signal
+import threading
+import time
+from typing import Any
+
+import torch
+from torch import nn
+
+from kiln.config import RunConfig
+from kiln.data import DataBundle, MemoryLoader, Normalize
+from kiln.engine import checkpoint
+from kiln.engine.callbacks import Callback
+from kiln.engine.device import autocast
+from kiln.engine.optim import build_optimizer, build_scheduler
+from kiln.errors import KilnError
+from kiln.rundir import RunDir
+from kiln.tasks import ClassifyTask
+
+
+class TrainingInterrupted(KilnError):
+    exit_code = 130
+
+
+class EarlyStopping:
+    """Tracks the monitored metric: the best value, its epoch, and epochs without improvement."""
+
+    def __init__(self, monitor: str, mode: str, patience: int | None):
+        self.monitor, self.mode, self.patience = monitor, mode, patience
+        self.best: float | None = None
+        self.best_epoch = 0
+        self.bad_epochs = 0
+
+    def update(self, value: float, epoch: int) -> bool:
+        """Record an epoch's value; True when it is a new best."""
+        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        if better:
+            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
+        else:
+            self.bad_epochs += 1
+        return better
+
+    @property
+    def should_stop(self) -> bool:
+        return self.patience is not None and self.bad_epochs >= self.patience
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.best, self.best_epoch = state["best"], state["best_epoch"]
+        self.bad_epochs = state["bad_epochs"]
+
+
+class StopRequest:
+    """First Ctrl-C asks the loop to stop at the next safe point; a second one stops at once."""
+
+    def __init__(self):
+        self.requested = False
+        self.previous = None
+
+    def __enter__(self) -> StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+        return self
+
+    def _handle(self, signum, frame) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: RunConfig,
+        model: nn.Module,
+        data: DataBundle,
+        run: RunDir,
+        device: torch.device,
+        callbacks: list[Callback] = (),
+    ):
+        self.cfg, self.data, self.run, self.device = cfg, data, run, device
+        self.epochs = cfg.train.epochs
+        self.callbacks = list(callbacks)
+        self.model = model.to(device)
+        self.task = ClassifyTask(cfg.train.label_smoothing)
+
+        self.generator = torch.Generator().manual_seed(cfg.train.seed)
+        self.normalize = Normalize(data.info.mean, data.info.std, device)
+        self.train_loader = MemoryLoader(
+            data.train, cfg.data.batch_size, self.normalize, device, shuffle=True, generator=self.generator
+        )
+        self.val_loader = self.loader(data.val)
+        self.steps_per_epoch = len(self.train_loader)
+
+        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.scheduler = build_scheduler(cfg.sched, self.optimizer, self.steps_per_epoch, self.epochs)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+        es = cfg.train.early_stop
+        self.early_stop = EarlyStopping(es.monitor, es.mode, es.patience)
+        self.history: list[dict[str, Any]] = []
+        self.start_epoch = 0  # epochs already completed (non-zero when resuming)
+        self.start_step = 0  # batches already done in the next epoch (mid-epoch resume)
+        self._reset_totals()
+
+    def loader(self, split) -> MemoryLoader:
+        """An evaluation loader over any split, with the training normalization."""
+        return MemoryLoader(split, self.cfg.data.eval_batch_size, self.normalize, self.device)
+
+    # The loop ----------------------------------------------------------------------------------
+    def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+        if resume is not None:
+            self.load_state(resume)
+        with StopRequest() as stop:
+            self.stop = stop
+            self._call("on_fit_start")
+            try:
+                for epoch in range(self.start_epoch + 1, self.epochs + 1):
+                    row = self.run_epoch(epoch)
+                    self.end_epoch(epoch, row)
+                    if self.early_stop.should_stop:
+                        print(
+                            f"Early stopping: {self.early_stop.monitor} has not improved for "
+                            f"{self.early_stop.bad_epochs} epochs (best {self.early_stop.best:.4f} "
+                            f"at epoch {self.early_stop.best_epoch})"
+                        )
+                        break
+                    if stop.requested:
+                        self.interrupt(epoch, self.steps_per_epoch)
+            finally:
+                self._call("on_fit_end")
+        return self.history
+
+    def run_epoch(self, epoch: int) -> dict[str, Any]:
+        self._call("on_epoch_start", epoch)
+        epoch_rng = self.generator.get_state()  # replaying from here redraws this epoch's order
+        order = self.train_loader.order()
+        start, self.start_step = self.start_step, 0
+        started = time.perf_counter() - self.seconds
+        self.model.train()
+        for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
+            loss, logits = self.train_step(x, y)
+            self.loss_sum += loss * len(y)
+            self.correct += self.task.correct(logits, y)
+            self.seen += len(y)
+            self.seconds = time.perf_counter() - started
+            self._call("on_batch_end", epoch, step)
+            if self.stop.requested:
+                self.interrupt(epoch, step + 1, epoch_rng)
+        train_seconds = time.perf_counter() - started
+        val_loss, val_acc = self.evaluate(self.val_loader)
+        row = {
+            "epoch": epoch,
+            "train_loss": float(self.loss_sum) / self.seen,
+            "train_acc": float(self.correct) / self.seen,
+            "val_loss": val_loss,
+            "val_acc": val_acc,
+            "lr": self.optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - started, 3),
+            "samples_per_s": round(self.seen / train_seconds, 1),
+        }
+        self._reset_totals()
+        return row
+
+    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        with autocast(self.cfg.train.precision, self.device):
+            logits = self.model(x)
+            loss = self.task.train_loss(logits, y)
+            total = loss + self.l1_penalty() if self.cfg.optim.l1 else loss
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scaler.scale(total).backward()
+        if self.cfg.train.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.scheduler.step()
+        return loss.detach(), logits.detach()
+
+    def l1_penalty(self) -> torch.Tensor:
+        return self.cfg.optim.l1 * sum(p.abs().sum() for p in self.model.parameters() if p.requires_grad)
+
+    @torch.inference_mode()
+    def evaluate(self, loader: MemoryLoader) -> tuple[float, float]:
+        self.model.eval()
+        loss_sum = torch.zeros((), device=self.device)
+        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        for x, y in loader:
+            with autocast(self.cfg.train.precision, self.device):
+                logits = self.model(x)
+            loss_sum += self.task.eval_loss(logits.float(), y)
+            correct += self.task.correct(logits, y)
+        n = max(loader.num_samples, 1)
+        return float(loss_sum) / n, float(correct) / n
+
+    def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        self.history.append(row)
+        monitored = row[self.early_stop.monitor]
+        if self.early_stop.update(monitored, epoch):
+            best = {"model": self.model.state_dict(), "epoch": epoch, self.early_stop.monitor: monitored}
+            checkpoint.save(best, self.run.checkpoint("best"))
+        checkpoint.save(self.state(epoch, step=0, epoch_rng=None), self.run.checkpoint("last"))
+        self.run.write_metrics(self.history)
+        self._call("on_epoch_end", epoch, row)
+
+    # Interrupt and resume ----------------------------------------------------------------------
+    def interrupt(self, epoch: int, step: int, epoch_rng: torch.Tensor | None = None) -> None:
+        """Save the exact position (mid-epoch when `epoch_rng` is given) and stop."""
+        if epoch_rng is not None:
+            checkpoint.save(self.state(epoch - 1, step, epoch_rng), self.run.checkpoint("last"))
+            where = f"during epoch {epoch} (batch {step}/{self.steps_per_epoch})"
+        else:
+            where = f"after epoch {epoch}"
+        raise TrainingInterrupted(
+            f"Interrupted {where}; state saved to {self.run.checkpoint('last')}.\n"
+            f"Resume with: kiln train --resume {self.run.path}"
+        )
+
+    def state(self, epochs_done: int, step: int, epoch_rng: torch.Tensor | None) -> dict[str, Any]:
+        rng = checkpoint.rng_state(self.generator)
+        if epoch_rng is not None:
+            rng["data"] = epoch_rng
+        partial = None
+        if step:
+            partial = {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
+                       "seconds": self.seconds}  # fmt: skip
+        return {
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "epoch": epochs_done,
+            "step": step,
+            "partial": partial,
+            "rng": rng,
+            "early_stop": self.early_stop.state_dict(),
+            "history": self.history,
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.early_stop.load_state_dict(state["early_stop"])
+        self.history = list(state["history"])
+        self.start_epoch, self.start_step = state["epoch"], state["step"]
+        if state["partial"]:
+            p = state["partial"]
+            self.loss_sum, self.correct = p["loss_sum"].to(self.device), p["correct"].to(self.device)
+            self.seen, self.seconds = p["seen"], p["seconds"]
+        checkpoint.restore_rng(state["rng"], self.generator)
+
+    # Helpers -----------------------------------------------------------------------------------
+    def running_stats(self) -> tuple[float, float, float]:
+        """Loss, accuracy and samples/s so far this epoch (for the progress bar)."""
+        n = max(self.seen, 1)
+        return float(self.loss_sum) / n, float(self.correct) / n, self.seen / max(self.seconds, 1e-9)
+
+    def _reset_totals(self) -> None:
+        self.loss_sum = torch.zeros((), device=self.device)
+        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.seen = 0
+        self.seconds = 0.0
+
+    def _call(self, hook: str, *args: Any) -> None:
+        for cb in self.callbacks:
+            getattr(cb, hook)(self, *args)

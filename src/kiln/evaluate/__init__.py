@@ -1,0 +1,63 @@
+"""Evaluate a run on a split: rebuilds model and data from the run directory alone."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+
+from kiln import data as kdata
+from kiln.data import MemoryLoader, Normalize
+from kiln.engine import checkpoint
+from kiln.errors import ConfigError
+from kiln.rundir import RunDir
+
+SPLITS = ("test", "val")
+
+
+@torch.inference_mode()
+def collect_logits(
+    model: torch.nn.Module, loader: MemoryLoader
+) -> tuple[torch.Tensor, torch.Tensor]:
+    model.eval()
+    outs, labels = [], []
+    for x, y in loader:
+        outs.append(model(x).float().cpu())
+        labels.append(y.cpu())
+    return torch.cat(outs), torch.cat(labels)
+
+
+def evaluate_run(
+    run: RunDir,
+    split: str = "test",
+    which: str = "best",
+    model: torch.nn.Module | None = None,
+    bundle: kdata.DataBundle | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Metrics for `split` with checkpoint `which`; saved as eval-<split>.json in the run."""
+    from kiln.evaluate.metrics import classification_metrics  # torchmetrics is slow to import
+    from kiln.predict import load_model
+
+    if split not in SPLITS:
+        raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
+    cfg = run.load_config()
+    info = run.data_info()
+    if model is None:
+        model, ckpt_epoch = load_model(run, which, device)
+    else:
+        ckpt_epoch = checkpoint.load(run.checkpoint(which)).get("epoch")
+    if bundle is None:
+        bundle = kdata.build(cfg.data)
+    chosen = bundle.test if split == "test" else bundle.val
+    loader = MemoryLoader(chosen, cfg.data.eval_batch_size, Normalize(info.mean, info.std, device), device)
+    logits, labels = collect_logits(model.to(device), loader)
+    result = {
+        "run": str(run.path),
+        "split": split,
+        "checkpoint": which,
+        "epoch": ckpt_epoch,
+        **classification_metrics(logits, labels, info.classes),
+    }
+    run.write_json(f"eval-{split}.json", result)
+    return result

@@ -1,0 +1,132 @@
+"""Prediction from a run directory: the run's own preprocessing, applied to any image."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from kiln.data.builtin import IMAGE_SUFFIXES
+from kiln.data.registry import DataInfo
+from kiln.engine import checkpoint
+from kiln.errors import KilnError, RunError
+from kiln.models import create_model
+from kiln.rundir import RunDir
+
+ImageLike = str | Path | Image.Image | torch.Tensor
+
+
+def load_model(run: RunDir, which: str = "best", device: str | torch.device = "cpu"):
+    """Rebuild the model from the saved config and load its weights (never unpickled code)."""
+    if which not in ("best", "last"):
+        raise KilnError(f"--checkpoint must be 'best' or 'last', got '{which}'")
+    cfg = run.load_config()
+    info = run.data_info()
+    model = create_model(cfg.model.name, info, **cfg.model.kwargs())
+    state = checkpoint.load(run.checkpoint(which), map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise RunError(f"{run.checkpoint(which)} does not match the run's model ({first})") from None
+    return model.to(device).eval(), state.get("epoch")
+
+
+def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
+    """Files as given; folders expanded to the images inside them (recursively, sorted)."""
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                raise KilnError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise KilnError(f"{p} does not exist")
+    return out
+
+
+def open_image(path: Path) -> Image.Image:
+    try:
+        with Image.open(path) as im:
+            im.load()
+            return ImageOps.exif_transpose(im)
+    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
+        raise KilnError(f"cannot read image {path}: {exc}") from None
+
+
+class Predictor:
+    """`kiln.load(run_dir)` returns one: `.predict(images)` gives top-k classes with probabilities."""
+
+    def __init__(self, model: torch.nn.Module, info: DataInfo, device: str | torch.device = "cpu"):
+        self.model, self.info, self.device = model.eval(), info, torch.device(device)
+        self.mean = torch.tensor(info.mean).view(-1, 1, 1)
+        self.std = torch.tensor(info.std).view(-1, 1, 1)
+
+    @classmethod
+    def from_run(cls, run_dir: str | Path, which: str = "best", device: str = "cpu") -> Predictor:
+        run = RunDir.open(run_dir)
+        model, _ = load_model(run, which, device)
+        return cls(model, run.data_info(), device)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.info.classes
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        """Any image -> normalized float tensor (C, H, W) in the run's channels and size."""
+        if isinstance(image, (str, Path)):
+            image = open_image(Path(image))
+        if isinstance(image, Image.Image):
+            mode = "L" if self.info.channels == 1 else "RGB"
+            if image.mode in ("RGBA", "LA", "P"):  # composite transparency onto black
+                image = image.convert("RGBA")
+                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
+                image = Image.alpha_composite(background, image)
+            image = image.convert(mode)
+            if image.size != (self.info.width, self.info.height):
+                image = image.resize((self.info.width, self.info.height), Image.Resampling.BILINEAR)
+            array = np.asarray(image, dtype=np.uint8)
+            tensor = torch.from_numpy(array.copy()).view(self.info.height, self.info.width, -1)
+            tensor = tensor.permute(2, 0, 1)
+        elif isinstance(image, torch.Tensor):
+            tensor = image
+            if tensor.dim() == 2:
+                tensor = tensor.unsqueeze(0)
+            if tuple(tensor.shape) != self.info.input_shape:
+                raise KilnError(
+                    f"tensor of shape {tuple(tensor.shape)} does not match the run's input "
+                    f"{self.info.input_shape}; pass an image or a tensor of that shape"
+                )
+        else:
+            raise KilnError(f"cannot predict on {type(image).__name__}: pass a path, PIL image or tensor")
+        x = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+        return (x - self.mean) / self.std
+
+    @torch.inference_mode()
+    def predict_proba(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
+        return self.model(batch).float().softmax(dim=1).cpu()
+
+    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 3) -> list[dict[str, Any]]:
+        single = isinstance(images, (str, Path, Image.Image)) or (
+            isinstance(images, torch.Tensor) and images.dim() <= 3
+        )
+        items = [images] if single else list(images)
+        probs = self.predict_proba(items)
+        k = max(1, min(top_k, len(self.classes)))
+        top_p, top_i = probs.topk(k, dim=1)
+        results = []
+        for item, ps, idx in zip(items, top_p.tolist(), top_i.tolist(), strict=True):
+            top = [{"label": self.classes[i], "probability": round(p, 6)} for p, i in zip(ps, idx, strict=True)]
+            entry = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+            if isinstance(item, (str, Path)):
+                entry = {"file": str(item), **entry}
+            results.append(entry)
+        return results

@@ -1,0 +1,165 @@
+"""The run directory: the one artifact everything after training reads.
+
+    runs/<name>/config.yaml  info.json  metrics.csv  checkpoints/{last,best}.pt  tb/  eval-*.json
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import platform
+import subprocess
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+from kiln.config import RunConfig, build_config
+from kiln.data.registry import DataInfo
+from kiln.errors import ConfigError, RunError
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+class RunDir:
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+
+    # Paths -----------------------------------------------------------------------------------
+    @property
+    def config_path(self) -> Path:
+        return self.path / "config.yaml"
+
+    @property
+    def info_path(self) -> Path:
+        return self.path / "info.json"
+
+    @property
+    def metrics_path(self) -> Path:
+        return self.path / "metrics.csv"
+
+    @property
+    def checkpoints(self) -> Path:
+        return self.path / "checkpoints"
+
+    @property
+    def tb(self) -> Path:
+        return self.path / "tb"
+
+    def checkpoint(self, which: str = "last") -> Path:
+        return self.checkpoints / f"{which}.pt"
+
+    # Creating ---------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, cfg: RunConfig) -> RunDir:
+        """A fresh folder: runs/NAME, or runs/NAME-2, -3, ... when the name is taken."""
+        base = Path(cfg.run.dir).expanduser()
+        name = cfg.run.name or f"{cfg.data.name}-{cfg.model.name}"
+        if "/" in name or name in (".", ".."):
+            raise ConfigError(f"run.name '{name}' must be a plain folder name, without '/'")
+        base.mkdir(parents=True, exist_ok=True)
+        for n in range(1, 10_000):
+            path = base / (name if n == 1 else f"{name}-{n}")
+            try:
+                path.mkdir()
+            except FileExistsError:
+                continue
+            return cls(path)
+        raise RunError(f"too many runs named '{name}' in {base}; choose another run.name")
+
+    def write_config(self, cfg: RunConfig) -> None:
+        write_text_atomic(self.config_path, cfg.to_yaml())
+
+    def write_info(self, info: DataInfo, cfg: RunConfig, extra: dict[str, Any]) -> None:
+        payload = {
+            **info.to_dict(),
+            "input_shape": list(info.input_shape),
+            "seed": cfg.train.seed,
+            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            "versions": versions(),
+            "git_commit": git_commit(),
+            **extra,
+        }
+        write_text_atomic(self.info_path, json.dumps(payload, indent=2) + "\n")
+
+    def write_metrics(self, history: list[dict[str, Any]]) -> None:
+        if not history:
+            return
+        buf = io.StringIO()
+        writer = csv.DictWriter(buf, fieldnames=list(history[0]))
+        writer.writeheader()
+        writer.writerows(history)
+        write_text_atomic(self.metrics_path, buf.getvalue())
+
+    def write_json(self, name: str, payload: dict[str, Any]) -> Path:
+        path = self.path / name
+        write_text_atomic(path, json.dumps(payload, indent=2) + "\n")
+        return path
+
+    # Reading ----------------------------------------------------------------------------------
+    @classmethod
+    def open(cls, path: str | Path) -> RunDir:
+        run = cls(path)
+        if not run.path.is_dir():
+            raise RunError(f"run directory {run.path} does not exist")
+        missing = [p.name for p in (run.config_path, run.info_path) if not p.is_file()]
+        if missing:
+            raise RunError(
+                f"{run.path} is not a Kiln run directory (missing {', '.join(missing)}); "
+                "pass a folder made by `kiln train`, e.g. runs/digits-mlp"
+            )
+        return run
+
+    def load_config(self) -> RunConfig:
+        try:
+            return build_config(self.config_path)
+        except ConfigError as exc:
+            raise RunError(f"{self.config_path} is damaged: {exc}") from None
+
+    def load_info(self) -> dict[str, Any]:
+        try:
+            return json.loads(self.info_path.read_text())
+        except (OSError, json.JSONDecodeError) as exc:
+            raise RunError(f"{self.info_path} is damaged ({exc})") from None
+
+    def data_info(self) -> DataInfo:
+        try:
+            return DataInfo.from_dict(self.load_info())
+        except (KeyError, TypeError) as exc:
+            raise RunError(f"{self.info_path} lacks the dataset description ({exc})") from None
+
+    def __str__(self) -> str:
+        return str(self.path)
+
+
+def versions() -> dict[str, str]:
+    import torch
+    import torchvision
+
+    from kiln import __version__
+
+    return {
+        "kiln": __version__,
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+    }
+
+
+def git_commit() -> str | None:
+    """The commit of the folder training was started from, when it is a git checkout."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], capture_output=True, text=True, timeout=5, check=False
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
+
+
