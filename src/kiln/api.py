@@ -81,11 +81,15 @@ def train(
     check_precision(cfg.train.precision, device)
     bundle = kdata.build(cfg.data)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    net = model if model is not None else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
+    net = (
+        model
+        if model is not None
+        else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
+    )
     run = RunDir.create(cfg)
     run.write_config(cfg)
     run.write_info(bundle.info, cfg, _describe(bundle, net, device))
-    return _fit(cfg, net, bundle, run, device, callbacks, progress, resume_state=None)
+    return _fit(cfg, net, bundle, run, device, callbacks, progress)
 
 
 def _resume(
@@ -103,22 +107,36 @@ def _resume(
     if overrides:
         cfg = build_config(cfg.to_dict(), overrides)
         if cfg.train.epochs <= state["epoch"]:
-            raise ConfigError(f"train.epochs={cfg.train.epochs}: the run already finished {state['epoch']}")
+            raise ConfigError(
+                f"train.epochs={cfg.train.epochs}: the run already finished {state['epoch']}"
+            )
     elif state["epoch"] >= cfg.train.epochs:
-        raise RunError(f"{run.path} already finished all {cfg.train.epochs} epochs; nothing to resume")
+        raise RunError(
+            f"{run.path} already finished all {cfg.train.epochs} epochs; nothing to resume"
+        )
     device = resolve_device(cfg.train.device)
     bundle = kdata.build(cfg.data)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    net = model if model is not None else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
+    net = (
+        model
+        if model is not None
+        else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
+    )
     if overrides:
         run.write_config(cfg)
-    return _fit(cfg, net, bundle, run, device, callbacks, progress, resume_state=state)
+    return _fit(cfg, net, bundle, run, device, callbacks, progress, state, bool(overrides))
 
 
-def _fit(cfg, net, bundle, run: RunDir, device, callbacks, progress, resume_state) -> Run:
+def _fit(
+    cfg, net, bundle, run: RunDir, device, callbacks, progress, resume_state=None, reschedule=False
+) -> Run:
     started = time.perf_counter()
     purge = resume_state["epoch"] + 1 if resume_state else None
-    cbs = ([ProgressBar()] if progress else []) + [TensorBoard(str(run.tb), purge)] + list(callbacks or [])
+    cbs = (
+        ([ProgressBar()] if progress else [])
+        + [TensorBoard(str(run.tb), purge)]
+        + list(callbacks or [])
+    )
     trainer = Trainer(cfg, net, bundle, run, device, cbs)
     if progress:
         n = sum(p.numel() for p in net.parameters())
@@ -128,7 +146,7 @@ def _fit(cfg, net, bundle, run: RunDir, device, callbacks, progress, resume_stat
             f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> {run.path}",
             flush=True,
         )
-    history = trainer.fit(resume=resume_state)
+    history = trainer.fit(resume_state, reschedule)
     best = trainer.early_stop
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
     test_loss, test_acc = trainer.evaluate(trainer.loader(bundle.test))

@@ -34,19 +34,21 @@ def split_config_args(args: list[str]) -> tuple[str | None, list[str]]:
 
 
 def cmd_train(ns: argparse.Namespace) -> int:
-    import kiln
+    from kiln.config import build_config, parse_override
 
     config, overrides = split_config_args(ns.args)
     if ns.resume:
         if config:
             raise KilnError("--resume takes its config from the run; do not pass a config file too")
-        from kiln.config import parse_override
+        extra = dict(map(parse_override, overrides))
+        from kiln.api import train
 
-        kiln.train(resume=ns.resume, **dict(map(parse_override, overrides)))
+        train(resume=ns.resume, **extra)
         return 0
-    from kiln.config import build_config
+    cfg = build_config(config, overrides)  # validate before paying for torch's import
+    from kiln.api import train
 
-    kiln.train(build_config(config, overrides))
+    train(cfg)
     return 0
 
 
@@ -86,9 +88,20 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     run = RunDir.open(ns.run)
     result = evaluate_run(run, ns.split, ns.checkpoint)
     if ns.json:
-        keys = ("accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted",
-                "per_class", "confusion_matrix")  # fmt: skip
-        print(json.dumps({k: result[k] for k in keys} | {"split": ns.split, "samples": result["samples"]}))
+        keys = (
+            "accuracy",
+            "precision_macro",
+            "recall_macro",
+            "f1_macro",
+            "f1_weighted",
+            "per_class",
+            "confusion_matrix",
+        )
+        print(
+            json.dumps(
+                {k: result[k] for k in keys} | {"split": ns.split, "samples": result["samples"]}
+            )
+        )
         return 0
     print_eval(result)
     return 0
@@ -101,14 +114,27 @@ def print_eval(result: dict) -> None:
         f"(epoch {result['epoch']}), {result['samples']:,} samples"
     )
     summary = Table("metric", "value")
-    for key in ("accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
-                "precision_weighted", "recall_weighted", "f1_weighted"):  # fmt: skip
+    for key in (
+        "accuracy",
+        "loss",
+        "precision_macro",
+        "recall_macro",
+        "f1_macro",
+        "precision_weighted",
+        "recall_weighted",
+        "f1_weighted",
+    ):
         summary.add_row(key, f"{result[key]:.4f}")
     console.print(summary)
     per_class = Table("class", "precision", "recall", "f1", "support")
     for row in result["per_class"]:
-        per_class.add_row(row["class"], f"{row['precision']:.4f}", f"{row['recall']:.4f}",
-                          f"{row['f1']:.4f}", str(row["support"]))  # fmt: skip
+        per_class.add_row(
+            row["class"],
+            f"{row['precision']:.4f}",
+            f"{row['recall']:.4f}",
+            f"{row['f1']:.4f}",
+            str(row["support"]),
+        )
     console.print(per_class)
     names = [r["class"] for r in result["per_class"]]
     cm = Table("true \\ pred", *names, title="confusion matrix")
@@ -146,9 +172,12 @@ def build_parser() -> argparse.ArgumentParser:
     verbs = parser.add_subparsers(dest="verb", metavar="VERB", required=True)
 
     p = verbs.add_parser(
-        "train", help="train a model", description="Train a model from a config and overrides.",
-        epilog=EPILOG_TRAIN, formatter_class=argparse.RawDescriptionHelpFormatter,
-    )  # fmt: skip
+        "train",
+        help="train a model",
+        description="Train a model from a config and overrides.",
+        epilog=EPILOG_TRAIN,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     p.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     p.add_argument("--resume", metavar="RUN_DIR", help="continue a run from checkpoints/last.pt")
     p.set_defaults(func=cmd_train)

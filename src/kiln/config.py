@@ -203,7 +203,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
 
 def _valid_keys(section: str | None) -> list[str]:
     model: type[BaseModel] = RunConfig
-    for part in (section.split(".") if section else []):
+    for part in section.split(".") if section else []:
         field = model.model_fields.get(part)
         if field is None or not isinstance(field.annotation, type):
             return []
@@ -225,7 +225,9 @@ def build_config(
     else:
         tree = read_yaml(source)
         label = str(source)
-    items = overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    items = (
+        overrides.items() if isinstance(overrides, dict) else map(parse_override, overrides or [])
+    )
     for key, value in items:
         _set_dotted(tree, ALIASES.get(key, key), value)
     if overrides:

@@ -32,7 +32,9 @@ def load_model(run: RunDir, which: str = "best", device: str | torch.device = "c
         model.load_state_dict(state["model"])
     except RuntimeError as exc:
         first = str(exc).splitlines()[0]
-        raise RunError(f"{run.checkpoint(which)} does not match the run's model ({first})") from None
+        raise RunError(
+            f"{run.checkpoint(which)} does not match the run's model ({first})"
+        ) from None
     return model.to(device).eval(), state.get("epoch")
 
 
@@ -62,7 +64,7 @@ def open_image(path: Path) -> Image.Image:
 
 
 class Predictor:
-    """`kiln.load(run_dir)` returns one: `.predict(images)` gives top-k classes with probabilities."""
+    """Made by `kiln.load(run_dir)`: `.predict(images)` gives top-k classes and probabilities."""
 
     def __init__(self, model: torch.nn.Module, info: DataInfo, device: str | torch.device = "cpu"):
         self.model, self.info, self.device = model.eval(), info, torch.device(device)
@@ -105,7 +107,9 @@ class Predictor:
                     f"{self.info.input_shape}; pass an image or a tensor of that shape"
                 )
         else:
-            raise KilnError(f"cannot predict on {type(image).__name__}: pass a path, PIL image or tensor")
+            raise KilnError(
+                f"cannot predict on {type(image).__name__}: pass a path, PIL image or tensor"
+            )
         x = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
         return (x - self.mean) / self.std
 
@@ -114,7 +118,9 @@ class Predictor:
         batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
         return self.model(batch).float().softmax(dim=1).cpu()
 
-    def predict(self, images: ImageLike | Sequence[ImageLike], top_k: int = 3) -> list[dict[str, Any]]:
+    def predict(
+        self, images: ImageLike | Sequence[ImageLike], top_k: int = 3
+    ) -> list[dict[str, Any]]:
         single = isinstance(images, (str, Path, Image.Image)) or (
             isinstance(images, torch.Tensor) and images.dim() <= 3
         )
@@ -124,7 +130,10 @@ class Predictor:
         top_p, top_i = probs.topk(k, dim=1)
         results = []
         for item, ps, idx in zip(items, top_p.tolist(), top_i.tolist(), strict=True):
-            top = [{"label": self.classes[i], "probability": round(p, 6)} for p, i in zip(ps, idx, strict=True)]
+            top = [
+                {"label": self.classes[i], "probability": round(p, 6)}
+                for p, i in zip(ps, idx, strict=True)
+            ]
             entry = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
             if isinstance(item, (str, Path)):
                 entry = {"file": str(item), **entry}

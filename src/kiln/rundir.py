@@ -1,6 +1,6 @@
 """The run directory: the one artifact everything after training reads.
 
-    runs/<name>/config.yaml  info.json  metrics.csv  checkpoints/{last,best}.pt  tb/  eval-*.json
+runs/<name>/config.yaml  info.json  metrics.csv  checkpoints/{last,best}.pt  tb/  eval-*.json
 """
 
 from __future__ import annotations
@@ -14,7 +14,6 @@ import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
-
 
 from kiln.config import RunConfig, build_config
 from kiln.data.registry import DataInfo
@@ -161,5 +160,3 @@ def git_commit() -> str | None:
     except (OSError, subprocess.TimeoutExpired):
         return None
     return out.stdout.strip() or None if out.returncode == 0 else None
-
-

@@ -63,7 +63,9 @@ def split_validation(train: Split, fraction: float) -> tuple[Split, Split]:
     index = torch.arange(len(train))
     labels = train.labels.numpy()
     try:
-        tr, va = train_test_split(index.numpy(), test_size=fraction, stratify=labels, random_state=SPLIT_SEED)
+        tr, va = train_test_split(
+            index.numpy(), test_size=fraction, stratify=labels, random_state=SPLIT_SEED
+        )
     except ValueError:  # a class too small to stratify: fall back to a plain random split
         tr, va = train_test_split(index.numpy(), test_size=fraction, random_state=SPLIT_SEED)
     return train.take(torch.from_numpy(tr)), train.take(torch.from_numpy(va))

@@ -22,7 +22,9 @@ from kiln.errors import DataError
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
-@register_dataset("digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)")
+@register_dataset(
+    "digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)"
+)
 def load_digits(root: Path) -> RawDataset:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
@@ -72,7 +74,8 @@ def _load_mnist_like(dataset_cls, root: Path) -> RawDataset:
         raw = folder / gz_name.removesuffix(".gz")
         if gz.exists() and not check_integrity(str(gz), md5):
             raise DataError(
-                f"{gz} is corrupt (MD5 differs from the official {md5}); delete it and fetch it again"
+                f"{gz} is corrupt (MD5 differs from the official {md5}); "
+                "delete it and fetch it again"
             )
         if not raw.exists():
             unpacked = False
@@ -112,8 +115,17 @@ def load_fashion_mnist(root: Path) -> RawDataset:
 
 
 CIFAR10_CLASSES = [
-    "airplane", "automobile", "bird", "cat", "deer", "dog", "frog", "horse", "ship", "truck",
-]  # fmt: skip
+    "airplane",
+    "automobile",
+    "bird",
+    "cat",
+    "deer",
+    "dog",
+    "frog",
+    "horse",
+    "ship",
+    "truck",
+]
 
 
 def _decode_folder(folder: Path, classes: list[str]) -> Split:
@@ -122,7 +134,9 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
         class_dir = folder / name
         if not class_dir.is_dir():
             raise DataError(f"CIFAR-10 folder {folder} has no class folder '{name}'")
-        files += [(p, index) for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES]
+        files += [
+            (p, index) for p in sorted(class_dir.iterdir()) if p.suffix.lower() in IMAGE_SUFFIXES
+        ]
 
     def decode(item: tuple[Path, int]) -> np.ndarray:
         try:
@@ -138,7 +152,9 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
     return Split(images, labels)
 
 
-@register_dataset("cifar10", "CIFAR-10, 32x32 RGB, 50k train / 10k test (torchvision or PNG folders)")
+@register_dataset(
+    "cifar10", "CIFAR-10, 32x32 RGB, 50k train / 10k test (torchvision or PNG folders)"
+)
 def load_cifar10(root: Path) -> RawDataset:
     from torchvision.datasets import CIFAR10
 
@@ -150,7 +166,8 @@ def load_cifar10(root: Path) -> RawDataset:
             return Split(images, torch.tensor(ds.targets, dtype=torch.long))
 
         return RawDataset(to_split(train), to_split(test), list(train.classes))
-    # The same images as PNG folders: <root>/cifar10/{train,test}/<class>/*.png (or <root>/{train,test}).
+    # The same images as PNG folders: <root>/cifar10/{train,test}/<class>/*.png,
+    # or <root>/{train,test}/<class>/*.png.
     for base in (root / "cifar10", root):
         if (base / "train").is_dir() and (base / "test").is_dir():
             return RawDataset(

@@ -1,7 +1,7 @@
 """Dataset registry: a dataset is one function with one decorator.
 
-A registered loader returns the official train and test splits as uint8 tensors (N, C, H, W) plus the
-class names; `kiln.data.build` carves the validation split and computes the normalization, so
+A registered loader returns the official train and test splits as uint8 tensors (N, C, H, W) plus
+the class names; `kiln.data.build` carves the validation split and computes the normalization, so
 every dataset gets the same treatment.
 """
 

@@ -36,7 +36,7 @@ def format_row(row: dict[str, Any], epochs: int) -> str:
 
 
 class ProgressBar(Callback):
-    """A live bar per epoch (loss, accuracy, samples/s, ETA) on a terminal; one line per epoch always."""
+    """A live bar per epoch (loss, accuracy, samples/s, ETA) on a terminal; a line per epoch."""
 
     def __init__(self, console: Console | None = None, refresh_s: float = 0.2):
         self.console = console or Console(file=sys.stdout)

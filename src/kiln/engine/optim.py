@@ -15,9 +15,12 @@ def build_optimizer(cfg: OptimConfig, model: nn.Module) -> torch.optim.Optimizer
     wd = cfg.weight_decay
     if cfg.name == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.nesterov and cfg.momentum > 0,
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.nesterov and cfg.momentum > 0,
             weight_decay=wd,
-        )  # fmt: skip
+        )
     if cfg.name == "adam":
         return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd)
     if cfg.name == "adamw":
@@ -39,9 +42,12 @@ def build_scheduler(
         cycle_momentum = group.get("momentum", 0) > 0 or "betas" in group
         pct = min(max(warmup / total, 0.01), 0.99) if warmup else 0.25
         return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=[g["lr"] for g in optimizer.param_groups], total_steps=total,
-            pct_start=pct, cycle_momentum=cycle_momentum,
-        )  # fmt: skip
+            optimizer,
+            max_lr=[g["lr"] for g in optimizer.param_groups],
+            total_steps=total,
+            pct_start=pct,
+            cycle_momentum=cycle_momentum,
+        )
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer, _LrFactor(cfg.name, warmup, total, steps_per_epoch * cfg.step_size, cfg.gamma)
     )

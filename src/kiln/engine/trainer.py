@@ -10,6 +10,7 @@ from __future__ import annotations
 import signal
 import threading
 import time
+import warnings
 from typing import Any
 
 import torch
@@ -41,7 +42,9 @@ class EarlyStopping:
 
     def update(self, value: float, epoch: int) -> bool:
         """Record an epoch's value; True when it is a new best."""
-        better = self.best is None or (value < self.best if self.mode == "min" else value > self.best)
+        better = self.best is None or (
+            value < self.best if self.mode == "min" else value > self.best
+        )
         if better:
             self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
         else:
@@ -101,13 +104,20 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.normalize = Normalize(data.info.mean, data.info.std, device)
         self.train_loader = MemoryLoader(
-            data.train, cfg.data.batch_size, self.normalize, device, shuffle=True, generator=self.generator
+            data.train,
+            cfg.data.batch_size,
+            self.normalize,
+            device,
+            shuffle=True,
+            generator=self.generator,
         )
         self.val_loader = self.loader(data.val)
         self.steps_per_epoch = len(self.train_loader)
 
         self.optimizer = build_optimizer(cfg.optim, self.model)
-        self.scheduler = build_scheduler(cfg.sched, self.optimizer, self.steps_per_epoch, self.epochs)
+        self.scheduler = build_scheduler(
+            cfg.sched, self.optimizer, self.steps_per_epoch, self.epochs
+        )
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         es = cfg.train.early_stop
         self.early_stop = EarlyStopping(es.monitor, es.mode, es.patience)
@@ -121,9 +131,12 @@ class Trainer:
         return MemoryLoader(split, self.cfg.data.eval_batch_size, self.normalize, self.device)
 
     # The loop ----------------------------------------------------------------------------------
-    def fit(self, resume: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    def fit(
+        self, resume: dict[str, Any] | None = None, reschedule: bool = False
+    ) -> list[dict[str, Any]]:
+        """Train; `resume` is a last.pt state, `reschedule` when train.epochs has changed since."""
         if resume is not None:
-            self.load_state(resume)
+            self.load_state(resume, reschedule)
         with StopRequest() as stop:
             self.stop = stop
             self._call("on_fit_start")
@@ -191,7 +204,9 @@ class Trainer:
         return loss.detach(), logits.detach()
 
     def l1_penalty(self) -> torch.Tensor:
-        return self.cfg.optim.l1 * sum(p.abs().sum() for p in self.model.parameters() if p.requires_grad)
+        return self.cfg.optim.l1 * sum(
+            p.abs().sum() for p in self.model.parameters() if p.requires_grad
+        )
 
     @torch.inference_mode()
     def evaluate(self, loader: MemoryLoader) -> tuple[float, float]:
@@ -210,7 +225,11 @@ class Trainer:
         self.history.append(row)
         monitored = row[self.early_stop.monitor]
         if self.early_stop.update(monitored, epoch):
-            best = {"model": self.model.state_dict(), "epoch": epoch, self.early_stop.monitor: monitored}
+            best = {
+                "model": self.model.state_dict(),
+                "epoch": epoch,
+                self.early_stop.monitor: monitored,
+            }
             checkpoint.save(best, self.run.checkpoint("best"))
         checkpoint.save(self.state(epoch, step=0, epoch_rng=None), self.run.checkpoint("last"))
         self.run.write_metrics(self.history)
@@ -235,8 +254,12 @@ class Trainer:
             rng["data"] = epoch_rng
         partial = None
         if step:
-            partial = {"loss_sum": self.loss_sum, "correct": self.correct, "seen": self.seen,
-                       "seconds": self.seconds}  # fmt: skip
+            partial = {
+                "loss_sum": self.loss_sum,
+                "correct": self.correct,
+                "seen": self.seen,
+                "seconds": self.seconds,
+            }
         return {
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
@@ -250,17 +273,26 @@ class Trainer:
             "history": self.history,
         }
 
-    def load_state(self, state: dict[str, Any]) -> None:
+    def load_state(self, state: dict[str, Any], reschedule: bool = False) -> None:
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
+        if reschedule:  # more epochs than planned: the schedule's horizon moves, replay to here
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                for _ in range(state["epoch"] * self.steps_per_epoch + state["step"]):
+                    self.scheduler.step()
+        else:
+            self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.early_stop.load_state_dict(state["early_stop"])
         self.history = list(state["history"])
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         if state["partial"]:
             p = state["partial"]
-            self.loss_sum, self.correct = p["loss_sum"].to(self.device), p["correct"].to(self.device)
+            self.loss_sum, self.correct = (
+                p["loss_sum"].to(self.device),
+                p["correct"].to(self.device),
+            )
             self.seen, self.seconds = p["seen"], p["seconds"]
         checkpoint.restore_rng(state["rng"], self.generator)
 
@@ -268,7 +300,11 @@ class Trainer:
     def running_stats(self) -> tuple[float, float, float]:
         """Loss, accuracy and samples/s so far this epoch (for the progress bar)."""
         n = max(self.seen, 1)
-        return float(self.loss_sum) / n, float(self.correct) / n, self.seen / max(self.seconds, 1e-9)
+        return (
+            float(self.loss_sum) / n,
+            float(self.correct) / n,
+            self.seen / max(self.seconds, 1e-9),
+        )
 
     def _reset_totals(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)

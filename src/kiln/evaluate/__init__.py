@@ -50,7 +50,9 @@ def evaluate_run(
     if bundle is None:
         bundle = kdata.build(cfg.data)
     chosen = bundle.test if split == "test" else bundle.val
-    loader = MemoryLoader(chosen, cfg.data.eval_batch_size, Normalize(info.mean, info.std, device), device)
+    loader = MemoryLoader(
+        chosen, cfg.data.eval_batch_size, Normalize(info.mean, info.std, device), device
+    )
     logits, labels = collect_logits(model.to(device), loader)
     result = {
         "run": str(run.path),

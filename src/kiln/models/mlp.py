@@ -71,4 +71,6 @@ def mlp(
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
     c, h, w = info.input_shape
-    return MLP(c * h * w, info.num_classes, list(hidden), activation, dropout, batchnorm, final_activation)
+    return MLP(
+        c * h * w, info.num_classes, list(hidden), activation, dropout, batchnorm, final_activation
+    )

@@ -47,7 +47,9 @@ def register_model(name: str | None = None, description: str = "") -> Callable[[
 
 def get_model(name: str) -> ModelEntry:
     if name not in MODELS:
-        raise ConfigError(f"model.name: unknown model '{name}'; available: {', '.join(sorted(MODELS))}")
+        raise ConfigError(
+            f"model.name: unknown model '{name}'; available: {', '.join(sorted(MODELS))}"
+        )
     return MODELS[name]
 
 
@@ -57,7 +59,9 @@ def check_options(name: str, options: dict[str, Any]) -> None:
     for key in options:
         if key not in valid:
             listing = ", ".join(valid) or "(none)"
-            raise ConfigError(f"model.{key}: '{name}' has no option '{key}'; its options: {listing}")
+            raise ConfigError(
+                f"model.{key}: '{name}' has no option '{key}'; its options: {listing}"
+            )
 
 
 def create_model(name: str, info: DataInfo, **options: Any) -> nn.Module:

@@ -9,7 +9,9 @@ from kiln.data.registry import DataInfo
 from kiln.models.registry import register_model
 
 
-@register_model("resnet18", "torchvision ResNet-18; small images get a 3x3 stride-1 stem, no max-pool")
+@register_model(
+    "resnet18", "torchvision ResNet-18; small images get a 3x3 stride-1 stem, no max-pool"
+)
 def resnet18(info: DataInfo, small_stem: bool | None = None) -> nn.Module:
     model = torchvision.models.resnet18(weights=None, num_classes=info.num_classes)
     if small_stem is None:  # the ImageNet stem shrinks 32x32 to 8x8 before the first block
