@@ -83,7 +83,7 @@ def test_checkpoint_load_refuses_pickled_code(tmp_path):
 
     path = tmp_path / "evil.pt"
     torch.save({"format": 1, "model": Evil()}, path)
-    with pytest.raises(RunError, match="corrupt or not a Kiln checkpoint"):
+    with pytest.raises(RunError, match="does not load code from checkpoints"):
         checkpoint.load(path)
 
 

@@ -36,9 +36,19 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
         raise RunError(f"no checkpoint at {path}: the run may not have finished an epoch yet")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
-    except (RuntimeError, pickle.UnpicklingError, zipfile.BadZipFile, EOFError, ValueError) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise RunError(f"checkpoint {path} is corrupt or not a Kiln checkpoint ({first})") from None
+    except pickle.UnpicklingError as exc:
+        if "Unsupported global" not in str(exc):
+            raise RunError(f"checkpoint {path} is corrupt: not a PyTorch checkpoint") from None
+        raise RunError(
+            f"{path} holds pickled Python objects, not plain tensors and data; Kiln does not "
+            "load code from checkpoints. Use a checkpoint written by Kiln"
+        ) from None
+    except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
+        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(
+            f"checkpoint {path} is truncated or corrupt ({detail}); use the other checkpoint "
+            "(--checkpoint best|last) or train again"
+        ) from None
     if not isinstance(state, dict) or "model" not in state or state.get("format") != FORMAT:
         raise RunError(f"{path} is not a Kiln checkpoint (no model weights or unknown format)")
     return state

@@ -21,7 +21,7 @@ def resolve_device(name: str) -> torch.device:
         return torch.device("cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError(f"train.device={name}, but no CUDA device is available; use cpu or auto")
-    if name == "mps" and not torch.backends.mps.is_available():
+    if name.startswith("mps") and not torch.backends.mps.is_available():
         raise ConfigError("train.device=mps, but MPS is not available here; use cpu or auto")
     return torch.device(name)
 

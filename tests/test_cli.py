@@ -1,0 +1,234 @@
+"""The `kiln` command on good input: help, list, config show, eval --json and predict.
+
+The slow commands (each imports torch) are started together by one module fixture; eval and
+predict use the session's trained digits run (eval on a copy, since it writes eval-test.json).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import re
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import yaml
+from conftest import KilnPool, snapshot
+from PIL import Image
+
+from kiln.config import RunConfig
+
+VERBS = (["train"], ["config"], ["config", "show"], ["list"], ["eval"], ["predict"])
+DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
+MODELS = ("mlp", "lenet", "cnn", "resnet18")
+EVAL_KEYS = (
+    "accuracy", "precision_macro", "recall_macro", "f1_macro", "f1_weighted", "per_class",
+    "confusion_matrix",
+)  # fmt: skip
+DIGITS_TEST_SIZE = 360  # the fixed, stratified 20% of scikit-learn's 1,797 digits
+
+
+@functools.cache
+def digits_images() -> np.ndarray:
+    from sklearn.datasets import load_digits
+
+    return np.rint(load_digits().images * (255.0 / 16.0)).astype(np.uint8)
+
+
+def digit_image(index: int) -> Image.Image:
+    """A real 8x8 digit from scikit-learn, as an 8-bit grayscale ("L") image."""
+    image = Image.fromarray(digits_images()[index])
+    assert image.mode == "L"
+    return image
+
+
+@pytest.fixture(scope="module")
+def outputs(request, tmp_path_factory) -> dict:
+    work = tmp_path_factory.mktemp("cli")
+    data_dir = work / "kiln-data"
+    data_dir.mkdir()
+    pool = KilnPool()
+    try:
+
+        def submit(key: str, *args: str | Path) -> None:
+            pool.submit(key, *args, cwd=work, data_dir=data_dir)
+
+        submit("list-datasets", "list", "datasets")
+        submit("list-models", "list", "models")
+        submit("config-show", "config", "show", "epochs=3", "model.hidden=[32]")
+
+        trained = request.getfixturevalue("trained_run")
+        run = Path(shutil.copytree(trained, work / "run"))
+        (run / "eval-test.json").unlink()  # written by training: eval must write it again
+        submit("eval", "eval", "run", "--json")
+
+        # Any size and mode: an 8x8 digit upscaled to a 64x64 RGB PNG.
+        big = digit_image(0).resize((64, 64), Image.Resampling.NEAREST).convert("RGB")
+        big.save(work / "digit.png")
+        submit("predict-file", "predict", "run", "digit.png", "--top-k", "3", "--json")
+
+        folder = work / "images"
+        (folder / "nested").mkdir(parents=True)
+        digit_image(1).save(folder / "one.png")
+        digit_image(2).resize((28, 28)).convert("RGBA").save(folder / "nested" / "two.png")
+        digit_image(3).convert("RGB").save(folder / "three.jpg", quality=95)
+        digit_image(4).save(folder / "four.bmp")
+        (folder / "readme.txt").write_text("not an image: skipped\n")
+        # This one reads the session's run in place: predict must not write to it.
+        before = snapshot(trained)
+        submit("predict-folder", "predict", trained, "images")
+
+        results = {key: pool.result(key) for key in list(pool.keys())}
+        return {"run": run, "trained_before": before, "trained_after": snapshot(trained), **results}
+    finally:
+        pool.close()
+
+
+def ok(result) -> str:
+    assert result.returncode == 0, f"exit {result.returncode}\nstderr:\n{result.stderr}"
+    assert "Traceback" not in result.stderr, result.stderr
+    return result.stdout
+
+
+# --help and --version -------------------------------------------------------------------------
+
+
+def test_help_lists_every_verb(cli):
+    out = ok(cli("--help"))
+    assert out.startswith("usage: kiln")
+    for verb in ("train", "config", "list", "eval", "predict"):
+        assert verb in out
+
+
+@pytest.mark.parametrize("verb", VERBS, ids="-".join)
+def test_every_verb_has_help(cli, verb):
+    out = ok(cli(*verb, "--help"))
+    assert out.startswith(f"usage: kiln {' '.join(verb)}"), out
+
+
+def test_train_help_shows_examples_and_aliases(cli):
+    out = ok(cli("train", "--help"))
+    assert "kiln train --resume" in out
+    assert "aliases: data model epochs batch lr device seed name" in out
+
+
+def test_version(cli):
+    assert ok(cli("--version")).strip() == "kiln 0.1.0"
+
+
+def test_missing_verb_is_a_usage_error(cli):
+    result = cli()
+    assert result.returncode == 2 and "usage: kiln" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+# list -----------------------------------------------------------------------------------------
+
+
+def names_in_table(text: str, names: tuple[str, ...]) -> list[str]:
+    return [n for n in names if not re.search(rf"(?<![\w-]){re.escape(n)}(?![\w-])", text)]
+
+
+def test_list_datasets(outputs):
+    assert names_in_table(ok(outputs["list-datasets"]), DATASETS) == []
+
+
+def test_list_models_with_their_options(outputs):
+    out = ok(outputs["list-models"])
+    assert names_in_table(out, MODELS) == []
+    assert "hidden=" in out  # mlp's options are shown
+
+
+# config show ----------------------------------------------------------------------------------
+
+
+def test_config_show_prints_the_fully_resolved_config(outputs):
+    cfg = yaml.safe_load(ok(outputs["config-show"]))
+    assert cfg["train"]["epochs"] == 3
+    assert cfg["model"]["hidden"] == [32]
+    assert cfg["model"]["name"] == "mlp"
+    assert set(cfg) == set(RunConfig.model_fields)
+    for section, field in RunConfig.model_fields.items():
+        if section in ("task", "model"):
+            continue
+        assert set(cfg[section]) == set(field.annotation.model_fields), section
+    assert set(cfg["train"]["early_stop"]) == {"monitor", "patience"}
+    # every mlp option is filled in, not just the one given
+    assert set(cfg["model"]) == {"name", "hidden", "activation", "dropout", "batchnorm",
+                                 "final_activation"}  # fmt: skip
+    assert RunConfig.model_validate(cfg).train.epochs == 3  # and it is a valid config
+
+
+# eval -----------------------------------------------------------------------------------------
+
+
+def test_eval_json_is_one_object_with_every_metric(outputs):
+    out = ok(outputs["eval"])
+    assert len(out.strip().splitlines()) == 1, out
+    result = json.loads(out)
+    assert isinstance(result, dict)
+    assert set(EVAL_KEYS) <= set(result)
+    for key in EVAL_KEYS[:5]:
+        assert 0.0 <= result[key] <= 1.0, key
+    assert result["samples"] == DIGITS_TEST_SIZE
+
+
+def test_eval_confusion_matrix_covers_the_test_split(outputs):
+    result = json.loads(ok(outputs["eval"]))
+    cm = np.array(result["confusion_matrix"])
+    assert cm.shape == (10, 10)
+    info = json.loads((outputs["run"] / "info.json").read_text())
+    assert cm.sum() == info["samples"]["test"] == DIGITS_TEST_SIZE
+    assert [row["class"] for row in result["per_class"]] == [str(d) for d in range(10)]
+    assert [row["support"] for row in result["per_class"]] == cm.sum(axis=1).tolist()
+    assert result["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-6)
+
+
+def test_eval_writes_eval_test_json_in_the_run(outputs):
+    printed = json.loads(ok(outputs["eval"]))
+    saved_path = outputs["run"] / "eval-test.json"
+    assert saved_path.is_file()
+    saved = json.loads(saved_path.read_text())
+    assert saved["split"] == "test" and saved["checkpoint"] == "best"
+    for key in EVAL_KEYS:
+        assert saved[key] == printed[key], key
+
+
+# predict --------------------------------------------------------------------------------------
+
+
+def check_prediction(entry: dict, k: int) -> None:
+    top = entry["top_k"]
+    assert len(top) == k
+    labels = [t["label"] for t in top]
+    assert len(set(labels)) == k and set(labels) <= {str(d) for d in range(10)}
+    probs = [t["probability"] for t in top]
+    assert all(0.0 <= p <= 1.0 for p in probs)
+    assert probs == sorted(probs, reverse=True)
+    assert sum(probs) <= 1.0 + 1e-5
+    assert (entry["label"], entry["probability"]) == (labels[0], probs[0])
+
+
+def test_predict_one_upscaled_rgb_png_top_3_json(outputs):
+    results = json.loads(ok(outputs["predict-file"]))
+    assert isinstance(results, list) and len(results) == 1
+    assert results[0]["file"] == "digit.png"
+    check_prediction(results[0], k=3)
+
+
+def test_predict_a_folder(outputs):
+    out = ok(outputs["predict-folder"])
+    lines = out.strip().splitlines()
+    expected = {"images/one.png", "images/nested/two.png", "images/three.jpg", "images/four.bmp"}
+    files = {line.split(": ", 1)[0] for line in lines}
+    assert files == expected, out
+    assert len(lines) == len(expected)
+    ranked = re.compile(r"^\S+: \S+ \d+\.\d%(  \S+ \d+\.\d%){2}$")  # default --top-k 3
+    assert all(ranked.match(line) for line in lines), out
+
+
+def test_predict_does_not_write_to_the_run(outputs):
+    ok(outputs["predict-folder"])
+    assert outputs["trained_after"] == outputs["trained_before"]
