@@ -37,7 +37,7 @@ def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as exc:
-        if "Unsupported global" not in str(exc):
+        if "GLOBAL" not in str(exc).upper():
             raise RunError(f"checkpoint {path} is corrupt: not a PyTorch checkpoint") from None
         raise RunError(
             f"{path} holds pickled Python objects, not plain tensors and data; Kiln does not "
