@@ -187,3 +187,28 @@ def test_predictor_api_accepts_paths_pil_and_tensors(tmp_path):
     single = predictor.predict(path)
     assert single[0]["file"] == str(path) and len(single[0]["top_k"]) == 3
     assert predictor.predict(pil)[0]["label"] == single[0]["label"]
+
+
+class TinyNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.net = nn.Sequential(nn.Flatten(), nn.Linear(64, 32), nn.ReLU(), nn.Linear(32, 10))
+
+    def forward(self, x):
+        return self.net(x)
+
+
+def test_a_model_of_your_own_trains_loads_and_resumes(tmp_path):
+    run = kiln.train(
+        None, model=TinyNet(), progress=False, epochs=10, lr=3e-3, run__dir=str(tmp_path)
+    )
+    assert run.config.model.name == "custom" and run.test_acc > 0.8
+    with pytest.raises(RunError, match="model=YourModel"):
+        kiln.load(run.path)
+    predictor = kiln.load(run.path, model=TinyNet())
+    blank = torch.zeros(1, 8, 8, dtype=torch.uint8)
+    assert predictor.predict(blank)[0]["label"] in predictor.classes
+    with pytest.raises(RunError, match="model=YourModel"):
+        kiln.train(resume=run.path, epochs=11, progress=False)
+    more = kiln.train(resume=run.path, epochs=11, model=TinyNet(), progress=False)
+    assert len(more.history) == 11

@@ -51,6 +51,14 @@ def resolve(cfg: RunConfig) -> RunConfig:
     return RunConfig.model_validate(tree)
 
 
+def describe_custom(cfg: RunConfig, model: nn.Module) -> RunConfig:
+    """A model passed in Python is recorded by class name: it cannot be rebuilt from YAML."""
+    tree = cfg.to_dict()
+    cls = type(model)
+    tree["model"] = {"name": "custom", "class": f"{cls.__module__}.{cls.__qualname__}"}
+    return RunConfig.model_validate(tree)
+
+
 def _plain(value: Any) -> Any:
     return list(value) if isinstance(value, tuple) else value
 
@@ -75,8 +83,7 @@ def train(
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
-    if model is None:
-        cfg = resolve(cfg)
+    cfg = resolve(cfg) if model is None else describe_custom(cfg, model)
     device = resolve_device(cfg.train.device)
     check_precision(cfg.train.precision, device)
     bundle = kdata.build(cfg.data)
@@ -113,6 +120,11 @@ def _resume(
     elif state["epoch"] >= cfg.train.epochs:
         raise RunError(
             f"{run.path} already finished all {cfg.train.epochs} epochs; nothing to resume"
+        )
+    if cfg.model.name == "custom" and model is None:
+        raise RunError(
+            f"{run.path} was trained with a model passed in Python; resume it with "
+            "kiln.train(resume=run_dir, model=YourModel())"
         )
     device = resolve_device(cfg.train.device)
     bundle = kdata.build(cfg.data)
@@ -172,6 +184,12 @@ def _describe(bundle: kdata.DataBundle, net: nn.Module, device) -> dict[str, Any
     }
 
 
-def load(run_dir: str | Path, checkpoint: str = "best", device: str = "cpu") -> Predictor:
-    """A Predictor for a finished (or interrupted) run: `.predict(images)`."""
-    return Predictor.from_run(run_dir, checkpoint, device)
+def load(
+    run_dir: str | Path,
+    checkpoint: str = "best",
+    device: str = "cpu",
+    model: nn.Module | None = None,
+) -> Predictor:
+    """A Predictor for a finished (or interrupted) run: `.predict(images)`. Pass `model=` (a fresh
+    instance of the same class) for runs trained with a model of your own."""
+    return Predictor.from_run(run_dir, checkpoint, device, model)

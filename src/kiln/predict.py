@@ -20,13 +20,24 @@ from kiln.rundir import RunDir
 ImageLike = str | Path | Image.Image | torch.Tensor
 
 
-def load_model(run: RunDir, which: str = "best", device: str | torch.device = "cpu"):
+def load_model(
+    run: RunDir,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    model: torch.nn.Module | None = None,
+):
     """Rebuild the model from the saved config and load its weights (never unpickled code)."""
     if which not in ("best", "last"):
         raise KilnError(f"--checkpoint must be 'best' or 'last', got '{which}'")
     cfg = run.load_config()
-    info = run.data_info()
-    model = create_model(cfg.model.name, info, **cfg.model.kwargs())
+    if model is None:
+        if cfg.model.name == "custom":
+            raise RunError(
+                f"{run.path} was trained with a model passed in Python "
+                f"({cfg.model.kwargs().get('class')}); load it with "
+                "kiln.load(run_dir, model=YourModel())"
+            )
+        model = create_model(cfg.model.name, run.data_info(), **cfg.model.kwargs())
     state = checkpoint.load(run.checkpoint(which), map_location=device)
     try:
         model.load_state_dict(state["model"])
@@ -72,9 +83,15 @@ class Predictor:
         self.std = torch.tensor(info.std).view(-1, 1, 1)
 
     @classmethod
-    def from_run(cls, run_dir: str | Path, which: str = "best", device: str = "cpu") -> Predictor:
+    def from_run(
+        cls,
+        run_dir: str | Path,
+        which: str = "best",
+        device: str = "cpu",
+        model: torch.nn.Module | None = None,
+    ) -> Predictor:
         run = RunDir.open(run_dir)
-        model, _ = load_model(run, which, device)
+        model, _ = load_model(run, which, device, model)
         return cls(model, run.data_info(), device)
 
     @property
