@@ -48,6 +48,9 @@ def resolve(cfg: RunConfig) -> RunConfig:
     filled = {**get_model(cfg.model.name).options(), **options}
     tree = cfg.to_dict()
     tree["model"] = {"name": cfg.model.name, **{k: _plain(v) for k, v in filled.items()}}
+    from kiln.data.transforms import resolve_augment
+
+    tree["data"]["augment"] = resolve_augment(cfg.data.augment)
     return RunConfig.model_validate(tree)
 
 
@@ -96,6 +99,10 @@ def train(
     run = RunDir.create(cfg)
     run.write_config(cfg)
     run.write_info(bundle.info, cfg, _describe(bundle, net, device))
+    if bundle.skipped:
+        (run.path / "skipped.txt").write_text("\n".join(bundle.skipped) + "\n")
+        n = len(bundle.skipped)
+        print(f"Skipped {n} bad file(s) (data.on_bad=skip), listed in {run.path}/skipped.txt")
     return _fit(cfg, net, bundle, run, device, callbacks, progress)
 
 

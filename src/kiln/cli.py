@@ -81,6 +81,66 @@ def cmd_list(ns: argparse.Namespace) -> int:
     return 0
 
 
+def data_config(ns: argparse.Namespace):
+    """DATA is a config file or a dataset name, followed by overrides."""
+    from kiln.api import resolve
+    from kiln.config import build_config
+
+    overrides = list(ns.overrides)
+    if ns.data.endswith((".yaml", ".yml")):
+        return resolve(build_config(ns.data, overrides))
+    return resolve(build_config(None, [f"data.name={ns.data}", *overrides]))
+
+
+def cmd_data_stats(ns: argparse.Namespace) -> int:
+    from kiln import data as kdata
+    from kiln.data.preview import data_stats
+
+    stats = data_stats(kdata.build(data_config(ns).data))
+    if ns.json:
+        print(json.dumps(stats))
+        return 0
+    console = Console()
+    table = Table("class", "train", "val", "test", title=f"{stats['dataset']}: images per class")
+    for name in stats["classes"]:
+        table.add_row(name, *(str(stats["per_split"][s][name]) for s in ("train", "val", "test")))
+    totals = stats["totals"]
+    table.add_row("[bold]total", *(f"[bold]{totals[s]}" for s in ("train", "val", "test")))
+    console.print(table)
+    console.print(f"imbalance (largest / smallest training class): {stats['imbalance_ratio']:.2f}")
+    if stats["imbalanced"]:
+        console.print(
+            "[yellow]warning:[/] classes are imbalanced above 3:1; consider data.balance=weights "
+            "or data.balance=sampler"
+        )
+    console.print(f"input shape (C, H, W): {tuple(stats['input_shape'])}")
+    console.print(
+        "sizes before resizing: " + ", ".join(f"{k} ({v})" for k, v in stats["sizes"].items())
+    )
+    console.print("modes: " + ", ".join(f"{k} ({v})" for k, v in stats["modes"].items()))
+    console.print(f"mean {stats['mean']}  std {stats['std']} (training split)")
+    if stats["skipped"]:
+        console.print(f"[yellow]{len(stats['skipped'])} bad file(s) skipped[/] (data.on_bad=skip)")
+    return 0
+
+
+def cmd_data_show(ns: argparse.Namespace) -> int:
+    from kiln import data as kdata
+    from kiln.data.preview import sample_grid
+    from kiln.engine.trainer import build_augment
+
+    cfg = data_config(ns)
+    bundle = kdata.build(cfg.data)
+    augment = build_augment(cfg.data.augment, bundle.info) if ns.augmented else None
+    if ns.augmented and augment is None:
+        raise KilnError(
+            "--augmented: data.augment is 'none'; set data.augment=light|standard|strong"
+        )
+    out = sample_grid(bundle, Path(ns.output), ns.n, augment)
+    print(f"wrote {out}")
+    return 0
+
+
 def cmd_eval(ns: argparse.Namespace) -> int:
     from kiln.evaluate import evaluate_run
     from kiln.rundir import RunDir
@@ -191,6 +251,25 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("list", help="list datasets or models")
     p.add_argument("what", choices=["datasets", "models"])
     p.set_defaults(func=cmd_list)
+
+    p = verbs.add_parser("data", help="look at a dataset: a grid of samples, or statistics")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, func, doc in (
+        ("show", cmd_data_show, "write a labelled grid of training images"),
+        ("stats", cmd_data_stats, "images per class and split, imbalance, sizes, modes, mean/std"),
+    ):
+        q = sub.add_parser(name, help=doc, description=doc)
+        q.add_argument(
+            "data", metavar="DATA", help="a dataset name (e.g. mnist, folder) or a config"
+        )
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=images/")
+        q.set_defaults(func=func)
+        if name == "show":
+            q.add_argument("--n", type=int, default=64, help="how many images (default 64)")
+            q.add_argument("--augmented", action="store_true", help="as training sees them")
+            q.add_argument("-o", "--output", default="grid.png", help="PNG to write")
+        else:
+            q.add_argument("--json", action="store_true", help="print one JSON object")
 
     p = verbs.add_parser("eval", help="evaluate a run on its test or validation split")
     p.add_argument("run", metavar="RUN_DIR")

@@ -61,10 +61,33 @@ class DataConfig(_Section):
     name: str = "digits"
     root: str | None = None
     val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="folder/csv without a test split")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
     normalize: bool = True
     subset: int | None = Field(None, ge=1, description="use only this many training samples")
+    # A person's own images (data.name=folder|csv)
+    csv: str | None = None
+    file_column: str = "file"
+    label_column: str = "label"
+    split_column: str = "split"
+    channels: Literal[1, 3] | None = Field(None, description="default: what most images are")
+    size: list[int] | None = Field(None, description="[height, width]; default: the commonest")
+    augment: str | list[Any] = "none"
+    workers: int | None = Field(None, ge=0, description="DataLoader workers; default: cores")
+    memory: Literal["auto"] | bool = "auto"
+    balance: Literal["none", "weights", "sampler"] = "none"
+    on_bad: Literal["error", "skip"] = "error"
+
+    @field_validator("size", mode="before")
+    @classmethod
+    def _size(cls, v: Any) -> Any:
+        if isinstance(v, int) and not isinstance(v, bool):
+            v = [v, v]
+        valid = isinstance(v, list) and len(v) == 2
+        if v is not None and not (valid and all(isinstance(n, int) and n > 0 for n in v)):
+            raise ValueError("must be a positive integer or [height, width]")
+        return v
 
 
 class ModelConfig(BaseModel):

@@ -6,11 +6,11 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, UnidentifiedImageError
 
 from kiln.data.builtin import IMAGE_SUFFIXES
+from kiln.data.images import decode
 from kiln.data.registry import DataInfo
 from kiln.engine import checkpoint
 from kiln.errors import KilnError, RunError
@@ -65,15 +65,6 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
     return out
 
 
-def open_image(path: Path) -> Image.Image:
-    try:
-        with Image.open(path) as im:
-            im.load()
-            return ImageOps.exif_transpose(im)
-    except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        raise KilnError(f"cannot read image {path}: {exc}") from None
-
-
 class Predictor:
     """Made by `kiln.load(run_dir)`: `.predict(images)` gives top-k classes and probabilities."""
 
@@ -100,20 +91,18 @@ class Predictor:
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """Any image -> normalized float tensor (C, H, W) in the run's channels and size."""
-        if isinstance(image, (str, Path)):
-            image = open_image(Path(image))
-        if isinstance(image, Image.Image):
-            mode = "L" if self.info.channels == 1 else "RGB"
-            if image.mode in ("RGBA", "LA", "P"):  # composite transparency onto black
-                image = image.convert("RGBA")
-                background = Image.new("RGBA", image.size, (0, 0, 0, 255))
-                image = Image.alpha_composite(background, image)
-            image = image.convert(mode)
-            if image.size != (self.info.width, self.info.height):
-                image = image.resize((self.info.width, self.info.height), Image.Resampling.BILINEAR)
-            array = np.asarray(image, dtype=np.uint8)
-            tensor = torch.from_numpy(array.copy()).view(self.info.height, self.info.width, -1)
-            tensor = tensor.permute(2, 0, 1)
+        if isinstance(image, (str, Path, Image.Image)):
+            path = image if isinstance(image, (str, Path)) else None
+            try:
+                tensor = decode(image, *self.info.input_shape)
+            except (
+                UnidentifiedImageError,
+                OSError,
+                SyntaxError,
+                ValueError,
+                Image.DecompressionBombError,
+            ) as exc:
+                raise KilnError(f"cannot read image {path or 'given'}: {exc}") from None
         elif isinstance(image, torch.Tensor):
             tensor = image
             if tensor.dim() == 2:

@@ -25,7 +25,7 @@ IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 @register_dataset(
     "digits", "scikit-learn's bundled 8x8 handwritten digits (1,797 images, no download)"
 )
-def load_digits(root: Path) -> RawDataset:
+def load_digits(cfg, root: Path) -> RawDataset:
     from sklearn.datasets import load_digits as sk_digits
     from sklearn.model_selection import train_test_split
 
@@ -101,14 +101,14 @@ def _load_mnist_like(dataset_cls, root: Path) -> RawDataset:
 
 
 @register_dataset("mnist", "MNIST handwritten digits, 28x28 grayscale, 60k train / 10k test")
-def load_mnist(root: Path) -> RawDataset:
+def load_mnist(cfg, root: Path) -> RawDataset:
     from torchvision.datasets import MNIST
 
     return _load_mnist_like(MNIST, root)
 
 
 @register_dataset("fashion-mnist", "Fashion-MNIST clothing, 28x28 grayscale, 60k train / 10k test")
-def load_fashion_mnist(root: Path) -> RawDataset:
+def load_fashion_mnist(cfg, root: Path) -> RawDataset:
     from torchvision.datasets import FashionMNIST
 
     return _load_mnist_like(FashionMNIST, root)
@@ -155,7 +155,7 @@ def _decode_folder(folder: Path, classes: list[str]) -> Split:
 @register_dataset(
     "cifar10", "CIFAR-10, 32x32 RGB, 50k train / 10k test (torchvision or PNG folders)"
 )
-def load_cifar10(root: Path) -> RawDataset:
+def load_cifar10(cfg, root: Path) -> RawDataset:
     from torchvision.datasets import CIFAR10
 
     if (root / CIFAR10.base_folder).is_dir() or (root / CIFAR10.filename).exists():
@@ -176,4 +176,4 @@ def load_cifar10(root: Path) -> RawDataset:
                 list(CIFAR10_CLASSES),
             )
     _try_download(CIFAR10, root / "cifar10" / "x", [CIFAR10.filename])  # pragma: no cover
-    return load_cifar10(root)  # pragma: no cover
+    return load_cifar10(cfg, root)  # pragma: no cover

@@ -38,6 +38,7 @@ class MemoryLoader:
         device: torch.device | str = "cpu",
         shuffle: bool = False,
         generator: torch.Generator | None = None,
+        weights: torch.Tensor | None = None,
     ):
         self.images = split.images.to(device)
         self.labels = split.labels.to(device)
@@ -45,6 +46,7 @@ class MemoryLoader:
         self.normalize = normalize
         self.shuffle = shuffle
         self.generator = generator
+        self.weights = weights  # per-sample weights: draw with replacement (data.balance=sampler)
 
     def __len__(self) -> int:
         return (len(self.labels) + self.batch_size - 1) // self.batch_size
@@ -56,7 +58,13 @@ class MemoryLoader:
     def order(self) -> torch.Tensor | None:
         if not self.shuffle:
             return None
-        return torch.randperm(self.num_samples, generator=self.generator).to(self.images.device)
+        if self.weights is not None:
+            order = torch.multinomial(
+                self.weights, self.num_samples, replacement=True, generator=self.generator
+            )
+        else:
+            order = torch.randperm(self.num_samples, generator=self.generator)
+        return order.to(self.images.device)
 
     def batches(
         self, order: torch.Tensor | None = None, start: int = 0

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -30,14 +31,26 @@ class Split:
     def take(self, index: torch.Tensor) -> Split:
         return Split(self.images[index], self.labels[index])
 
+    def image(self, index: int) -> torch.Tensor:
+        return self.images[index]
+
+    def head(self, n: int) -> torch.Tensor:
+        return self.images[:n]
+
 
 @dataclass
 class RawDataset:
-    """What a loader returns: the official splits, before Kiln carves validation."""
+    """What a loader returns: the given splits, before Kiln carves validation (when `val` is None).
 
-    train: Split
-    test: Split
+    Splits are `Split` (in memory) or `kiln.data.files.FileSplit` (decoded on demand)."""
+
+    train: Any
+    test: Any
     classes: list[str]
+    val: Any = None
+    skipped: list[str] = field(default_factory=list)  # problems skipped with data.on_bad=skip
+    sizes: dict[str, int] = field(default_factory=dict)  # "HxW" -> images, before resizing
+    modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> images
 
 
 @dataclass
@@ -70,13 +83,16 @@ class DataInfo:
 
 @dataclass
 class DataBundle:
-    train: Split
-    val: Split
-    test: Split
+    train: Any  # Split or FileSplit
+    val: Any
+    test: Any
     info: DataInfo
+    skipped: list[str] = field(default_factory=list)
+    sizes: dict[str, int] = field(default_factory=dict)
+    modes: dict[str, int] = field(default_factory=dict)
 
 
-Loader = Callable[[Path], RawDataset]
+Loader = Callable[[Any, Path], RawDataset]  # (DataConfig, root) -> RawDataset
 
 
 @dataclass
@@ -90,7 +106,7 @@ DATASETS: dict[str, DatasetEntry] = {}
 
 
 def register_dataset(name: str, description: str = "") -> Callable[[Loader], Loader]:
-    """Make `loader(root) -> RawDataset` available as `data.name=<name>`."""
+    """Make `loader(cfg, root) -> RawDataset` available as `data.name=<name>`."""
 
     def wrap(fn: Loader) -> Loader:
         DATASETS[name] = DatasetEntry(name, fn, description or (fn.__doc__ or "").strip())

@@ -94,7 +94,7 @@ class TensorBoard(Callback):
     def on_fit_start(self, trainer: Trainer) -> None:
         if trainer.start_epoch > 0:
             return  # a resumed run already logged these
-        samples = trainer.data.train.images[:64]
+        samples = trainer.data.train.head(64)
         self.writer.add_images("samples/train", samples, 0, dataformats="NCHW")
         example = trainer.normalize(samples[:2].to(trainer.device))
         # Tracing runs the model once: keep it from touching the RNG the training run depends on.

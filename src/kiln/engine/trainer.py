@@ -17,7 +17,8 @@ import torch
 from torch import nn
 
 from kiln.config import RunConfig
-from kiln.data import DataBundle, MemoryLoader, Normalize
+from kiln.data import DataBundle, DataInfo, Normalize, make_loader
+from kiln.data.folder import default_workers
 from kiln.engine import checkpoint
 from kiln.engine.callbacks import Callback
 from kiln.engine.device import autocast
@@ -25,6 +26,26 @@ from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.errors import KilnError
 from kiln.rundir import RunDir
 from kiln.tasks import ClassifyTask
+
+
+def build_augment(steps: list, info: DataInfo) -> nn.Module | None:
+    """Per-sample training augmentation from the resolved `data.augment` steps (None if none)."""
+    if not steps or steps == "none":
+        return None
+    from kiln.data.transforms import build_augment as build
+    from kiln.data.transforms import resolve_augment
+
+    return build(resolve_augment(steps), (info.height, info.width), info.channels)
+
+
+def balance(how: str, labels: torch.Tensor, info: DataInfo):
+    """(class weights for the loss, per-sample weights for the sampler) for data.balance."""
+    counts = torch.bincount(labels, minlength=info.num_classes).float().clamp_min(1)
+    if how == "weights":
+        return counts.sum() / (info.num_classes * counts), None
+    if how == "sampler":
+        return None, (1.0 / counts)[labels]
+    return None, None
 
 
 class TrainingInterrupted(KilnError):
@@ -99,17 +120,24 @@ class Trainer:
         self.epochs = cfg.train.epochs
         self.callbacks = list(callbacks)
         self.model = model.to(device)
-        self.task = ClassifyTask(cfg.train.label_smoothing)
 
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.normalize = Normalize(data.info.mean, data.info.std, device)
-        self.train_loader = MemoryLoader(
+        self.workers = default_workers(cfg.data.workers)
+        class_weights, sample_weights = balance(cfg.data.balance, data.train.labels, data.info)
+        if class_weights is not None:
+            class_weights = class_weights.to(device)
+        self.task = ClassifyTask(cfg.train.label_smoothing, class_weights)
+        self.train_loader = make_loader(
             data.train,
             cfg.data.batch_size,
             self.normalize,
             device,
             shuffle=True,
             generator=self.generator,
+            augment=build_augment(cfg.data.augment, data.info),
+            weights=sample_weights,
+            workers=self.workers,
         )
         self.val_loader = self.loader(data.val)
         self.steps_per_epoch = len(self.train_loader)
@@ -126,9 +154,11 @@ class Trainer:
         self.start_step = 0  # batches already done in the next epoch (mid-epoch resume)
         self._reset_totals()
 
-    def loader(self, split) -> MemoryLoader:
+    def loader(self, split):
         """An evaluation loader over any split, with the training normalization."""
-        return MemoryLoader(split, self.cfg.data.eval_batch_size, self.normalize, self.device)
+        return make_loader(
+            split, self.cfg.data.eval_batch_size, self.normalize, self.device, workers=self.workers
+        )
 
     # The loop ----------------------------------------------------------------------------------
     def fit(
@@ -209,7 +239,7 @@ class Trainer:
         )
 
     @torch.inference_mode()
-    def evaluate(self, loader: MemoryLoader) -> tuple[float, float]:
+    def evaluate(self, loader) -> tuple[float, float]:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
         correct = torch.zeros((), device=self.device, dtype=torch.long)

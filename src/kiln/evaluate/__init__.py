@@ -7,7 +7,8 @@ from typing import Any
 import torch
 
 from kiln import data as kdata
-from kiln.data import MemoryLoader, Normalize
+from kiln.data import Normalize, make_loader
+from kiln.data.folder import default_workers
 from kiln.engine import checkpoint
 from kiln.errors import ConfigError
 from kiln.rundir import RunDir
@@ -16,9 +17,7 @@ SPLITS = ("test", "val")
 
 
 @torch.inference_mode()
-def collect_logits(
-    model: torch.nn.Module, loader: MemoryLoader
-) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     outs, labels = [], []
     for x, y in loader:
@@ -50,9 +49,9 @@ def evaluate_run(
     if bundle is None:
         bundle = kdata.build(cfg.data)
     chosen = bundle.test if split == "test" else bundle.val
-    loader = MemoryLoader(
-        chosen, cfg.data.eval_batch_size, Normalize(info.mean, info.std, device), device
-    )
+    normalize = Normalize(info.mean, info.std, device)
+    loader = make_loader(chosen, cfg.data.eval_batch_size, normalize, device,
+                         workers=default_workers(cfg.data.workers))  # fmt: skip
     logits, labels = collect_logits(model.to(device), loader)
     result = {
         "run": str(run.path),

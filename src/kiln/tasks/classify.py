@@ -10,8 +10,9 @@ class ClassifyTask:
     name = "classify"
     metric = "acc"  # the name shown next to loss in logs and metrics.csv
 
-    def __init__(self, label_smoothing: float = 0.0):
-        self.train_loss = nn.CrossEntropyLoss(label_smoothing=label_smoothing)
+    def __init__(self, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None):
+        # class_weights (data.balance=weights) weigh the training loss only: evaluation stays honest
+        self.train_loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss(reduction="sum")
 
     @staticmethod

@@ -1,0 +1,104 @@
+"""A person's own images: an ImageFolder tree (`data.name=folder`) or a CSV (`data.name=csv`).
+
+Every file is checked before training (see scan.py). With `data.on_bad=error` (the default) any
+problem stops the run before it starts, listing them all; with `skip` the bad files are left out
+and listed in the run directory. The run's channels and size default to what most images are.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from kiln.data.files import FileSplit
+from kiln.data.registry import RawDataset, register_dataset
+from kiln.errors import ConfigError, DataError
+
+SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
+
+
+@register_dataset(
+    "folder", "your images in class folders: ROOT/<class>/*.png (or ROOT/train|val|test)"
+)
+def load_folder(cfg, root: Path) -> RawDataset:
+    from kiln.data.scan import scan_folder
+
+    return from_scan(cfg, scan_folder(root))
+
+
+@register_dataset(
+    "csv", "your images listed in a CSV (data.csv: file,label[,split]) under data.root"
+)
+def load_csv(cfg, root: Path) -> RawDataset:
+    if not cfg.csv:
+        raise ConfigError("data.csv: data.name=csv needs the CSV file, e.g. data.csv=labels.csv")
+    from kiln.data.scan import scan_csv
+
+    return from_scan(cfg, scan_csv(Path(cfg.csv), root, cfg.file_column, cfg.label_column,
+                                   cfg.split_column))  # fmt: skip
+
+
+def from_scan(cfg, scan) -> RawDataset:
+    """Check every image, then build file splits in the run's channels and size."""
+    from kiln.data.scan import verify_images
+
+    problems, meta = verify_images(scan.samples, cfg.workers)
+    problems = scan.problems + problems
+    if problems and cfg.on_bad == "error":
+        listing = "\n".join(f"  - {p}" for p in problems[:200])
+        more = f"\n  ... and {len(problems) - 200} more" if len(problems) > 200 else ""
+        raise DataError(
+            f"{len(problems)} problem(s) in the data, found before training:\n{listing}{more}\n"
+            "Fix or remove these files, or set data.on_bad=skip to train on the rest "
+            "(the skipped files are listed in the run directory)."
+        )
+    good = [s for s in scan.samples if s.path in meta]
+    train = [s for s in good if s.split in (None, "train")]
+    if not train:
+        raise DataError("no readable training images were found")
+    channels = cfg.channels or infer_channels(train, meta)
+    height, width = cfg.size or infer_size(train, meta)
+    index = {name: i for i, name in enumerate(scan.classes)}
+
+    def split_of(samples: list) -> FileSplit | None:
+        if not samples:
+            return None
+        labels = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
+        return FileSplit([s.path for s in samples], labels, channels, height, width)
+
+    given = {name: [s for s in good if s.split == name] for name in ("val", "test")}
+    train_split = split_of(train)
+    test_split = split_of(given["test"])
+    if test_split is None:  # no test split given: hold out a fixed, stratified part of train
+        from kiln.data import stratified_split
+
+        train_split, test_split = stratified_split(train_split, cfg.test_fraction)
+    return RawDataset(
+        train=train_split,
+        test=test_split,
+        classes=list(scan.classes),
+        val=split_of(given["val"]),
+        skipped=[str(p) for p in problems],
+        sizes=dict(Counter(f"{m.height}x{m.width}" for m in meta.values()).most_common()),
+        modes=dict(Counter(m.mode for m in meta.values()).most_common()),
+    )
+
+
+def infer_channels(samples: list, meta: dict) -> int:
+    """1 when most training images are single-channel, else 3."""
+    single = sum(meta[s.path].mode in SINGLE_CHANNEL_MODES for s in samples)
+    return 1 if single * 2 > len(samples) else 3
+
+
+def infer_size(samples: list, meta: dict) -> list[int]:
+    """The most common (height, width) among the training images."""
+    counts = Counter((meta[s.path].height, meta[s.path].width) for s in samples)
+    (height, width), _ = counts.most_common(1)[0]
+    return [height, width]
+
+
+def default_workers(workers: int | None) -> int:
+    return workers if workers is not None else min(4, os.cpu_count() or 1)

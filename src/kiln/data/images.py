@@ -1,0 +1,48 @@
+"""Turning any image file into the run's input: channels, EXIF orientation, size.
+
+Training, evaluation and prediction all go through `decode`, so a PNG of any size or mode gets
+exactly the preprocessing the model was trained with.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, ImageOps
+
+
+def open_image(path: Path) -> Image.Image:
+    """Open and fully decode (so a truncated file fails here, not later), EXIF rotation applied."""
+    with Image.open(path) as im:
+        im.load()
+        return ImageOps.exif_transpose(im)
+
+
+def convert_mode(image: Image.Image, channels: int) -> Image.Image:
+    """To "L" or "RGB"; transparent pixels are composited onto black, as training images were."""
+    if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
+        rgba = image.convert("RGBA")
+        image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
+    return image.convert("L" if channels == 1 else "RGB")
+
+
+def fit_size(image: Image.Image, height: int, width: int) -> Image.Image:
+    """Scale so the image covers (height, width), then center-crop: no distortion, no borders."""
+    if image.size == (width, height):
+        return image
+    scale = max(width / image.width, height / image.height)
+    resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
+    image = image.resize(resized, Image.Resampling.BILINEAR, reducing_gap=None)
+    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+    return image.crop((left, top, left + width, top + height))
+
+
+def decode(image: Image.Image | Path | str, channels: int, height: int, width: int) -> torch.Tensor:
+    """uint8 (C, H, W) in the run's channels and size."""
+    if not isinstance(image, Image.Image):
+        image = open_image(Path(image))
+    image = fit_size(convert_mode(image, channels), height, width)
+    array = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)

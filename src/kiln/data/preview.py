@@ -1,0 +1,81 @@
+"""Looking at data before training: `kiln data show` (a labelled grid) and `kiln data stats`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from kiln.data.registry import DataBundle
+
+IMBALANCE_WARNING = 3.0
+
+
+def data_stats(bundle: DataBundle) -> dict[str, Any]:
+    """Images per class and split, imbalance, sizes and modes, normalization."""
+    classes = bundle.info.classes
+    per_split = {}
+    for name in ("train", "val", "test"):
+        labels = getattr(bundle, name).labels
+        counts = torch.bincount(labels, minlength=len(classes)).tolist()
+        per_split[name] = dict(zip(classes, counts, strict=True))
+    train_counts = [c for c in per_split["train"].values()]
+    smallest = min(train_counts)
+    ratio = float("inf") if smallest == 0 else max(train_counts) / smallest
+    return {
+        "dataset": bundle.info.name,
+        "classes": classes,
+        "per_split": per_split,
+        "totals": {name: sum(counts.values()) for name, counts in per_split.items()},
+        "imbalance_ratio": round(ratio, 3),
+        "imbalanced": ratio > IMBALANCE_WARNING,
+        "input_shape": list(bundle.info.input_shape),
+        "sizes": bundle.sizes,
+        "modes": bundle.modes,
+        "mean": bundle.info.mean,
+        "std": bundle.info.std,
+        "skipped": bundle.skipped,
+    }
+
+
+def sample_grid(
+    bundle: DataBundle,
+    out: Path,
+    n: int = 64,
+    augment: torch.nn.Module | None = None,
+    seed: int = 0,
+) -> Path:
+    """A labelled grid of `n` training images (augmented as training would see them if given)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train = bundle.train
+    n = max(1, min(n, len(train)))
+    generator = torch.Generator().manual_seed(seed)
+    picks = torch.randperm(len(train), generator=generator)[:n].tolist()
+    cols = min(8, n)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.4, rows * 1.55), squeeze=False)
+    for ax in axes.flat:
+        ax.axis("off")
+    torch.manual_seed(seed)
+    for ax, index in zip(axes.flat, picks, strict=False):
+        image = train.image(index)
+        if augment is not None:
+            image = augment(image)
+        array = image.permute(1, 2, 0).numpy()
+        if array.shape[2] == 1:
+            ax.imshow(array[:, :, 0], cmap="gray", vmin=0, vmax=255)
+        else:
+            ax.imshow(array)
+        ax.set_title(bundle.info.classes[int(train.labels[index])], fontsize=7)
+    title = f"{bundle.info.name}: {n} training images" + (" (augmented)" if augment else "")
+    fig.suptitle(title, fontsize=9)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
