@@ -13,13 +13,13 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from shared_data import require
 
 import kiln
 from kiln import data as kdata
 from kiln.config import DataConfig
 from kiln.engine import checkpoint
 from kiln.errors import DataError
-from shared_data import require
 
 CLASSES = ["dark", "light", "stripes"]
 

@@ -31,7 +31,7 @@ def _finish(total, total_sq, count) -> tuple[list[float], list[float]]:
 
 
 def file_stats(split, workers: int) -> tuple[list[float], list[float]]:
-    """Mean/std of a FileSplit, decoded in workers; cached by file list, mtimes and preprocessing."""
+    """Mean/std of a FileSplit, decoded in workers; cached by files, mtimes and preprocessing."""
     key = hashlib.sha256()
     key.update(f"{split.channels}x{split.height}x{split.width}".encode())
     for path in split.paths:
