@@ -4,16 +4,21 @@ batch size (64), epochs and number of training samples for all four, run one aft
 process. Prints medians over repeats and the ratios; --write-readme updates benchmarks/README.md.
 
     python benchmarks/run.py [--quick] [--repeats N] [--data-root DIR] [--write-readme]
+
+Data is never downloaded: the official FashionMNIST .gz files are copied from a shared folder into
+a writable root (--data-root, else $KILN_DATA, else a temp folder) and unpacked there.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import io
+import gzip
+import json
 import logging
 import os
 import platform
+import shlex
 import shutil
 import statistics
 import sys
@@ -27,11 +32,27 @@ import torch
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-SHARED = HERE.parents[1] / "shared" / "datasets"
+README = HERE / "README.md"
+MARKERS = ("<!-- throughput:start -->", "<!-- throughput:end -->")
+# Where the read-only official files may live: a shared/ folder next to or above the checkout.
+SHARED = [
+    p / "shared" / "datasets" / "FashionMNIST" / "raw" for p in (HERE.parent, HERE.parents[1])
+]
+FILES = [
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+]
+
 BATCH, LR = 64, 1e-3
+VAL_FRACTION = 0.1  # Kiln holds out 10% of the 60,000 for validation: 54,000 remain
+FULL = (54_000, 5)  # (training samples per epoch, epochs)
+QUICK = (10_000, 1)
 
 
 def make_model() -> nn.Module:
+    """The tutorial's MLP, shared by the three baselines (Kiln builds the same from its config)."""
     return nn.Sequential(
         nn.Flatten(),
         nn.Linear(784, 512),
@@ -42,36 +63,46 @@ def make_model() -> nn.Module:
     )
 
 
+# Data ------------------------------------------------------------------------------------------
 def data_root(arg: str | None) -> Path:
-    """A writable root holding FashionMNIST/raw/*.gz; copied from ../shared/datasets if needed."""
+    """A writable root holding FashionMNIST/raw with the official files, unpacked."""
     root = Path(arg or os.environ.get("KILN_DATA") or Path(tempfile.gettempdir()) / "kiln-bench")
     raw = root / "FashionMNIST" / "raw"
-    if not any(raw.glob("*ubyte*")):
-        source = SHARED / "FashionMNIST" / "raw"
-        if not source.is_dir():
-            sys.exit(f"FashionMNIST not in {raw} or {source}; pass --data-root")
-        raw.mkdir(parents=True, exist_ok=True)
-        for gz in source.glob("*.gz"):
-            shutil.copy(gz, raw / gz.name)
+    for name in FILES:
+        if (raw / name).exists():
+            continue
+        gz = raw / f"{name}.gz"
+        if not gz.exists():
+            source = next((s / gz.name for s in SHARED if (s / gz.name).exists()), None)
+            if source is None:
+                sys.exit(f"{gz.name} is neither in {raw} nor in {SHARED[-1]}; pass --data-root")
+            raw.mkdir(parents=True, exist_ok=True)
+            shutil.copy(source, gz)
+        with gzip.open(gz, "rb") as src, open(raw / name, "wb") as dst:
+            shutil.copyfileobj(src, dst)
     return root
 
 
-def tutorial_dataset(root: Path, n: int):
-    from torch.utils.data import Subset
+def fashion_mnist(root: Path, transform=None):
     from torchvision.datasets import FashionMNIST
+
+    return FashionMNIST(str(root), train=True, transform=transform, download=False)
+
+
+def tutorial_loader(root: Path, n: int):
+    """The tutorial's input pipeline: ToTensor() per sample, DataLoader(batch 64, shuffle)."""
+    from torch.utils.data import DataLoader, Subset
     from torchvision.transforms import ToTensor
 
-    # download=True with the files present only unpacks them, as the tutorial's code does.
-    dataset = FashionMNIST(str(root), train=True, transform=ToTensor(), download=True)
-    return Subset(dataset, range(n))
+    dataset = Subset(fashion_mnist(root, ToTensor()), range(n))
+    return DataLoader(dataset, batch_size=BATCH, shuffle=True)
 
 
+# The four methods: each returns training samples per second over all epochs ------------------
 def plain_loop(root: Path, n: int, epochs: int) -> float:
     """The PyTorch tutorial: DataLoader + ToTensor per sample, the usual five lines per step."""
-    from torch.utils.data import DataLoader
-
     torch.manual_seed(0)
-    loader = DataLoader(tutorial_dataset(root, n), batch_size=BATCH, shuffle=True)
+    loader = tutorial_loader(root, n)
     model, loss_fn = make_model(), nn.CrossEntropyLoss()
     optimizer = torch.optim.Adam(model.parameters(), lr=LR)
     start = time.perf_counter()
@@ -88,7 +119,9 @@ def plain_loop(root: Path, n: int, epochs: int) -> float:
 def lightning_loop(root: Path, n: int, epochs: int) -> float:
     """The same model and DataLoader under Lightning's Trainer; only training epochs are timed."""
     import lightning as L
-    from torch.utils.data import DataLoader
+
+    for name in ("lightning.pytorch", "lightning.fabric"):  # set on import: quiet them after
+        logging.getLogger(name).setLevel(logging.ERROR)
 
     class Module(L.LightningModule):
         def __init__(self):
@@ -103,7 +136,8 @@ def lightning_loop(root: Path, n: int, epochs: int) -> float:
             return torch.optim.Adam(self.parameters(), lr=LR)
 
     class EpochTimer(L.Callback):
-        seconds = 0.0
+        def __init__(self):
+            self.seconds = 0.0
 
         def on_train_epoch_start(self, trainer, module):
             self.started = time.perf_counter()
@@ -123,23 +157,22 @@ def lightning_loop(root: Path, n: int, epochs: int) -> float:
         enable_model_summary=False,
         callbacks=[timer],
     )
-    loader = DataLoader(tutorial_dataset(root, n), batch_size=BATCH, shuffle=True)
-    trainer.fit(Module(), loader)
+    trainer.fit(Module(), tutorial_loader(root, n))
     return n * epochs / timer.seconds
 
 
-def compute_bound(root: Path, n: int, epochs: int) -> float:
+def compute_bound(root: Path, n: int, epochs: int, fused: bool = False) -> float:
     """The same model stepping over a normalized float tensor already in memory: no loading."""
-    from torchvision.datasets import FashionMNIST
-
-    data = FashionMNIST(str(root), train=True, download=True)  # files present: unpacks only
-    x = (data.data[:n].float().div(255).sub(0.286).div(0.353)).unsqueeze(1)
+    data = fashion_mnist(root)
+    x = data.data[:n].unsqueeze(1).float().div_(255)
+    x = x.sub_(x.mean()).div_(x.std())  # normalized with these images' statistics, as Kiln does
     y = data.targets[:n]
     torch.manual_seed(0)
     model, loss_fn = make_model(), nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=LR)
+    optimizer = torch.optim.Adam(model.parameters(), lr=LR, fused=fused)
     start = time.perf_counter()
     for _ in range(epochs):
+        model.train()
         order = torch.randperm(n)
         for begin in range(0, n, BATCH):
             idx = order[begin : begin + BATCH]
@@ -150,22 +183,39 @@ def compute_bound(root: Path, n: int, epochs: int) -> float:
     return n * epochs / (time.perf_counter() - start)
 
 
+def compute_bound_fused(root: Path, n: int, epochs: int) -> float:
+    """The compute bound with the optimizer Kiln builds: Adam(fused=True), one kernel per step."""
+    return compute_bound(root, n, epochs, fused=True)
+
+
 def kiln_train(root: Path, n: int, epochs: int) -> float:
-    """Kiln with the matched settings; its progress output is captured, as on a pipe."""
+    """kiln.train with the matched settings; its per-epoch samples/s excludes validation."""
     import kiln
 
-    config = {
-        "data": {"name": "fashion-mnist", "root": str(root), "batch_size": BATCH, "subset": n},
-        "model": {"name": "mlp", "hidden": [512, 512]},
-        "optim": {"name": "adam", "lr": LR},
-        "sched": {"name": "none"},
-        "train": {"epochs": epochs, "label_smoothing": 0.0, "device": "cpu"},
-        "run": {"dir": tempfile.mkdtemp(prefix="kiln-bench-runs-")},
-    }
-    with contextlib.redirect_stdout(io.StringIO()):
-        run = kiln.train(config)
-    shutil.rmtree(config["run"]["dir"], ignore_errors=True)
-    seconds = sum(n / row["samples_per_s"] for row in run.history)  # training time, no validation
+    runs = tempfile.mkdtemp(prefix="kiln-bench-runs-")
+    try:
+        torch.manual_seed(0)  # kiln.train seeds itself from train.seed (0) as well
+        config = {
+            "data": {
+                "name": "fashion-mnist",
+                "root": str(root),
+                "batch_size": BATCH,
+                "val_fraction": VAL_FRACTION,
+                "subset": n,
+            },
+            "model": {"name": "mlp", "hidden": [512, 512]},
+            "optim": {"name": "adam", "lr": LR},
+            "sched": {"name": "none"},
+            "train": {"epochs": epochs, "label_smoothing": 0.0, "device": "cpu"},
+            "run": {"dir": runs},
+        }
+        run = kiln.train(config, progress=False)
+        trained = json.loads((run.path / "info.json").read_text())["samples"]["train"]
+    finally:
+        shutil.rmtree(runs, ignore_errors=True)
+    if trained != n:
+        sys.exit(f"Kiln trained on {trained:,} samples per epoch, the others on {n:,}")
+    seconds = sum(n / row["samples_per_s"] for row in run.history)  # training epochs only
     return n * epochs / seconds
 
 
@@ -173,10 +223,12 @@ METHODS = {
     "plain loop": plain_loop,
     "lightning": lightning_loop,
     "compute bound": compute_bound,
+    "compute bound, fused Adam": compute_bound_fused,
     "kiln": kiln_train,
 }
 
 
+# Reporting ---------------------------------------------------------------------------------------
 def machine() -> str:
     cpu = platform.processor() or "unknown CPU"
     with contextlib.suppress(OSError):
@@ -186,35 +238,63 @@ def machine() -> str:
                 break
     return (
         f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__}, "
-        f"{torch.get_num_threads()} threads, Python {platform.python_version()}"
+        f"torch.get_num_threads() = {torch.get_num_threads()}, Python {platform.python_version()}"
     )
 
 
-def table(rates: dict[str, float]) -> str:
+def kiln_source() -> str:
+    """Which Kiln was measured: its git commit (and whether src/ had local changes), or its path."""
+    import subprocess
+
+    import kiln
+
+    src = Path(kiln.__file__).resolve().parent
+    git = ["git", "-C", str(src)]
+    with contextlib.suppress(OSError, subprocess.CalledProcessError):
+        commit = subprocess.run(
+            [*git, "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "."], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        return f"kiln at commit {commit}" + (
+            " with uncommitted changes in src/kiln" if dirty else ""
+        )
+    return f"kiln from {src}"
+
+
+def load_average() -> str:
+    with contextlib.suppress(OSError, AttributeError):
+        return "load average %.2f %.2f %.2f" % os.getloadavg()  # noqa: UP031
+    return "load average unknown"
+
+
+def table(rates: dict[str, float], n: int) -> str:
     plain, bound = rates["plain loop"], rates["compute bound"]
     lines = [
-        "| method | samples/s | vs plain loop | time vs compute bound |",
-        "| --- | ---: | ---: | ---: |",
+        "| method | samples/s | s/epoch | vs plain loop | time vs compute bound |",
+        "| --- | ---: | ---: | ---: | ---: |",
     ]
     for name, rate in rates.items():
-        lines.append(f"| {name} | {rate:,.0f} | {rate / plain:.2f}x | {bound / rate:.2f}x |")
-    kiln = rates["kiln"]
+        lines.append(
+            f"| {name} | {rate:,.0f} | {n / rate:.2f} | {rate / plain:.2f}x | {bound / rate:.2f}x |"
+        )
+    kiln, fused = rates["kiln"], rates["compute bound, fused Adam"]
     lines += [
         "",
         f"Kiln / plain loop: **{kiln / plain:.2f}x**; Kiln / Lightning: "
-        f"**{kiln / rates['lightning']:.2f}x**; Kiln's time / compute bound's: "
-        f"**{bound / kiln:.2f}x**.",
+        f"**{kiln / rates['lightning']:.2f}x**; Kiln's time / compute bound's time: "
+        f"**{bound / kiln:.2f}x** (/ the fused-Adam compute bound's: **{fused / kiln:.2f}x**).",
     ]
     return "\n".join(lines)
 
 
 def write_readme(text: str) -> None:
-    readme = HERE / "README.md"
-    content = readme.read_text()
-    start, end = "<!-- throughput:start -->", "<!-- throughput:end -->"
+    content = README.read_text()
+    start, end = MARKERS
     before, rest = content.split(start, 1)
     _, after = rest.split(end, 1)
-    readme.write_text(f"{before}{start}\n{text}\n{end}{after}")
+    README.write_text(f"{before}{start}\n{text}\n{end}{after}")
 
 
 def main() -> None:
@@ -223,34 +303,37 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=None, help="runs per method (median)")
     parser.add_argument("--data-root", default=None, help="folder holding FashionMNIST/raw")
     parser.add_argument("--write-readme", action="store_true", help="update benchmarks/README.md")
-    parser.add_argument("--only", nargs="*", choices=list(METHODS), help="run only these")
+    parser.add_argument("--only", nargs="+", choices=list(METHODS), help="run only these")
     args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-    logging.getLogger("lightning").setLevel(logging.ERROR)
-    logging.getLogger("lightning.pytorch").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore")  # Lightning's advice on DataLoader workers, mostly
+    os.environ["KILN_OFFLINE"] = "1"  # Kiln must find the files, never fetch them
 
-    n, epochs = (10_000, 1) if args.quick else (54_000, 5)  # Kiln trains on 90% of 60,000
+    n, epochs = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
     root = data_root(args.data_root)
+    load_before = load_average()
     print(f"FashionMNIST, MLP 784-512-512-10, Adam {LR}, batch {BATCH}, {epochs} epochs x {n:,}")
-    print(f"machine: {machine()}")
+    print(f"machine: {machine()}; {load_before}", flush=True)
+    print(f"measuring {kiln_source()}", flush=True)
     rates: dict[str, list[float]] = {name: [] for name in args.only or METHODS}
     for repeat in range(repeats):
-        for name in rates:
-            rate = METHODS[name](root, n, epochs)
-            rates[name].append(rate)
-            print(f"  [{repeat + 1}/{repeats}] {name:<14} {rate:>10,.0f} samples/s", flush=True)
+        for name, values in rates.items():
+            values.append(METHODS[name](root, n, epochs))
+            print(
+                f"  [{repeat + 1}/{repeats}] {name:<26} {values[-1]:>9,.0f} samples/s", flush=True
+            )
     medians = {name: statistics.median(values) for name, values in rates.items()}
     if set(medians) != set(METHODS):
         return
-    text = table(medians)
+    text = table(medians, n)
     print("\n" + text)
     if args.write_readme:
-        command = "python benchmarks/run.py" + (" --quick" if args.quick else "")
-        command += f" --repeats {repeats}" if args.repeats else ""
+        command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
         write_readme(
-            f"Measured {date.today()} with `{command}` (median of {repeats}) on: {machine()}.\n"
-            f"{epochs} epochs x {n:,} FashionMNIST images.\n\n{text}"
+            f"Measured {date.today()} with `{command}` (median of {repeats} run"
+            f"{'s' if repeats > 1 else ''} per method), {epochs} epoch{'s' if epochs > 1 else ''}"
+            f" x {n:,} FashionMNIST training images, {kiln_source()}, on: {machine()}.\n"
+            f"Machine load at the start: {load_before}; at the end: {load_average()}.\n\n{text}"
         )
 
 
