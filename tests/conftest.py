@@ -108,7 +108,7 @@ def trained_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     data_dir = work / "kiln-data"
     data_dir.mkdir()
     result = run_kiln(
-        "train", "epochs=2", "model.hidden=[64]", "lr=0.01", "device=cpu",
+        "train", "epochs=2", "model=mlp", "model.hidden=[64]", "lr=0.01", "device=cpu",
         f"run.dir={work / 'runs'}", "name=digits-run",
         cwd=work, data_dir=data_dir,
     )  # fmt: skip

@@ -57,7 +57,7 @@ def outputs(request, tmp_path_factory) -> dict:
 
         submit("list-datasets", "list", "datasets")
         submit("list-models", "list", "models")
-        submit("config-show", "config", "show", "epochs=3", "model.hidden=[32]")
+        submit("config-show", "config", "show", "epochs=3", "model=mlp", "model.hidden=[32]")
 
         trained = request.getfixturevalue("trained_run")
         run = Path(shutil.copytree(trained, work / "run"))
@@ -151,13 +151,14 @@ def test_config_show_prints_the_fully_resolved_config(outputs):
     assert cfg["model"]["name"] == "mlp"
     assert set(cfg) == set(RunConfig.model_fields)
     for section, field in RunConfig.model_fields.items():
-        if section in ("task", "model"):
+        if section in ("task", "imports", "model"):
             continue
         assert set(cfg[section]) == set(field.annotation.model_fields), section
     assert set(cfg["train"]["early_stop"]) == {"monitor", "patience"}
     # every mlp option is filled in, not just the one given
-    assert set(cfg["model"]) == {"name", "hidden", "activation", "dropout", "batchnorm",
-                                 "final_activation"}  # fmt: skip
+    common = {"name", "init", "weights", "freeze", "unfreeze_epoch"}
+    options = {"hidden", "activation", "dropout", "batchnorm", "final_activation"}
+    assert set(cfg["model"]) == common | options
     assert RunConfig.model_validate(cfg).train.epochs == 3  # and it is a valid config
 
 

@@ -62,11 +62,12 @@ def test_defaults_are_a_complete_run():
     cfg = build_config()
     assert cfg == RunConfig()
     tree = cfg.to_dict()
-    assert tuple(tree) == SECTIONS
+    assert tuple(tree) == ("task", "imports", *SECTIONS[1:])
+    assert tree["imports"] == []  # no modules of the user's to import
     for section in SECTIONS[1:]:
         assert isinstance(tree[section], dict) and tree[section], section
     assert tree["train"]["early_stop"] == {"monitor": "val_acc", "patience": None}
-    assert (cfg.data.name, cfg.model.name, cfg.optim.name) == ("digits", "mlp", "adam")
+    assert (cfg.data.name, cfg.model.name, cfg.optim.name) == ("digits", "convnet", "adam")
     assert cfg.sched.name in SCHEDULERS
     assert cfg.train.epochs >= 1 and cfg.optim.lr > 0 and 0 < cfg.data.val_fraction < 1
     assert cfg.train.device == "auto" and cfg.run.dir == "runs" and cfg.run.name is None
@@ -341,16 +342,19 @@ MLP_DEFAULTS = {
 def test_resolve_fills_in_model_defaults():
     from kiln.api import resolve
 
-    cfg = resolve(build_config())
+    cfg = resolve(build_config(None, ["model=mlp"]))
     assert cfg.model.name == "mlp"
     assert cfg.model.kwargs() == MLP_DEFAULTS
-    assert yaml.safe_load(cfg.to_yaml())["model"] == {"name": "mlp", **MLP_DEFAULTS}
+    common = {"init": "default", "weights": None, "freeze": "none", "unfreeze_epoch": None}
+    assert yaml.safe_load(cfg.to_yaml())["model"] == {"name": "mlp", **common, **MLP_DEFAULTS}
+    default = resolve(build_config())  # the default model: convnet, every option filled in
+    assert default.model.name == "convnet" and default.model.kwargs()["depth"] >= 1
 
 
 def test_resolve_keeps_given_options_and_is_idempotent():
     from kiln.api import resolve
 
-    cfg = resolve(build_config(None, ["model.hidden=[32]", "model.dropout=0.5"]))
+    cfg = resolve(build_config(None, ["model=mlp", "model.hidden=[32]", "model.dropout=0.5"]))
     assert cfg.model.kwargs() == {**MLP_DEFAULTS, "hidden": [32], "dropout": 0.5}
     assert resolve(cfg) == cfg
     assert cfg.optim == RunConfig().optim  # other sections untouched
@@ -366,7 +370,7 @@ def test_resolve_rejects_unknown_model_option_naming_it_and_the_valid_ones():
     from kiln.api import resolve
 
     with pytest.raises(ConfigError) as info:
-        resolve(build_config(None, ["model.foo=1"]))
+        resolve(build_config(None, ["model=mlp", "model.foo=1"]))
     message = str(info.value)
     assert names_key(message, "model.foo"), message
     for option in MLP_DEFAULTS:

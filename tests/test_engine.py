@@ -93,6 +93,7 @@ def test_early_stop_ends_training_and_best_checkpoint_tracks_monitor(tmp_path):
         progress=False,
         epochs=30,
         run__dir=str(tmp_path),
+        model__name="mlp",
         model__hidden=[16],
         train__early_stop__monitor="val_loss",
         train__early_stop__patience=2,
@@ -145,7 +146,7 @@ def test_run_directory_contents(tmp_path):
     run = kiln.train(None, progress=False, epochs=2, run__dir=str(tmp_path), name="d")
     p = Path(run.path)
     cfg = yaml.safe_load((p / "config.yaml").read_text())
-    assert cfg["train"]["epochs"] == 2 and cfg["model"]["hidden"] == [512, 512]  # defaults filled
+    assert cfg["train"]["epochs"] == 2 and cfg["model"]["width"] == 32  # defaults filled
     info = json.loads((p / "info.json").read_text())
     assert info["classes"] == [str(i) for i in range(10)] and info["input_shape"] == [1, 8, 8]
     assert info["versions"]["torch"].startswith("2.14.1") and info["seed"] == 0
@@ -171,7 +172,9 @@ def test_predictor_api_accepts_paths_pil_and_tensors(tmp_path):
     from kiln import data as kdata
     from kiln.config import DataConfig
 
-    run = kiln.train(None, progress=False, run__dir=str(tmp_path), model__hidden=[64])
+    run = kiln.train(
+        None, progress=False, run__dir=str(tmp_path), model__name="mlp", model__hidden=[64]
+    )
     predictor = kiln.load(run.path)
     test = kdata.build(DataConfig()).test
     tensors = test.images[:50]

@@ -127,7 +127,7 @@ def test_skip_trains_on_the_rest_and_lists_the_skipped(tmp_path):
     (root / "light" / "empty.png").write_bytes(b"")
     out = kiln_cli(
         "train", "data=folder", f"data.root={root}", "data.on_bad=skip", "epochs=1",
-        "model.hidden=[16]", "name=skip", cwd=tmp_path,
+        "model=mlp", "model.hidden=[16]", "name=skip", cwd=tmp_path,
     )  # fmt: skip
     assert out.returncode == 0, out.stderr
     skipped = (tmp_path / "runs" / "skip" / "skipped.txt").read_text()
@@ -225,7 +225,8 @@ def test_imbalance_warning_and_balanced_sampling(tmp_path):
     assert (share - 1 / 3).abs().max() < 0.06
     for how in ("weights", "sampler"):
         run = kiln.train(None, progress=False, data__name="folder", data__root=str(root),
-                         data__balance=how, epochs=2, run__dir=str(tmp_path / how))  # fmt: skip
+                         data__balance=how, epochs=2, model__name="mlp",
+                         run__dir=str(tmp_path / how))  # fmt: skip
         assert run.history[-1]["val_acc"] > 0.5
 
 

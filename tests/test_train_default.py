@@ -26,7 +26,7 @@ def default_run(tmp_path_factory):
         env={"KILN_OFFLINE": "1", "PATH": "/usr/bin:/bin", "HOME": str(work)},
     )
     assert out.returncode == 0, out.stderr
-    return work / "runs" / "digits-mlp", out
+    return work / "runs" / "digits-convnet", out
 
 
 def test_default_run_reaches_95_percent_validation_accuracy(default_run):
@@ -34,7 +34,7 @@ def test_default_run_reaches_95_percent_validation_accuracy(default_run):
     rows = list(csv.DictReader((run / "metrics.csv").open()))
     assert len(rows) == 20
     assert float(rows[-1]["val_acc"]) >= 0.95
-    assert "Run directory: runs/digits-mlp" in out.stdout
+    assert "Run directory: runs/digits-convnet" in out.stdout
     assert "final val acc" in out.stdout
     # one summary line per epoch with the numbers a person looks for
     lines = [line for line in out.stdout.splitlines() if line.startswith("Epoch ")]

@@ -18,7 +18,13 @@ from kiln.engine.device import check_precision, resolve_device, seed_everything
 from kiln.engine.trainer import Trainer
 from kiln.errors import ConfigError, RunError
 from kiln.evaluate import evaluate_run
-from kiln.models import check_options, create_model, get_model
+from kiln.models import (
+    build_model,
+    check_options,
+    get_model,
+    import_user_modules,
+    prepare_model,
+)
 from kiln.predict import Predictor
 from kiln.rundir import RunDir
 
@@ -43,11 +49,16 @@ class Run:
 
 def resolve(cfg: RunConfig) -> RunConfig:
     """Check model options and fill in their defaults, so config.yaml records every value."""
+    import_user_modules(cfg.imports)
     options = cfg.model.kwargs()
     check_options(cfg.model.name, options)
     filled = {**get_model(cfg.model.name).options(), **options}
     tree = cfg.to_dict()
-    tree["model"] = {"name": cfg.model.name, **{k: _plain(v) for k, v in filled.items()}}
+    tree["model"] = {
+        "name": cfg.model.name,
+        **cfg.model.common(),
+        **{k: _plain(v) for k, v in filled.items()},
+    }
     from kiln.data.transforms import resolve_augment
 
     tree["data"]["augment"] = resolve_augment(cfg.data.augment)
@@ -58,7 +69,11 @@ def describe_custom(cfg: RunConfig, model: nn.Module) -> RunConfig:
     """A model passed in Python is recorded by class name: it cannot be rebuilt from YAML."""
     tree = cfg.to_dict()
     cls = type(model)
-    tree["model"] = {"name": "custom", "class": f"{cls.__module__}.{cls.__qualname__}"}
+    tree["model"] = {
+        "name": "custom",
+        **cfg.model.common(),
+        "class": f"{cls.__module__}.{cls.__qualname__}",
+    }
     return RunConfig.model_validate(tree)
 
 
@@ -91,14 +106,19 @@ def train(
     check_precision(cfg.train.precision, device)
     bundle = kdata.build(cfg.data)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    net = (
-        model
-        if model is not None
-        else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
-    )
+    if model is None:
+        built = build_model(cfg.model, bundle.info)
+    else:
+        built = prepare_model(model, cfg.model)
+    net = built.model
     run = RunDir.create(cfg)
     run.write_config(cfg)
-    run.write_info(bundle.info, cfg, _describe(bundle, net, device))
+    details = _describe(bundle, net, device)
+    if built.weights is not None:
+        details["weights"] = built.weights.to_dict()
+        if progress:
+            print(built.weights, flush=True)
+    run.write_info(bundle.info, cfg, details)
     if bundle.skipped:
         (run.path / "skipped.txt").write_text("\n".join(bundle.skipped) + "\n")
         n = len(bundle.skipped)
@@ -134,13 +154,14 @@ def _resume(
             "kiln.train(resume=run_dir, model=YourModel())"
         )
     device = resolve_device(cfg.train.device)
+    import_user_modules(cfg.imports)
     bundle = kdata.build(cfg.data)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
-    net = (
-        model
-        if model is not None
-        else create_model(cfg.model.name, bundle.info, **cfg.model.kwargs())
-    )
+    # The checkpoint holds the weights: pretrained ones are not fetched again.
+    if model is None:
+        net = build_model(cfg.model, bundle.info, load=False).model
+    else:
+        net = prepare_model(model, cfg.model, load=False).model
     if overrides:
         run.write_config(cfg)
     return _fit(cfg, net, bundle, run, device, callbacks, progress, state, bool(overrides))
@@ -177,6 +198,12 @@ def _fit(
             flush=True,
         )
     test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)
+    if cfg.run.report:
+        from kiln.evaluate.report import make_report
+
+        report = make_report(run.path, model=net, bundle=bundle, device=device)
+        if progress:
+            print(f"Report: {report}", flush=True)
     if progress:
         print(f"Run directory: {run.path}", flush=True)
     return Run(path=run.path, config=cfg, history=history, test=test)

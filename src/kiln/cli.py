@@ -71,13 +71,73 @@ def cmd_list(ns: argparse.Namespace) -> int:
         for name, entry in sorted(DATASETS.items()):
             table.add_row(name, entry.description)
     else:
-        from kiln.models import MODELS
+        from kiln.models.summary import DEFAULT_INPUT, catalogue
 
+        shape = "x".join(map(str, DEFAULT_INPUT))
+        table.add_column(f"parameters ({shape}, 10 classes)", justify="right")
         table.add_column("options")
-        for name, entry in sorted(MODELS.items()):
-            opts = ", ".join(f"{k}={v!r}" for k, v in entry.options().items())
-            table.add_row(name, entry.description, opts or "-")
+        for row in catalogue():
+            opts = ", ".join(f"{k}={v!r}" for k, v in row["options"].items())
+            count = "-" if row["parameters"] is None else f"{row['parameters']:,}"
+            table.add_row(row["name"], row["description"], count, opts or "-")
+        for name, description in model_families():
+            table.add_row(name, description, "-", "pretrained")
     Console().print(table)
+    if ns.what == "models":
+        print("Your own: @kiln.models.register in a module named under `imports:` in the config.")
+    return 0
+
+
+def model_families() -> list[tuple[str, str]]:
+    from kiln.models.torchvision_models import classification_models
+
+    names = classification_models()
+    rows = [
+        ("tv:NAME", f"any of torchvision's {len(names)} classifiers: {', '.join(names[:8])}, ...")
+    ]
+    try:
+        import timm
+
+        rows.append(("timm:NAME", f"any of timm's {len(timm.list_models())} models"))
+    except ImportError:
+        rows.append(("timm:NAME", "any timm model, once installed: pip install 'kiln[timm]'"))
+    return rows
+
+
+def cmd_summary(ns: argparse.Namespace) -> int:
+    """A model name (with model.* overrides) or a run directory."""
+    from kiln.models import build_model, import_user_modules
+    from kiln.models.summary import DEFAULT_INPUT, data_info, parse_input, summary_table
+
+    target = Path(ns.target)
+    if (target / "config.yaml").is_file():
+        from kiln.rundir import RunDir
+
+        if ns.overrides:
+            raise KilnError("a run's model is summarised as trained: drop the key=value overrides")
+        run = RunDir.open(target)
+        cfg = run.load_config()
+        if cfg.model.name == "custom":
+            raise KilnError(
+                f"{target} was trained with a model passed in Python: Kiln cannot rebuild it"
+            )
+        import_user_modules(cfg.imports)
+        info = run.data_info()
+        shape = parse_input(ns.input) if ns.input else info.input_shape
+        if ns.input:
+            info = data_info(shape, info.num_classes)
+    else:
+        from kiln.config import build_config
+
+        overrides = [f"model.name={ns.target}", *ns.overrides]
+        cfg = build_config(None, overrides)
+        import_user_modules(cfg.imports)
+        shape = parse_input(ns.input) if ns.input else DEFAULT_INPUT
+        info = data_info(shape, ns.classes)
+    model = build_model(cfg.model, info, load=False).model
+    size = "x".join(map(str, (ns.batch, *shape)))
+    print(f"{cfg.model.name}: input {size}, {info.num_classes} classes")
+    print(summary_table(model, shape, ns.batch))
     return 0
 
 
@@ -150,6 +210,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     if ns.json:
         keys = (
             "accuracy",
+            *calibration_keys(result),
             "precision_macro",
             "recall_macro",
             "f1_macro",
@@ -167,6 +228,11 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     return 0
 
 
+def calibration_keys(result: dict) -> list[str]:
+    """Top-k accuracy (when the classes make it meaningful) and expected calibration error."""
+    return [k for k in result if (k.startswith("top") and k.endswith("_accuracy")) or k == "ece"]
+
+
 def print_eval(result: dict) -> None:
     console = Console()
     console.print(
@@ -176,6 +242,7 @@ def print_eval(result: dict) -> None:
     summary = Table("metric", "value")
     for key in (
         "accuracy",
+        *calibration_keys(result),
         "loss",
         "precision_macro",
         "recall_macro",
@@ -222,6 +289,28 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(ns: argparse.Namespace) -> int:
+    from kiln.evaluate.report import make_report
+    from kiln.rundir import RunDir
+
+    run = RunDir.open(ns.run)  # a clear error before paying for the model and data
+    path = make_report(run.path, checkpoint=ns.checkpoint)
+    print(f"wrote plots to {run.path / 'plots'}")
+    print(path)
+    return 0
+
+
+def cmd_compare(ns: argparse.Namespace) -> int:
+    from kiln.evaluate.compare import check_output, compare_runs, rich_table
+
+    check_output(ns.output)  # before reading any run
+    runs = compare_runs(ns.runs, ns.output)
+    console = Console()
+    console.print(rich_table(runs, console.width))
+    print(f"wrote {ns.output}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="kiln", description="Kiln: train, evaluate and predict with PyTorch."
@@ -251,6 +340,21 @@ def build_parser() -> argparse.ArgumentParser:
     p = verbs.add_parser("list", help="list datasets or models")
     p.add_argument("what", choices=["datasets", "models"])
     p.set_defaults(func=cmd_list)
+
+    p = verbs.add_parser(
+        "summary",
+        help="per-layer table of a model: output shapes, parameters, mult-adds, memory",
+        description="Summarise a model by name (model.* overrides allowed) or a run directory.",
+        epilog="examples:\n  kiln summary convnet --input 3x32x32 model.width=64\n"
+        "  kiln summary runs/mnist-cnn",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("target", metavar="MODEL|RUN_DIR")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. model.depth=4")
+    p.add_argument("--input", help="C x H x W, e.g. 1x28x28 (default: the run's, or 1x28x28)")
+    p.add_argument("--batch", type=int, default=64, help="batch size for shapes and memory")
+    p.add_argument("--classes", type=int, default=10, help="classes, for a model name")
+    p.set_defaults(func=cmd_summary)
 
     p = verbs.add_parser("data", help="look at a dataset: a grid of samples, or statistics")
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
@@ -285,11 +389,39 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.set_defaults(func=cmd_predict)
+
+    p = verbs.add_parser(
+        "report",
+        help="plots and a self-contained HTML report of a run",
+        description="Write RUN_DIR/plots/*.png and RUN_DIR/report.html (one file, opens offline).",
+    )
+    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
+    p.set_defaults(func=cmd_report)
+
+    p = verbs.add_parser(
+        "compare",
+        help="overlaid learning curves and a table of final metrics for several runs",
+        description="Compare runs: curves from each RUN_DIR/metrics.csv, final metrics, test "
+        "accuracy (eval-test.json), time and parameters. -o X.png writes the figure and prints "
+        "the table; -o X.html writes one self-contained page with both.",
+        epilog="example:\n  kiln compare runs/dropout-none runs/dropout-0.5 -o compare.html",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
+    p.add_argument("-o", "--output", default="compare.html", help=".html or .png to write")
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    ns = build_parser().parse_args(argv)
+    parser = build_parser()
+    ns, extra = parser.parse_known_args(argv)
+    if extra:  # key=value after an option (`kiln summary convnet --input 1x8x8 model.width=8`)
+        target = "overrides" if hasattr(ns, "overrides") else "args"
+        if not hasattr(ns, target) or not all("=" in e and not e.startswith("-") for e in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        setattr(ns, target, [*getattr(ns, target), *extra])
     try:
         return ns.func(ns)
     except KilnError as exc:

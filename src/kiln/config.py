@@ -11,7 +11,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from kiln.errors import ConfigError
 
@@ -91,13 +98,28 @@ class DataConfig(_Section):
 
 
 class ModelConfig(BaseModel):
-    """`name` picks a registered model; every other key is passed to its builder."""
+    """`name` picks a registered model; the keys below apply to every model, and every other key
+    is passed to the model's builder (`model.hidden`, `model.depth`, ...)."""
 
     model_config = ConfigDict(extra="allow")
-    name: str = "mlp"
+    name: str = "convnet"  # fast and accurate on small images; `kiln list models` for more
+    init: Literal["default", "kaiming", "xavier", "orthogonal"] = "default"
+    weights: str | None = Field(None, description="start from these weights: a run, .pt or .pth")
+    freeze: Literal["none", "backbone"] = "none"
+    unfreeze_epoch: int | None = Field(None, ge=1, description="train the backbone from this epoch")
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
+
+    @model_validator(mode="after")
+    def _unfreeze_needs_freeze(self) -> ModelConfig:
+        if self.unfreeze_epoch is not None and self.freeze == "none":
+            raise ValueError("model.unfreeze_epoch needs model.freeze=backbone")
+        return self
+
+    def common(self) -> dict[str, Any]:
+        """The keys every model has, as set (for writing back into a resolved config)."""
+        return {k: getattr(self, k) for k in ("init", "weights", "freeze", "unfreeze_epoch")}
 
 
 class OptimConfig(_Section):
@@ -107,6 +129,7 @@ class OptimConfig(_Section):
     nesterov: bool = False
     weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(0.0, ge=0.0)
+    backbone_lr: float | None = Field(None, gt=0.0, description="default: optim.lr")
 
     @field_validator("name")
     @classmethod
@@ -168,6 +191,7 @@ class TrainConfig(_Section):
 class RunSection(_Section):
     name: str | None = None
     dir: str = "runs"
+    report: bool = Field(True, description="plots/ and report.html at the end of training")
 
     @field_validator("name", "dir", mode="before")
     @classmethod
@@ -177,6 +201,9 @@ class RunSection(_Section):
 
 class RunConfig(_Section):
     task: str = "classify"
+    imports: list[str] = Field(
+        default_factory=list, description="modules to import first: your own registered models"
+    )
     data: DataConfig = DataConfig()
     model: ModelConfig = ModelConfig()
     optim: OptimConfig = OptimConfig()

@@ -14,7 +14,7 @@ from kiln.data.images import decode
 from kiln.data.registry import DataInfo
 from kiln.engine import checkpoint
 from kiln.errors import KilnError, RunError
-from kiln.models import create_model
+from kiln.models import build_model, import_user_modules
 from kiln.rundir import RunDir
 
 ImageLike = str | Path | Image.Image | torch.Tensor
@@ -37,7 +37,8 @@ def load_model(
                 f"({cfg.model.kwargs().get('class')}); load it with "
                 "kiln.load(run_dir, model=YourModel())"
             )
-        model = create_model(cfg.model.name, run.data_info(), **cfg.model.kwargs())
+        import_user_modules(cfg.imports)
+        model = build_model(cfg.model, run.data_info(), load=False).model
     state = checkpoint.load(run.checkpoint(which), map_location=device)
     try:
         model.load_state_dict(state["model"])

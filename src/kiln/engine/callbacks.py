@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 import warnings
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
@@ -84,7 +86,10 @@ class ProgressBar(Callback):
 
 
 class TensorBoard(Callback):
-    """Scalars per epoch, a grid of sample inputs, the model graph and weight histograms."""
+    """Scalars per epoch, a grid of sample inputs, the model graph, weight histograms and, once
+    training has finished, the run's hyperparameters against its final metrics (HPARAMS tab)."""
+
+    HPARAMS_SUFFIX = ".hparams"  # the hparams file is rewritten when a finished run is extended
 
     def __init__(self, log_dir: str, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
@@ -121,4 +126,67 @@ class TensorBoard(Callback):
         w.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
-        self.writer.close()
+        try:
+            if finished(trainer):  # not after an interrupt: the resumed run logs them at its end
+                self.log_hparams(trainer)
+        except Exception as exc:  # the run itself is saved; TensorBoard's summary is optional
+            print(f"note: hyperparameters not written to TensorBoard ({exc})", file=sys.stderr)
+        finally:
+            self.writer.close()
+
+    def log_hparams(self, trainer: Trainer) -> None:
+        """What `SummaryWriter.add_hparams(..., run_name=".")` writes, into a file of its own in
+        the same folder (so TensorBoard pairs it with the run's scalars), replacing the one an
+        earlier fit of this run wrote: TensorBoard keeps the first hparams it reads for a run."""
+        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard.summary import hparams
+
+        hp = flat_hparams(trainer.cfg.to_dict())
+        metrics = final_metrics(trainer.history)
+        step = trainer.history[-1]["epoch"]
+        log_dir = self.writer.get_logdir()
+        for old in Path(log_dir).glob(f"events.out.tfevents.*{self.HPARAMS_SUFFIX}"):
+            old.unlink()
+        with SummaryWriter(log_dir, filename_suffix=self.HPARAMS_SUFFIX) as w:
+            for summary in hparams(hp, metrics):
+                w.file_writer.add_summary(summary, step)
+            for tag, value in metrics.items():
+                w.add_scalar(tag, value, step)
+
+
+def finished(trainer: Trainer) -> bool:
+    """Training ran to its end (every epoch, or early stopping), rather than being interrupted."""
+    if not trainer.history:
+        return False
+    return trainer.history[-1]["epoch"] >= trainer.epochs or trainer.early_stop.should_stop
+
+
+def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, str | int | float]:
+    """The resolved config as dotted keys (`optim.lr`); lists as compact JSON, booleans as
+    true/false, unset (None) values left out: TensorBoard's hparams take numbers and strings."""
+    flat: dict[str, str | int | float] = {}
+    for key, value in tree.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_hparams(value, f"{name}."))
+        elif isinstance(value, bool):
+            flat[name] = str(value).lower()
+        elif isinstance(value, (int, float, str)):
+            flat[name] = value
+        elif value is not None:
+            flat[name] = json.dumps(value, separators=(",", ":"))
+    return flat
+
+
+def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
+    """The numbers to compare runs by: best validation accuracy, and the last epoch's losses."""
+    last = history[-1]
+    metrics: dict[str, float] = {}
+    if "val_acc" in last:
+        best = max(history, key=lambda row: row["val_acc"])
+        metrics["hparam/best_val_acc"] = float(best["val_acc"])
+        metrics["hparam/best_epoch"] = float(best["epoch"])
+    for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
+        if key in last:
+            metrics[f"hparam/final_{key}"] = float(last[key])
+    return metrics

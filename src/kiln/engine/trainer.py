@@ -24,6 +24,7 @@ from kiln.engine.callbacks import Callback
 from kiln.engine.device import autocast
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.errors import KilnError
+from kiln.models.transfer import set_backbone_trainable
 from kiln.rundir import RunDir
 from kiln.tasks import ClassifyTask
 
@@ -142,7 +143,8 @@ class Trainer:
         self.val_loader = self.loader(data.val)
         self.steps_per_epoch = len(self.train_loader)
 
-        self.optimizer = build_optimizer(cfg.optim, self.model)
+        self.freeze = cfg.model.freeze == "backbone"
+        self.optimizer = build_optimizer(cfg.optim, self.model, head_split=self.freeze)
         self.scheduler = build_scheduler(
             cfg.sched, self.optimizer, self.steps_per_epoch, self.epochs
         )
@@ -189,6 +191,8 @@ class Trainer:
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         self._call("on_epoch_start", epoch)
+        if self.freeze:
+            self.thaw(epoch)
         epoch_rng = self.generator.get_state()  # replaying from here redraws this epoch's order
         order = self.train_loader.order()
         start, self.start_step = self.start_step, 0
@@ -217,6 +221,13 @@ class Trainer:
         }
         self._reset_totals()
         return row
+
+    def thaw(self, epoch: int) -> None:
+        """model.freeze=backbone: only the head trains until model.unfreeze_epoch."""
+        at = self.cfg.model.unfreeze_epoch
+        set_backbone_trainable(self.model, at is not None and epoch >= at)
+        if epoch == at:
+            print(f"Epoch {epoch}: the backbone is unfrozen and trains from now on", flush=True)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.cfg.train.precision, self.device):

@@ -1,38 +1,76 @@
-"""Classification metrics from logits, via torchmetrics: the numbers `kiln eval` reports."""
+"""Metrics from model outputs, via torchmetrics: the numbers `kiln eval` and reports show.
+
+`classification_metrics` takes logits and labels; `regression_metrics` takes predictions and
+targets with one or several columns. Both return plain JSON-ready dicts (floats rounded to 6
+places) so that they can be saved in a run directory as they are.
+"""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
+from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
+    multiclass_calibration_error,
     multiclass_confusion_matrix,
     multiclass_f1_score,
     multiclass_precision,
     multiclass_recall,
 )
 
+ECE_BINS = 15
+
+
+def top_k_for(num_classes: int) -> int | None:
+    """The k worth reporting: top-5 past 5 classes, top-2 for 3 to 5, none for 2 (always 100%)."""
+    if num_classes > 5:
+        return 5
+    if num_classes > 2:
+        return 2
+    return None
+
+
+def _r(value: torch.Tensor | float) -> float:
+    return round(float(value), 6)
+
 
 def classification_metrics(
     logits: torch.Tensor, labels: torch.Tensor, classes: list[str]
 ) -> dict[str, Any]:
+    """Loss, accuracy (top-1 and top-k), calibration, precision/recall/F1 and the confusion matrix.
+
+    `ece` is the expected calibration error (15 bins, L1): how far the softmax confidence is from
+    the accuracy actually reached, 0 for a perfectly calibrated model.
+    """
     k = len(classes)
+    logits = logits.float()
     preds = logits.argmax(dim=1)
-    loss = torch.nn.functional.cross_entropy(logits.float(), labels).item()
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
 
     def scalar(fn, average: str) -> float:
-        return round(float(fn(preds, labels, num_classes=k, average=average)), 6)
+        return _r(fn(preds, labels, num_classes=k, average=average))
 
     per_p = multiclass_precision(preds, labels, num_classes=k, average=None)
     per_r = multiclass_recall(preds, labels, num_classes=k, average=None)
     per_f = multiclass_f1_score(preds, labels, num_classes=k, average=None)
     support = torch.bincount(labels, minlength=k)
     confusion = multiclass_confusion_matrix(preds, labels, num_classes=k)
-    return {
+    probs = logits.softmax(dim=1)
+    result: dict[str, Any] = {
         "samples": len(labels),
         "loss": round(loss, 6),
         "accuracy": scalar(multiclass_accuracy, "micro"),
+    }
+    top_k = top_k_for(k)
+    if top_k is not None:
+        acc = multiclass_accuracy(logits, labels, num_classes=k, top_k=top_k, average="micro")
+        result[f"top{top_k}_accuracy"] = _r(acc)
+    result["ece"] = _r(
+        multiclass_calibration_error(probs, labels, num_classes=k, n_bins=ECE_BINS, norm="l1")
+    )
+    result |= {
         "precision_macro": scalar(multiclass_precision, "macro"),
         "recall_macro": scalar(multiclass_recall, "macro"),
         "f1_macro": scalar(multiclass_f1_score, "macro"),
@@ -42,12 +80,45 @@ def classification_metrics(
         "per_class": [
             {
                 "class": name,
-                "precision": round(float(per_p[i]), 6),
-                "recall": round(float(per_r[i]), 6),
-                "f1": round(float(per_f[i]), 6),
+                "precision": _r(per_p[i]),
+                "recall": _r(per_r[i]),
+                "f1": _r(per_f[i]),
                 "support": int(support[i]),
             }
             for i, name in enumerate(classes)
         ],
         "confusion_matrix": confusion.tolist(),
+    }
+    return result
+
+
+def regression_metrics(
+    preds: torch.Tensor, targets: torch.Tensor, names: list[str] | None = None
+) -> dict[str, Any]:
+    """RMSE, MAE and R² per target column and averaged over columns (as scikit-learn's
+    `uniform_average` does), for predictions and targets of shape (N,) or (N, T)."""
+    preds, targets = preds.detach().float().cpu(), targets.detach().float().cpu()
+    if preds.shape != targets.shape:
+        raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ")
+    if preds.ndim == 1:
+        preds, targets = preds[:, None], targets[:, None]
+    if preds.ndim != 2 or len(preds) < 2:
+        raise ValueError("regression metrics need (N,) or (N, T) tensors with N >= 2")
+    columns = preds.shape[1]
+    names = names or [str(i) for i in range(columns)]
+    if len(names) != columns:
+        raise ValueError(f"{len(names)} target names for {columns} target columns")
+    raw = {"rmse": [], "mae": [], "r2": []}
+    for i in range(columns):
+        p, t = preds[:, i], targets[:, i]
+        raw["rmse"].append(float(mean_squared_error(p, t, squared=False)))
+        raw["mae"].append(float(mean_absolute_error(p, t)))
+        raw["r2"].append(float(r2_score(p, t)))
+    return {
+        "samples": len(preds),
+        **{key: _r(sum(values) / columns) for key, values in raw.items()},
+        "per_target": [
+            {"target": name, **{key: _r(values[i]) for key, values in raw.items()}}
+            for i, name in enumerate(names)
+        ],
     }

@@ -31,6 +31,9 @@ class ModelEntry:
 
 
 MODELS: dict[str, ModelEntry] = {}
+# Families named by prefix (`tv:resnet50`, `timm:convnext_tiny`): a function from the rest of the
+# name to an entry, so thousands of models need no registration.
+FAMILIES: dict[str, Callable[[str], ModelEntry]] = {}
 
 
 def register_model(name: str | None = None, description: str = "") -> Callable[[Builder], Builder]:
@@ -45,10 +48,25 @@ def register_model(name: str | None = None, description: str = "") -> Callable[[
     return wrap
 
 
+def register_family(prefix: str) -> Callable[[Callable[[str], ModelEntry]], Any]:
+    """`@register_family("tv")` makes `model.name=tv:NAME` resolve through `fn(NAME)`."""
+
+    def wrap(fn: Callable[[str], ModelEntry]) -> Callable[[str], ModelEntry]:
+        FAMILIES[prefix] = fn
+        return fn
+
+    return wrap
+
+
 def get_model(name: str) -> ModelEntry:
+    prefix, sep, rest = name.partition(":")
+    if sep and prefix in FAMILIES:
+        return FAMILIES[prefix](rest)
     if name not in MODELS:
+        families = ", ".join(f"{p}:NAME" for p in FAMILIES)
         raise ConfigError(
             f"model.name: unknown model '{name}'; available: {', '.join(sorted(MODELS))}"
+            + (f", or {families} (see `kiln list models`)" if families else "")
         )
     return MODELS[name]
 

@@ -1,0 +1,246 @@
+"""Compare finished runs side by side: learning curves overlaid, and a table of final metrics.
+
+Everything is read from the run directories (metrics.csv, info.json, eval-test.json), so runs
+trained on different machines or days compare the same way. The output is a PNG (the curves;
+the table goes to stdout) or one self-contained HTML page (the curves inlined, the table).
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import html
+import io
+import json
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from pathlib import Path
+from typing import Any
+
+from kiln.errors import KilnError, RunError
+
+SUFFIXES = (".html", ".png")
+# (metrics.csv column, panel title) for each panel of the figure
+CURVES = (
+    ("train_loss", "train loss"),
+    ("val_loss", "validation loss"),
+    ("val_acc", "validation accuracy"),
+)
+
+
+@dataclass
+class RunCurves:
+    """One run as `kiln compare` sees it: its epochs and the few facts the table needs."""
+
+    name: str
+    path: Path
+    history: list[dict[str, float]]
+    parameters: int | None = None
+    test_acc: float | None = None
+
+    def summary(self) -> dict[str, Any]:
+        """The table row: best validation accuracy and its epoch, final losses, test accuracy."""
+        last = self.history[-1]
+        row: dict[str, Any] = {"run": self.name, "best_val_acc": None, "best_epoch": None}
+        if "val_acc" in last:
+            best = max(self.history, key=lambda r: r["val_acc"])
+            row["best_val_acc"], row["best_epoch"] = best["val_acc"], int(best["epoch"])
+        return row | {
+            "final_train_loss": last.get("train_loss"),
+            "final_val_loss": last.get("val_loss"),
+            "test_acc": self.test_acc,
+            "epochs": int(last.get("epoch", len(self.history))),
+            "seconds": sum(r.get("seconds", 0.0) for r in self.history),
+            "parameters": self.parameters,
+        }
+
+
+def _pct(v: float) -> str:
+    return f"{v:.2%}"
+
+
+def _duration(seconds: float) -> str:
+    minutes, secs = divmod(round(seconds), 60)
+    return f"{minutes}m {secs:02d}s" if minutes else f"{seconds:.1f}s"
+
+
+# (row key, column header, formatter) for the table, in both the terminal and HTML
+COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
+    ("run", "run", str),
+    ("best_val_acc", "best val acc", _pct),
+    ("best_epoch", "best at", str),
+    ("final_train_loss", "train loss", lambda v: f"{v:.4f}"),
+    ("final_val_loss", "val loss", lambda v: f"{v:.4f}"),
+    ("test_acc", "test acc", _pct),
+    ("epochs", "epochs", str),
+    ("seconds", "time", _duration),
+    ("parameters", "params", lambda v: f"{v:,}"),
+)
+
+
+def format_row(row: dict[str, Any]) -> list[str]:
+    """A table row as text; missing values (no test evaluation yet, say) as '-'."""
+    return ["-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in COLUMNS]
+
+
+def rich_table(runs: Sequence[RunCurves], width: int):
+    """The table for a terminal `width` characters wide: a row per run, or a column per run
+    where that does not fit (rich would otherwise cut the numbers short)."""
+    from rich import box
+    from rich.console import Console
+    from rich.table import Table
+
+    title = "final metrics (losses: last epoch)"
+    rows = [format_row(r.summary()) for r in runs]
+    wide = Table(title=title, box=box.SIMPLE_HEAD)
+    for key, header, _ in COLUMNS:
+        wide.add_column(header, justify="left" if key == "run" else "right", no_wrap=True)
+    for row in rows:
+        wide.add_row(*row)
+    if Console(width=10_000).measure(wide).maximum <= width:
+        return wide
+    tall = Table("", *(row[0] for row in rows), title=title, box=box.SIMPLE_HEAD)
+    for i, (_, header, _) in enumerate(COLUMNS[1:], start=1):
+        tall.add_row(header, *(row[i] for row in rows))
+    for column in tall.columns[1:]:
+        column.justify = "right"
+    return tall
+
+
+def load_run(path: str | Path) -> RunCurves:
+    """Read a run's metrics.csv (required), info.json and eval-test.json (used when present)."""
+    path = Path(path)
+    expected = "pass run directories written by `kiln train`, e.g. runs/digits-convnet"
+    if not path.is_dir():
+        raise RunError(f"{path} does not exist or is not a folder; {expected}")
+    metrics = path / "metrics.csv"
+    if not metrics.is_file():
+        raise RunError(f"{path} is not a Kiln run: it has no metrics.csv; {expected}")
+    try:
+        with open(metrics, newline="") as f:
+            history = [{k: float(v) for k, v in row.items() if v} for row in csv.DictReader(f)]
+    except (OSError, ValueError, csv.Error) as exc:
+        raise RunError(f"{metrics} is damaged ({exc}); it should hold one row per epoch") from None
+    if not history:
+        raise RunError(f"{metrics} has no epochs yet; train the run for at least one epoch")
+    return RunCurves(
+        name=path.name,
+        path=path,
+        history=history,
+        parameters=_read_json(path / "info.json").get("parameters"),
+        test_acc=_read_json(path / "eval-test.json").get("accuracy"),
+    )
+
+
+def _read_json(path: Path) -> dict[str, Any]:
+    """Optional extras: a missing or unreadable file leaves its cells empty, not an error."""
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def load_runs(paths: Sequence[str | Path]) -> list[RunCurves]:
+    """At least two runs, each labelled by its folder name (by its path where names clash)."""
+    if len(paths) < 2:
+        raise KilnError(f"kiln compare needs at least 2 run directories, got {len(paths)}")
+    runs = [load_run(p) for p in paths]
+    names = [r.name for r in runs]
+    for run in runs:
+        if names.count(run.name) > 1:
+            run.name = str(run.path)
+    labels = [r.name for r in runs]
+    twice = sorted({label for label in labels if labels.count(label) > 1})
+    if twice:
+        raise KilnError(f"{', '.join(twice)} given more than once; pass each run once")
+    return runs
+
+
+def curves_figure(runs: Sequence[RunCurves]):
+    """Train loss, validation loss and validation accuracy per epoch, one colour per run."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import MaxNLocator
+
+    fig = Figure(figsize=(15, 4.5), layout="constrained")
+    axes = fig.subplots(1, len(CURVES))
+    markers = max(len(r.history) for r in runs) <= 30  # dots help read a 5-epoch curve
+    for ax, (column, title) in zip(axes, CURVES, strict=True):
+        for i, run in enumerate(runs):
+            points = [(r["epoch"], r[column]) for r in run.history if column in r]
+            if points:
+                x, y = zip(*points, strict=True)
+                marker = "o" if markers else None
+                ax.plot(x, y, color=f"C{i % 10}", label=run.name, marker=marker, markersize=3)
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if column.endswith("acc"):
+            ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    axes[0].legend(fontsize="small")
+    return fig
+
+
+def figure_png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def html_page(runs: Sequence[RunCurves], png: bytes) -> str:
+    """One self-contained page: no external files or URLs, every run-supplied text escaped."""
+    e = html.escape
+    head = "".join(f"<th>{e(title)}</th>" for _, title, _ in COLUMNS)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in format_row(r.summary())) + "</tr>"
+        for r in runs
+    )
+    sources = "".join(f"<li><code>{e(str(r.path))}</code></li>" for r in runs)
+    image = base64.b64encode(png).decode("ascii")
+    when = datetime.now().strftime("%Y-%m-%d %H:%M")
+    return f"""<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8">
+<title>Kiln: {e(", ".join(r.name for r in runs))}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1400px; color: #222; }}
+table {{ border-collapse: collapse; margin: 1em 0; }}
+th, td {{ padding: 0.3em 0.8em; border-bottom: 1px solid #ddd; text-align: right; }}
+th:first-child, td:first-child {{ text-align: left; }}
+img {{ max-width: 100%; }}
+.note {{ color: #666; font-size: 0.9em; }}
+</style></head><body>
+<h1>Compare {len(runs)} runs</h1>
+<table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
+<p class="note">Best val acc: the highest validation accuracy of any epoch, reached at epoch
+"best at"; train and val loss: the last epoch's; test acc: the best checkpoint's (eval-test.json);
+time: the sum of the epochs' seconds.</p>
+<img alt="learning curves" src="data:image/png;base64,{image}">
+<p class="note">Runs:</p><ul class="note">{sources}</ul>
+<p class="note">Written by kiln compare, {e(when)}.</p>
+</body></html>
+"""
+
+
+def check_output(output: str | Path) -> Path:
+    output = Path(output)
+    if output.suffix.lower() not in SUFFIXES:
+        raise KilnError(
+            f"-o {output}: the output must end in .html (one self-contained page) or .png "
+            "(the curves; the table is printed)"
+        )
+    return output
+
+
+def compare_runs(paths: Sequence[str | Path], output: str | Path) -> list[RunCurves]:
+    """Write the comparison of `paths` to `output` (.html or .png); returns the runs read."""
+    output = check_output(output)
+    runs = load_runs(paths)
+    png = figure_png(curves_figure(runs))
+    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.suffix.lower() == ".png":
+        output.write_bytes(png)
+    else:
+        output.write_text(html_page(runs, png), encoding="utf-8")
+    return runs
