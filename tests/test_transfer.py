@@ -178,6 +178,26 @@ def test_offline_pretrained_says_what_to_download_and_where(tmp_path, monkeypatc
         create_model("resnet18", info(3, 32, 32), pretrained="IMAGENET9K")
 
 
+def test_offline_timm_pretrained_names_the_hugging_face_repository(tmp_path):
+    pytest.importorskip("timm")
+    import os
+    import subprocess
+    import sys
+
+    code = (
+        "from kiln.models import create_model\n"
+        "from kiln.models.summary import data_info\n"
+        "create_model('timm:resnet10t', data_info((3, 32, 32)), pretrained=True)\n"
+    )
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")}
+    result = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode != 0
+    assert "could not get the weights of timm:resnet10t" in result.stderr
+    assert "timm/resnet10t" in result.stderr and str(tmp_path / "hf") in result.stderr
+
+
 def test_init_applies_to_the_new_head_only_when_pretrained(tmp_path, monkeypatch):
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))
     import torchvision
