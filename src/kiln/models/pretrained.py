@@ -46,7 +46,8 @@ def timm_pretrained_hint(arch: str) -> str:
         cache = "~/.cache/huggingface/hub"
     where = f"the Hugging Face repository {repo}" if repo else f"timm's weights for {arch}"
     return (
-        f"Offline? Download {where} on a machine with network (huggingface-cli download {repo or arch}) "
+        f"Offline? Download {where} on a machine with network "
+        f"(huggingface-cli download {repo or arch}) "
         f"and copy it into {cache}, or set HF_HUB_OFFLINE=1 once it is there; or set "
         "model.weights=PATH to a state dict you have"
     )
