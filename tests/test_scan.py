@@ -220,6 +220,7 @@ def test_folder_label_only_in_test(split_folder: Path) -> None:
 
 def test_folder_file_directly_in_root(folder: Path) -> None:
     write_image(folder / "stray.png")
+    (folder / "LICENSE.txt").write_text("CC-BY")  # not an image: documentation, ignored
     problem = only_problem(scan_folder(folder).problems)
     assert problem.path.endswith("images/stray.png")
     assert "file directly in the image folder" in problem.reason
@@ -227,9 +228,11 @@ def test_folder_file_directly_in_root(folder: Path) -> None:
 
 def test_folder_file_directly_in_split_or_root_of_splits(split_folder: Path) -> None:
     write_image(split_folder / "train" / "stray.png")
-    (split_folder / "README.md").write_text("my data")
+    write_image(split_folder / "stray.png")
+    (split_folder / "README.md").write_text("my data")  # documentation beside the splits is fine
+    (split_folder / "manifest.csv").write_text("file,label\n")
     result = scan_folder(split_folder)
-    assert [Path(p.path).name for p in result.problems] == ["README.md", "stray.png"]
+    assert [Path(p.path).name for p in result.problems] == ["stray.png", "stray.png"]
     assert "outside the split folders" in result.problems[0].reason
     assert "outside the class folders" in result.problems[1].reason
 

@@ -14,7 +14,13 @@ from kiln import data as kdata
 from kiln.config import RunConfig, build_config
 from kiln.engine import checkpoint
 from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard
-from kiln.engine.device import check_precision, resolve_device, seed_everything
+from kiln.engine.device import (
+    check_precision,
+    resolve_device,
+    seed_everything,
+    set_threads,
+    settle,
+)
 from kiln.engine.trainer import Trainer
 from kiln.errors import ConfigError, RunError
 from kiln.evaluate import evaluate_run
@@ -104,13 +110,17 @@ def train(
     cfg = resolve(cfg) if model is None else describe_custom(cfg, model)
     device = resolve_device(cfg.train.device)
     check_precision(cfg.train.precision, device)
-    bundle = kdata.build(cfg.data)
+    set_threads()
+    bundle = kdata.build(cfg.data, device)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     if model is None:
         built = build_model(cfg.model, bundle.info)
     else:
         built = prepare_model(model, cfg.model)
     net = built.model
+    tree = cfg.to_dict()
+    tree["train"] = settle(tree["train"], device, net)  # auto -> what wins on this device
+    cfg = RunConfig.model_validate(tree)
     run = RunDir.create(cfg)
     run.write_config(cfg)
     details = _describe(bundle, net, device)
@@ -154,8 +164,9 @@ def _resume(
             "kiln.train(resume=run_dir, model=YourModel())"
         )
     device = resolve_device(cfg.train.device)
+    set_threads()
     import_user_modules(cfg.imports)
-    bundle = kdata.build(cfg.data)
+    bundle = kdata.build(cfg.data, device)
     seed_everything(cfg.train.seed, cfg.train.deterministic)
     # The checkpoint holds the weights: pretrained ones are not fetched again.
     if model is None:
@@ -186,6 +197,7 @@ def _fit(
             f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> {run.path}",
             flush=True,
         )
+        print(trainer.data_path, flush=True)
     history = trainer.fit(resume_state, reschedule)
     best = trainer.early_stop
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])

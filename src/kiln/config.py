@@ -82,9 +82,24 @@ class DataConfig(_Section):
     size: list[int] | None = Field(None, description="[height, width]; default: the commonest")
     augment: str | list[Any] = "none"
     workers: int | None = Field(None, ge=0, description="DataLoader workers; default: cores")
-    memory: Literal["auto"] | bool = "auto"
+    memory: bool | str = Field(
+        "auto", description="auto, true, false, or a budget like 2GB (see kiln.data.placement)"
+    )
     balance: Literal["none", "weights", "sampler"] = "none"
     on_bad: Literal["error", "skip"] = "error"
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: Any) -> Any:
+        if isinstance(v, bool) or v == "auto":
+            return v
+        from kiln.data.placement import parse_size
+
+        try:
+            parse_size(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
+        return str(v)
 
     @field_validator("size", mode="before")
     @classmethod
@@ -107,6 +122,9 @@ class ModelConfig(BaseModel):
     weights: str | None = Field(None, description="start from these weights: a run, .pt or .pth")
     freeze: Literal["none", "backbone"] = "none"
     unfreeze_epoch: int | None = Field(None, ge=1, description="train the backbone from this epoch")
+    tta: Literal["none", "flip"] = Field(
+        "none", description="evaluate and predict on each image and its mirror image, averaged"
+    )
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -119,7 +137,8 @@ class ModelConfig(BaseModel):
 
     def common(self) -> dict[str, Any]:
         """The keys every model has, as set (for writing back into a resolved config)."""
-        return {k: getattr(self, k) for k in ("init", "weights", "freeze", "unfreeze_epoch")}
+        keys = ("init", "weights", "freeze", "unfreeze_epoch", "tta")
+        return {k: getattr(self, k) for k in keys}
 
 
 class OptimConfig(_Section):
@@ -173,7 +192,15 @@ class EarlyStopConfig(_Section):
 class TrainConfig(_Section):
     epochs: int = Field(20, ge=1)
     device: str = "auto"
-    precision: Literal["fp32", "bf16", "fp16"] = "fp32"
+    precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
+        "auto", description="auto: bf16 autocast on a GPU that has it, fp32 on the CPU"
+    )
+    compile: Literal["auto"] | bool = Field(
+        "auto", description="torch.compile the model; auto: on a GPU, not on the CPU"
+    )
+    channels_last: Literal["auto"] | bool = Field(
+        "auto", description="channels-last memory format; auto: for convolutional models"
+    )
     seed: int = 0
     deterministic: bool = False
     grad_clip: float | None = Field(None, gt=0.0)

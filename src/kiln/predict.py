@@ -15,6 +15,7 @@ from kiln.data.registry import DataInfo
 from kiln.engine import checkpoint
 from kiln.errors import KilnError, RunError
 from kiln.models import build_model, import_user_modules
+from kiln.models.tta import infer
 from kiln.rundir import RunDir
 
 ImageLike = str | Path | Image.Image | torch.Tensor
@@ -69,8 +70,15 @@ def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
 class Predictor:
     """Made by `kiln.load(run_dir)`: `.predict(images)` gives top-k classes and probabilities."""
 
-    def __init__(self, model: torch.nn.Module, info: DataInfo, device: str | torch.device = "cpu"):
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        info: DataInfo,
+        device: str | torch.device = "cpu",
+        tta: str = "none",
+    ):
         self.model, self.info, self.device = model.eval(), info, torch.device(device)
+        self.tta = tta  # model.tta of the run: the same answers as its evaluation
         self.mean = torch.tensor(info.mean).view(-1, 1, 1)
         self.std = torch.tensor(info.std).view(-1, 1, 1)
 
@@ -84,7 +92,7 @@ class Predictor:
     ) -> Predictor:
         run = RunDir.open(run_dir)
         model, _ = load_model(run, which, device, model)
-        return cls(model, run.data_info(), device)
+        return cls(model, run.data_info(), device, run.load_config().model.tta)
 
     @property
     def classes(self) -> list[str]:
@@ -123,7 +131,7 @@ class Predictor:
     @torch.inference_mode()
     def predict_proba(self, images: Sequence[ImageLike]) -> torch.Tensor:
         batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        return self.model(batch).float().softmax(dim=1).cpu()
+        return infer(self.model, batch, self.tta).float().softmax(dim=1).cpu()
 
     def predict(
         self, images: ImageLike | Sequence[ImageLike], top_k: int = 3

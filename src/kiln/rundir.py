@@ -138,15 +138,20 @@ class RunDir:
 
 
 def versions() -> dict[str, str]:
+    from importlib.metadata import PackageNotFoundError, version
+
     import torch
-    import torchvision
 
     from kiln import __version__
 
+    try:
+        torchvision = version("torchvision")  # importing torchvision costs seconds
+    except PackageNotFoundError:
+        torchvision = "not installed"
     return {
         "kiln": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
+        "torchvision": torchvision,
         "python": platform.python_version(),
     }
 

@@ -2,15 +2,16 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from kiln.config import DataConfig
 from kiln.data import builtin, folder  # noqa: F401  (registers the datasets)
+from kiln.data.batch_augment import BatchAugment, per_sample_only
 from kiln.data.files import FileSplit, WorkerLoader
 from kiln.data.memory import MemoryLoader, Normalize
+from kiln.data.placement import Placement, place
 from kiln.data.registry import (
     DATASETS,
     DataBundle,
@@ -34,6 +35,7 @@ __all__ = [
     "Split",
     "WorkerLoader",
     "build",
+    "describe_path",
     "channel_stats",
     "make_loader",
     "register_dataset",
@@ -41,7 +43,6 @@ __all__ = [
 ]
 
 SPLIT_SEED = 0  # the validation split never changes with train.seed: runs stay comparable
-MEMORY_FRACTION = 0.25  # data.memory=auto: hold a dataset in RAM when it takes at most this much
 
 
 def resolve_root(cfg: DataConfig) -> Path:
@@ -49,35 +50,29 @@ def resolve_root(cfg: DataConfig) -> Path:
 
 
 def stratified_split(train, fraction: float):
-    """A fixed, stratified split of a training set into (rest, held out)."""
-    from sklearn.model_selection import train_test_split
-
-    index = torch.arange(len(train)).numpy()
-    labels = train.labels.numpy()
-    try:
-        rest, held = train_test_split(
-            index, test_size=fraction, stratify=labels, random_state=SPLIT_SEED
-        )
-    except ValueError:  # a class too small to stratify: fall back to a plain random split
-        rest, held = train_test_split(index, test_size=fraction, random_state=SPLIT_SEED)
-    return train.take(torch.from_numpy(rest)), train.take(torch.from_numpy(held))
-
-
-def available_memory() -> int:
-    try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    except (ValueError, OSError, AttributeError):
-        return 2**31
-
-
-def keep_in_memory(cfg: DataConfig, splits: list[FileSplit]) -> bool:
-    if isinstance(cfg.memory, bool):
-        return cfg.memory
-    needed = sum(len(s) * s.channels * s.height * s.width for s in splits)
-    return needed <= MEMORY_FRACTION * available_memory()
+    """A fixed, stratified split of a training set into (rest, held out): round(N x fraction)
+    images held out, shared among the classes in proportion to their size (largest remainders),
+    each class's drawn at random with a fixed seed."""
+    g = torch.Generator().manual_seed(SPLIT_SEED)
+    labels = train.labels
+    classes, counts = torch.unique(labels, return_counts=True)
+    exact = counts.double() * fraction
+    quota = exact.floor().long()
+    extra = round(len(labels) * fraction) - int(quota.sum())
+    quota[torch.argsort(exact - quota, descending=True, stable=True)[:extra]] += 1
+    held = []
+    for c, n in zip(classes.tolist(), quota.tolist(), strict=True):
+        members = (labels == c).nonzero().flatten()
+        held.append(members[torch.randperm(len(members), generator=g)[:n]])
+    held_index = torch.cat(held).sort().values
+    keep = torch.ones(len(labels), dtype=torch.bool)
+    keep[held_index] = False
+    return train.take(keep.nonzero().flatten()), train.take(held_index)
 
 
-def build(cfg: DataConfig) -> DataBundle:
+def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
+    """The splits, normalization and DataInfo, with the images decoded into memory when
+    data.memory allows it for training on `device` (see kiln.data.placement)."""
     from kiln.data.folder import default_workers
 
     entry = get_dataset(cfg.name)
@@ -90,8 +85,8 @@ def build(cfg: DataConfig) -> DataBundle:
     if cfg.subset is not None and cfg.subset < len(train):
         train = train.take(torch.arange(cfg.subset))
     workers = default_workers(cfg.workers)
-    files = [s for s in (train, val, test) if isinstance(s, FileSplit)]
-    if files and keep_in_memory(cfg, files):  # decode once, then the fast in-memory path
+    placement = place(cfg.memory, (train, val, test), torch.device(device))
+    if placement.in_memory:  # decode once, then the fast in-memory path
         train, val, test = (
             s.load(workers) if isinstance(s, FileSplit) else s for s in (train, val, test)
         )
@@ -108,7 +103,7 @@ def build(cfg: DataConfig) -> DataBundle:
     info = DataInfo(cfg.name, list(raw.classes), channels, int(height), int(width), mean, std)
     sizes = raw.sizes or {f"{height}x{width}": len(raw.train) + len(raw.test)}
     modes = raw.modes or {("L" if channels == 1 else "RGB"): len(raw.train) + len(raw.test)}
-    return DataBundle(train, val, test, info, raw.skipped, sizes, modes)
+    return DataBundle(train, val, test, info, raw.skipped, sizes, modes, placement)
 
 
 def make_loader(
@@ -119,14 +114,47 @@ def make_loader(
     *,
     shuffle: bool = False,
     generator: torch.Generator | None = None,
-    augment: torch.nn.Module | None = None,
+    augment: list[dict[str, dict]] | None = None,
     weights: torch.Tensor | None = None,
     workers: int = 0,
+    placement: Placement | None = None,
 ):
-    """The in-memory fast path when it applies (images in memory, no per-sample augmentation),
-    else a DataLoader with workers."""
-    if isinstance(split, Split) and augment is None:
-        return MemoryLoader(split, batch_size, normalize, device, shuffle, generator, weights)
+    """The in-memory path when the split is in memory and every augmentation step (resolved
+    data.augment) runs on whole batches; else a DataLoader whose workers decode and augment."""
+    steps = augment or []
+    in_memory = isinstance(split, Split) and (placement is None or placement.in_memory)
+    if in_memory and not per_sample_only(steps):
+        store = placement.store if placement is not None else device
+        batch_augment = BatchAugment(steps) if steps else None
+        return MemoryLoader(
+            split, batch_size, normalize, device, shuffle, generator, weights, batch_augment, store
+        )
+    per_sample = None
+    if steps:
+        from kiln.data.transforms import build_augment
+
+        if isinstance(split, Split):
+            size, channels = tuple(split.images.shape[2:]), split.images.shape[1]
+        else:
+            size, channels = (split.height, split.width), split.channels
+        per_sample = build_augment(steps, size, channels)
     return WorkerLoader(
-        split, batch_size, normalize, device, shuffle, generator, workers, augment, weights
+        split, batch_size, normalize, device, shuffle, generator, workers, per_sample, weights
     )
+
+
+def describe_path(loader, placement: Placement | None, steps: list[dict[str, dict]]) -> str:
+    """The one log line: which path the training data takes, and why."""
+    names = [name for step in steps for name in step]
+    if isinstance(loader, MemoryLoader):
+        why = placement.reason if placement is not None else "already in memory"
+        line = f"Data: in memory on {loader.images.device}, batched by index ({why})"
+        if names:
+            line += f"; augmentation on whole batches ({', '.join(names)})"
+        return line
+    workers = loader.loader.num_workers
+    if placement is not None and not placement.in_memory:
+        why = placement.reason
+    else:
+        why = f"augmentation step(s) {', '.join(per_sample_only(steps))} run per sample"
+    return f"Data: DataLoader with {workers} worker(s), decoded per sample ({why})"

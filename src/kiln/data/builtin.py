@@ -1,12 +1,15 @@
 """The built-in datasets: digits (bundled with scikit-learn), MNIST, FashionMNIST and CIFAR-10.
 
-MNIST-style sets come through torchvision's classes. Official files already on disk are checked
-against torchvision's MD5s and used offline; missing ones are downloaded when the network allows,
-and otherwise the error lists each missing file and the folder it belongs in.
+MNIST-style sets are read from the official files (IDX, gzipped or not), checked against the MD5s
+torchvision lists, with no network and no unpacking (a read-only folder works); missing ones are
+downloaded through torchvision when the network allows, and otherwise the error lists each missing
+file and the folder it belongs in.
 """
 
 from __future__ import annotations
 
+import gzip
+import hashlib
 import os
 import socket
 from concurrent.futures import ThreadPoolExecutor
@@ -44,16 +47,46 @@ def load_digits(cfg, root: Path) -> RawDataset:
     )
 
 
-def _try_download(dataset_cls, folder: Path, missing: list[str]) -> None:
+# The official files and their MD5s (as torchvision lists them), and the class names torchvision
+# gives them. Kept here so that reading files already on disk needs no torchvision import, which
+# costs seconds at every start; torchvision is imported only to download.
+MNIST_LIKE = {
+    "MNIST": (
+        [
+            ("train-images-idx3-ubyte.gz", "f68b3c2dcbeaaa9fbdd348bbdeb94873"),
+            ("train-labels-idx1-ubyte.gz", "d53e105ee54ea40749a09fcbcd1e9432"),
+            ("t10k-images-idx3-ubyte.gz", "9fb629c4189551a2d022fa330f9573f3"),
+            ("t10k-labels-idx1-ubyte.gz", "ec29112dd5afa0611ce80d1b7f02629c"),
+        ],
+        ["0 - zero", "1 - one", "2 - two", "3 - three", "4 - four"]
+        + ["5 - five", "6 - six", "7 - seven", "8 - eight", "9 - nine"],
+    ),
+    "FashionMNIST": (
+        [
+            ("train-images-idx3-ubyte.gz", "8d4fb7e6c68d591d4c3dfef9ec88bf0d"),
+            ("train-labels-idx1-ubyte.gz", "25c81989df183df01b3e8a0aad5dffbe"),
+            ("t10k-images-idx3-ubyte.gz", "bef4ecab320f06d8554ea6380940ec79"),
+            ("t10k-labels-idx1-ubyte.gz", "bb300cfdad3c16e7a12a480ee83cd310"),
+        ],
+        ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat"]
+        + ["Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot"],
+    ),
+}
+
+
+def _try_download(name: str, folder: Path, missing: list[str]) -> None:
     """Download with torchvision when the network allows it; otherwise say exactly what to fetch."""
-    listing = "\n".join(f"  - {name}" for name in missing)
+    listing = "\n".join(f"  - {file}" for file in missing)
     hint = (
-        f"{dataset_cls.__name__} files are missing from {folder}:\n{listing}\n"
+        f"{name} files are missing from {folder}:\n{listing}\n"
         f"Copy the official files into {folder} (or point data.root / $KILN_DATA at a folder "
         f"holding {folder.parent.name}/{folder.name}/), or connect to the network to download them."
     )
     if os.environ.get("KILN_OFFLINE"):
         raise DataError(hint + " (KILN_OFFLINE is set: no download attempted)")
+    import torchvision.datasets
+
+    dataset_cls = getattr(torchvision.datasets, name)
     previous = socket.getdefaulttimeout()
     socket.setdefaulttimeout(20)
     try:
@@ -64,54 +97,61 @@ def _try_download(dataset_cls, folder: Path, missing: list[str]) -> None:
         socket.setdefaulttimeout(previous)
 
 
-def _load_mnist_like(dataset_cls, root: Path) -> RawDataset:
-    from torchvision.datasets.utils import check_integrity
+def read_idx(data: bytes, where: Path) -> np.ndarray:
+    """An IDX array (the MNIST file format: a 4-byte magic number giving the type and the number
+    of dimensions, one big-endian uint32 per dimension, then the values)."""
+    if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] != 0x08:
+        raise DataError(f"{where} is not an IDX file of unsigned bytes; fetch it again")
+    ndim = data[3]
+    shape = tuple(int(v) for v in np.frombuffer(data, ">u4", count=ndim, offset=4))
+    values = np.frombuffer(data, np.uint8, offset=4 + 4 * ndim)
+    if values.size != int(np.prod(shape)):
+        raise DataError(f"{where} is truncated ({values.size} of {np.prod(shape)} values)")
+    return values.reshape(shape)
 
-    folder = root / dataset_cls.__name__ / "raw"
-    missing, unpacked = [], True
-    for gz_name, md5 in dataset_cls.resources:
-        gz = folder / gz_name
-        raw = folder / gz_name.removesuffix(".gz")
-        if gz.exists() and not check_integrity(str(gz), md5):
-            raise DataError(
-                f"{gz} is corrupt (MD5 differs from the official {md5}); "
-                "delete it and fetch it again"
-            )
-        if not raw.exists():
-            unpacked = False
-            if not gz.exists():
-                missing.append(gz_name)
+
+def _read(folder: Path, gz_name: str, md5: str) -> np.ndarray:
+    """The unpacked file when there is one, else the .gz (verified against its MD5)."""
+    raw = folder / gz_name.removesuffix(".gz")
+    if raw.exists():
+        return read_idx(raw.read_bytes(), raw)
+    gz = folder / gz_name
+    packed = gz.read_bytes()
+    if hashlib.md5(packed, usedforsecurity=False).hexdigest() != md5:
+        raise DataError(
+            f"{gz} is corrupt (MD5 differs from the official {md5}); delete it and fetch it again"
+        )
+    return read_idx(gzip.decompress(packed), gz)
+
+
+def _load_mnist_like(name: str, root: Path) -> RawDataset:
+    files, classes = MNIST_LIKE[name]
+    folder = root / name / "raw"
+    missing = [
+        gz
+        for gz, _ in files
+        if not (folder / gz).exists() and not (folder / gz.removesuffix(".gz")).exists()
+    ]
     if missing:
-        _try_download(dataset_cls, folder, missing)
-    elif not unpacked:
-        if not os.access(folder, os.W_OK):
-            raise DataError(
-                f"{folder} holds the .gz files but is read-only, so they cannot be unpacked; "
-                f"copy the {dataset_cls.__name__}/ folder to a writable data.root"
-            )
-        # Files present and verified: torchvision only unpacks them, no network is used.
-        dataset_cls(str(root), train=True, download=True)
-    train = dataset_cls(str(root), train=True)
-    test = dataset_cls(str(root), train=False)
+        _try_download(name, folder, missing)
+    train_x, train_y, test_x, test_y = (
+        torch.from_numpy(_read(folder, gz, md5).copy()) for gz, md5 in files
+    )
     return RawDataset(
-        train=Split(train.data[:, None].contiguous(), train.targets.long()),
-        test=Split(test.data[:, None].contiguous(), test.targets.long()),
-        classes=list(train.classes),
+        train=Split(train_x[:, None].contiguous(), train_y.long()),
+        test=Split(test_x[:, None].contiguous(), test_y.long()),
+        classes=list(classes),
     )
 
 
 @register_dataset("mnist", "MNIST handwritten digits, 28x28 grayscale, 60k train / 10k test")
 def load_mnist(cfg, root: Path) -> RawDataset:
-    from torchvision.datasets import MNIST
-
-    return _load_mnist_like(MNIST, root)
+    return _load_mnist_like("MNIST", root)
 
 
 @register_dataset("fashion-mnist", "Fashion-MNIST clothing, 28x28 grayscale, 60k train / 10k test")
 def load_fashion_mnist(cfg, root: Path) -> RawDataset:
-    from torchvision.datasets import FashionMNIST
-
-    return _load_mnist_like(FashionMNIST, root)
+    return _load_mnist_like("FashionMNIST", root)
 
 
 CIFAR10_CLASSES = [
@@ -175,5 +215,5 @@ def load_cifar10(cfg, root: Path) -> RawDataset:
                 _decode_folder(base / "test", CIFAR10_CLASSES),
                 list(CIFAR10_CLASSES),
             )
-    _try_download(CIFAR10, root / "cifar10" / "x", [CIFAR10.filename])  # pragma: no cover
+    _try_download("CIFAR10", root / "cifar10" / "x", [CIFAR10.filename])  # pragma: no cover
     return load_cifar10(cfg, root)  # pragma: no cover

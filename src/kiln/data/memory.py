@@ -10,25 +10,35 @@ from collections.abc import Iterator, Sequence
 
 import torch
 
+from kiln.data.batch_augment import BatchAugment
 from kiln.data.registry import Split
 
 
 class Normalize:
     """uint8 (N, C, H, W) -> float32 ((x / 255) - mean) / std, as one multiply and one subtract."""
 
-    def __init__(self, mean: Sequence[float], std: Sequence[float], device: torch.device | str):
+    def __init__(
+        self,
+        mean: Sequence[float],
+        std: Sequence[float],
+        device: torch.device | str,
+        channels_last: bool = False,
+    ):
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
         self.shift = mean_t / std_t
+        self.format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
-        return images.to(torch.float32).mul_(self.scale).sub_(self.shift)
+        x = images.to(torch.float32, memory_format=self.format)
+        return x.mul_(self.scale).sub_(self.shift)
 
 
 class MemoryLoader:
-    """Iterates a Split in batches. `order()` draws an epoch's permutation from `generator`, so the
-    trainer can checkpoint the generator and replay an epoch exactly when resuming mid-way."""
+    """Iterates a Split in batches. `order()` draws an epoch's permutation and augmentation seed
+    from `generator`, so the trainer can checkpoint the generator and replay an epoch exactly when
+    resuming mid-way: batch b of an epoch is augmented with seed (epoch seed + b), on the device."""
 
     def __init__(
         self,
@@ -39,14 +49,20 @@ class MemoryLoader:
         shuffle: bool = False,
         generator: torch.Generator | None = None,
         weights: torch.Tensor | None = None,
+        augment: BatchAugment | None = None,
+        store: torch.device | str | None = None,
     ):
-        self.images = split.images.to(device)
+        # `store`: where the images stay (default: the training device); batches move to `device`
+        self.device = torch.device(device)
+        self.images = split.images.to(store if store is not None else device)
         self.labels = split.labels.to(device)
         self.batch_size = batch_size
         self.normalize = normalize
         self.shuffle = shuffle
         self.generator = generator
         self.weights = weights  # per-sample weights: draw with replacement (data.balance=sampler)
+        self.augment = augment
+        self.epoch_seed = 0
 
     def __len__(self) -> int:
         return (len(self.labels) + self.batch_size - 1) // self.batch_size
@@ -58,6 +74,8 @@ class MemoryLoader:
     def order(self) -> torch.Tensor | None:
         if not self.shuffle:
             return None
+        if self.augment is not None:  # drawn only when used: unaugmented runs keep their order
+            self.epoch_seed = int(torch.randint(0, 2**62, (1,), generator=self.generator))
         if self.weights is not None:
             order = torch.multinomial(
                 self.weights, self.num_samples, replacement=True, generator=self.generator
@@ -70,13 +88,21 @@ class MemoryLoader:
         self, order: torch.Tensor | None = None, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalized images, labels) from batch number `start` on."""
-        for begin in range(start * self.batch_size, self.num_samples, self.batch_size):
+        device, copy = self.device, self.images.device != self.device
+        for batch, begin in enumerate(
+            range(start * self.batch_size, self.num_samples, self.batch_size), start=start
+        ):
             end = begin + self.batch_size
             if order is None:
                 x, y = self.images[begin:end], self.labels[begin:end]
             else:
                 idx = order[begin:end]
-                x, y = self.images[idx], self.labels[idx]
+                x, y = self.images[idx], self.labels[idx.to(device)]
+            if copy:
+                x = x.to(device, non_blocking=True)
+            if self.augment is not None:
+                g = torch.Generator(device=device).manual_seed(self.epoch_seed + batch)
+                x = self.augment(x, g)
             yield self.normalize(x), y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -90,6 +90,7 @@ class DataBundle:
     skipped: list[str] = field(default_factory=list)
     sizes: dict[str, int] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
+    placement: Any = None  # kiln.data.placement.Placement: in memory or not, and why
 
 
 Loader = Callable[[Any, Path], RawDataset]  # (DataConfig, root) -> RawDataset

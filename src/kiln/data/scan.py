@@ -9,6 +9,7 @@ Nothing here writes to disk.
 from __future__ import annotations
 
 import csv
+import multiprocessing
 import os
 import re
 import stat
@@ -179,6 +180,8 @@ def scan_folder(root: Path) -> ScanResult:
             if entry.name in SPLITS and entry.is_dir():
                 continue
             path = _shown(base / entry.name)
+            if not entry.is_dir() and not _is_image(entry.name):
+                continue  # README, LICENSE, a manifest: documentation beside the splits
             if entry.is_dir():
                 reason = (
                     f"unexpected folder '{entry.name}' next to train/; split folders must be "
@@ -199,6 +202,8 @@ def scan_folder(root: Path) -> ScanResult:
             if entry.is_dir():
                 class_names.append(entry.name)
                 continue
+            if split is None and not _is_image(entry.name):
+                continue  # README, LICENSE, a manifest: documentation beside the class folders
             loose += 1
             if split is None:
                 reason = f"file directly in the image folder; move it into {root}/<class>/"
@@ -431,9 +436,8 @@ def verify_images(
     with warnings.catch_warnings():
         # Over-limit sizes are reported as problems below; the warning would only be noise.
         warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for chunk, results in zip(chunks, pool.map(_check_images, chunks), strict=True):
-                outcomes.update(zip(chunk, results, strict=True))
+        for chunk, results in zip(chunks, _map(_check_images, chunks, workers), strict=True):
+            outcomes.update(zip(chunk, results, strict=True))
 
     problems = _Problems()
     metas: dict[Path, ImageMeta] = {}
@@ -445,6 +449,16 @@ def verify_images(
             shown_csv = _shown(s.csv) if s.csv else None
             problems.add(Problem(_shown(s.path), outcome, s.line, shown_csv), _SPLIT_RANK[s.split])
     return problems.sorted(), metas
+
+
+def _map(fn, chunks: list, workers: int) -> list:
+    """fn over chunks in forked processes where the platform has fork (small images cost more in
+    PIL's Python than in decoding, so threads would mostly wait for the GIL), else in threads."""
+    if workers > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
+        with multiprocessing.get_context("fork").Pool(min(workers, len(chunks))) as pool:
+            return pool.map(fn, chunks)
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        return list(pool.map(fn, chunks))
 
 
 def _check_images(paths: list[Path]) -> list[ImageMeta | str]:

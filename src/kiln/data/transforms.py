@@ -36,9 +36,22 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-from torchvision.transforms import v2
 
+from kiln.data.batch_augment import BATCHABLE, PAD_MODES, PerSample
 from kiln.errors import ConfigError
+
+
+class _LazyV2:
+    """torchvision.transforms.v2, imported on first use: importing torchvision takes seconds, and
+    a run whose steps all run on whole batches never needs it."""
+
+    def __getattr__(self, name: str) -> Any:
+        from torchvision.transforms import v2 as module
+
+        return getattr(module, name)
+
+
+v2 = _LazyV2()
 
 # Presets are data in the YAML form a user would write; `resolve_augment` fills in the defaults.
 PRESETS: dict[str, list] = {
@@ -57,7 +70,7 @@ PRESETS: dict[str, list] = {
 
 # Interpolation modes v2 supports on tensors.
 INTERPOLATIONS = ("nearest", "nearest-exact", "bilinear", "bicubic")
-POLICIES = tuple(p.value for p in v2.AutoAugmentPolicy)
+POLICIES = ("imagenet", "cifar10", "svhn")  # v2.AutoAugmentPolicy's values
 
 Size = tuple[int, int]
 
@@ -172,6 +185,12 @@ STEPS: dict[str, _Step] = {
         },
         lambda v: {"magnitude": v},
         lambda p, s, c: v2.RandAugment(**p),
+    ),
+    # Cutout: a size x size square (size < 1: a fraction of the shorter side) at a random centre.
+    "cutout": _Step(
+        {"size": 0.25, "p": 1.0, "value": 0},
+        lambda v: {"size": v},
+        lambda p, s, c: PerSample("cutout", p),
     ),
     "random_erasing": _Step(
         {"p": 0.5, "scale": [0.02, 0.33], "ratio": [0.3, 3.3], "value": 0},
@@ -301,6 +320,19 @@ def _check(
                     f"{where}: {pair} must be [min, max] with 0 <= min <= max "
                     f"(ratio: 0 < min), got {params[pair]!r}"
                 )
+    if name == "cutout":
+        size, chance = params["size"], params["p"]
+        if not (isinstance(size, (int, float)) and not isinstance(size, bool) and size > 0):
+            raise ConfigError(
+                f"{where}: size must be pixels (>= 1) or a fraction (< 1), got {size!r}"
+            )
+        if not (isinstance(chance, (int, float)) and 0 <= chance <= 1):
+            raise ConfigError(f"{where}: p must be a probability from 0 to 1, got {chance!r}")
+        if not _is_pixel(params["value"]):
+            raise ConfigError(
+                f"{where}: value must be a pixel value 0-255 or one per channel, "
+                f"got {params['value']!r}"
+            )
     if name in ("rand_augment", "trivial_augment"):
         _check_magnitudes(params, where)
     if name == "random_erasing" and not _is_pixel(params["value"]):
@@ -318,6 +350,9 @@ def _check(
                     f"{where}: {param} has {len(value)} values; the run has {channels} channel(s) "
                     f"(data.channels), so give {allowed}"
                 )
+    if size is None and name in BATCHABLE:
+        _check_batchable(name, params, where)  # no torchvision needed: nor imported
+        return None
     try:
         transform = step.build(copy.deepcopy(params), size or (32, 32), channels or 3)
     except (ValueError, TypeError) as exc:
@@ -330,6 +365,40 @@ def _check(
                 f"{size[0]}x{size[1]} images (data.size)"
             )
     return transform
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _check_batchable(name: str, params: dict[str, Any], where: str) -> None:
+    """What v2's constructors would reject, for the steps that also run on whole batches."""
+    if name in ("flip", "vflip", "cutout") and not (_number(params["p"]) and 0 <= params["p"] <= 1):
+        raise ConfigError(f"{where}: p must be a probability from 0 to 1, got {params['p']!r}")
+    if name == "crop":
+        pad = params["padding"]
+        pads = pad if isinstance(pad, list) else [pad]
+        ints = all(isinstance(v, int) and not isinstance(v, bool) and v >= 0 for v in pads)
+        if not (ints and len(pads) in (1, 2, 4)):
+            raise ConfigError(
+                f"{where}: padding must be pixels >= 0: one number, [x, y] or "
+                f"[left, top, right, bottom], got {pad!r}"
+            )
+        if params["padding_mode"] not in PAD_MODES:
+            raise ConfigError(
+                f"{where}: padding_mode must be one of {', '.join(PAD_MODES)}, "
+                f"got {params['padding_mode']!r}"
+            )
+    if name == "translate":
+        t = params["translate"]
+        if not (isinstance(t, list) and len(t) == 2 and all(_number(v) and 0 <= v <= 1 for v in t)):
+            raise ConfigError(f"{where}: translate must be [x, y] fractions from 0 to 1, got {t!r}")
+    for key in ("fill", "value"):
+        if key in params and not _is_pixel(params[key]):
+            raise ConfigError(
+                f"{where}: {key} must be a pixel value 0-255 or one per channel, "
+                f"got {params[key]!r}"
+            )
 
 
 def _is_range(value: Any, strict: bool) -> bool:

@@ -26,13 +26,56 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def cpu_count() -> int:
+    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except AttributeError:
+        cores = os.cpu_count() or 1
+    try:
+        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return cores
+
+
+def set_threads() -> int:
+    """One intra-op thread per available core (torch's default counts the machine's cores, which
+    oversubscribes a container that may use fewer)."""
+    threads = cpu_count()
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+    return threads
+
+
+def settle(train: dict, device: torch.device, model: torch.nn.Module) -> dict:
+    """Replace `auto` in train.precision / compile / channels_last with what wins on `device`.
+
+    Measured (benchmarks/cpu_options.py, benchmarks/README.md): on a CPU without native bf16,
+    bf16 autocast trains about 10x slower and torch.compile spends 15-40 s compiling to gain less
+    than channels_last does alone, while channels_last speeds small CNNs up about 1.5x.
+    """
+    train = dict(train)
+    cuda = device.type == "cuda"
+    if train["precision"] == "auto":
+        train["precision"] = "bf16" if cuda and torch.cuda.is_bf16_supported() else "fp32"
+    if train["compile"] == "auto":
+        train["compile"] = cuda
+    if train["channels_last"] == "auto":
+        convolutional = any(isinstance(m, torch.nn.Conv2d) for m in model.modules())
+        train["channels_last"] = convolutional and device.type in ("cpu", "cuda")
+    return train
+
+
 def check_precision(precision: str, device: torch.device) -> None:
     if precision == "fp16" and device.type == "cpu":
         raise ConfigError("train.precision=fp16 needs a GPU; on the CPU use bf16 or fp32")
 
 
 def autocast(precision: str, device: torch.device) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
+    if precision in ("fp32", "auto"):
         return contextlib.nullcontext()
     return torch.autocast(device_type=device.type, dtype=DTYPES[precision])
 

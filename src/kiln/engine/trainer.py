@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from kiln.config import RunConfig
-from kiln.data import DataBundle, DataInfo, Normalize, make_loader
+from kiln.data import DataBundle, DataInfo, Normalize, describe_path, make_loader
 from kiln.data.folder import default_workers
 from kiln.engine import checkpoint
 from kiln.engine.callbacks import Callback
@@ -25,6 +25,7 @@ from kiln.engine.device import autocast
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.errors import KilnError
 from kiln.models.transfer import set_backbone_trainable
+from kiln.models.tta import infer
 from kiln.rundir import RunDir
 from kiln.tasks import ClassifyTask
 
@@ -120,15 +121,22 @@ class Trainer:
         self.cfg, self.data, self.run, self.device = cfg, data, run, device
         self.epochs = cfg.train.epochs
         self.callbacks = list(callbacks)
-        self.model = model.to(device)
+        self.channels_last = cfg.train.channels_last is True
+        fmt = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.model = model.to(device, memory_format=fmt)
+        # What steps and evaluates: the compiled model (torch.compile), sharing the weights.
+        self.net = torch.compile(self.model) if cfg.train.compile is True else self.model
 
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
-        self.normalize = Normalize(data.info.mean, data.info.std, device)
+        self.normalize = Normalize(data.info.mean, data.info.std, device, self.channels_last)
         self.workers = default_workers(cfg.data.workers)
         class_weights, sample_weights = balance(cfg.data.balance, data.train.labels, data.info)
         if class_weights is not None:
             class_weights = class_weights.to(device)
         self.task = ClassifyTask(cfg.train.label_smoothing, class_weights)
+        from kiln.data.transforms import resolve_augment
+
+        steps = resolve_augment(cfg.data.augment)
         self.train_loader = make_loader(
             data.train,
             cfg.data.batch_size,
@@ -136,10 +144,12 @@ class Trainer:
             device,
             shuffle=True,
             generator=self.generator,
-            augment=build_augment(cfg.data.augment, data.info),
+            augment=steps,
             weights=sample_weights,
             workers=self.workers,
+            placement=data.placement,
         )
+        self.data_path = describe_path(self.train_loader, data.placement, steps)
         self.val_loader = self.loader(data.val)
         self.steps_per_epoch = len(self.train_loader)
 
@@ -159,7 +169,12 @@ class Trainer:
     def loader(self, split):
         """An evaluation loader over any split, with the training normalization."""
         return make_loader(
-            split, self.cfg.data.eval_batch_size, self.normalize, self.device, workers=self.workers
+            split,
+            self.cfg.data.eval_batch_size,
+            self.normalize,
+            self.device,
+            workers=self.workers,
+            placement=self.data.placement,
         )
 
     # The loop ----------------------------------------------------------------------------------
@@ -231,7 +246,7 @@ class Trainer:
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         with autocast(self.cfg.train.precision, self.device):
-            logits = self.model(x)
+            logits = self.net(x)
             loss = self.task.train_loss(logits, y)
             total = loss + self.l1_penalty() if self.cfg.optim.l1 else loss
         self.optimizer.zero_grad(set_to_none=True)
@@ -256,7 +271,7 @@ class Trainer:
         correct = torch.zeros((), device=self.device, dtype=torch.long)
         for x, y in loader:
             with autocast(self.cfg.train.precision, self.device):
-                logits = self.model(x)
+                logits = infer(self.net, x, self.cfg.model.tta)
             loss_sum += self.task.eval_loss(logits.float(), y)
             correct += self.task.correct(logits, y)
         n = max(loader.num_samples, 1)

@@ -11,17 +11,20 @@ from kiln.data import Normalize, make_loader
 from kiln.data.folder import default_workers
 from kiln.engine import checkpoint
 from kiln.errors import ConfigError
+from kiln.models.tta import infer
 from kiln.rundir import RunDir
 
 SPLITS = ("test", "val")
 
 
 @torch.inference_mode()
-def collect_logits(model: torch.nn.Module, loader) -> tuple[torch.Tensor, torch.Tensor]:
+def collect_logits(
+    model: torch.nn.Module, loader, tta: str = "none"
+) -> tuple[torch.Tensor, torch.Tensor]:
     model.eval()
     outs, labels = [], []
     for x, y in loader:
-        outs.append(model(x).float().cpu())
+        outs.append(infer(model, x, tta).float().cpu())
         labels.append(y.cpu())
     return torch.cat(outs), torch.cat(labels)
 
@@ -52,7 +55,7 @@ def evaluate_run(
     normalize = Normalize(info.mean, info.std, device)
     loader = make_loader(chosen, cfg.data.eval_batch_size, normalize, device,
                          workers=default_workers(cfg.data.workers))  # fmt: skip
-    logits, labels = collect_logits(model.to(device), loader)
+    logits, labels = collect_logits(model.to(device), loader, cfg.model.tta)
     result = {
         "run": str(run.path),
         "split": split,

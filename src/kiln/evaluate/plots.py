@@ -73,7 +73,13 @@ def best_row(rows: list[dict[str, float]], monitor: str, mode: str) -> dict[str,
 
 
 def predict_split(
-    model: torch.nn.Module, split, info: kdata.DataInfo, device, batch: int, workers: int
+    model: torch.nn.Module,
+    split,
+    info: kdata.DataInfo,
+    device,
+    batch: int,
+    workers: int,
+    tta: str = "none",
 ) -> Predictions:
     """Logits for the split, or for a fixed random MAX_SAMPLES of it when it is larger."""
     index = torch.arange(len(split))
@@ -83,7 +89,7 @@ def predict_split(
         split = split.take(index)
     normalize = Normalize(info.mean, info.std, device)
     loader = make_loader(split, batch, normalize, device, workers=workers)
-    logits, labels = collect_logits(model.to(device), loader)
+    logits, labels = collect_logits(model.to(device), loader, tta)
     return Predictions(index, labels, logits)
 
 
@@ -113,7 +119,9 @@ def write_plots(
     if len(bundle.val) == 0:
         return written
     workers = default_workers(cfg.data.workers)
-    pred = predict_split(model, bundle.val, info, device, cfg.data.eval_batch_size, workers)
+    pred = predict_split(
+        model, bundle.val, info, device, cfg.data.eval_batch_size, workers, cfg.model.tta
+    )
     counts = confusion_counts(pred, info.num_classes)
     classes = info.classes
     written["confusion"] = save(confusion_figure(counts, classes), out / "confusion.png")
