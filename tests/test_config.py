@@ -345,7 +345,13 @@ def test_resolve_fills_in_model_defaults():
     cfg = resolve(build_config(None, ["model=mlp"]))
     assert cfg.model.name == "mlp"
     assert cfg.model.kwargs() == MLP_DEFAULTS
-    common = {"init": "default", "weights": None, "freeze": "none", "unfreeze_epoch": None}
+    common = {
+        "init": "default",
+        "weights": None,
+        "freeze": "none",
+        "unfreeze_epoch": None,
+        "tta": "none",
+    }
     assert yaml.safe_load(cfg.to_yaml())["model"] == {"name": "mlp", **common, **MLP_DEFAULTS}
     default = resolve(build_config())  # the default model: convnet, every option filled in
     assert default.model.name == "convnet" and default.model.kwargs()["depth"] >= 1

@@ -196,7 +196,7 @@ class TrainConfig(_Section):
         "auto", description="auto: bf16 autocast on a GPU that has it, fp32 on the CPU"
     )
     compile: Literal["auto"] | bool = Field(
-        "auto", description="torch.compile the model; auto: on a GPU, not on the CPU"
+        "auto", description="torch.compile the model; auto: off (it did not pay off in benchmarks/)"
     )
     channels_last: Literal["auto"] | bool = Field(
         "auto", description="channels-last memory format; auto: for convolutional models"
