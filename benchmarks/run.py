@@ -21,6 +21,7 @@ import platform
 import shlex
 import shutil
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -297,6 +298,17 @@ def write_readme(text: str) -> None:
     README.write_text(f"{before}{start}\n{text}\n{end}{after}")
 
 
+def time_to_accuracy(quick: bool, repeats: int, readme: bool) -> None:
+    """The time-to-accuracy table: each fast recipe end to end in its own process."""
+    runs = [(["mnist-fast", "fashion-mnist-fast"], repeats)]
+    if not quick:
+        runs.append((["cifar10-fast"], 1))  # 15 minutes a run
+    for recipes, n in runs:
+        cmd = [sys.executable, str(Path(__file__).with_name("recipes.py")), "--repeats", str(n)]
+        cmd += ["--only", *recipes] + (["--write-readme"] if readme else [])
+        subprocess.run(cmd, check=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on 10,000 images")
@@ -304,6 +316,11 @@ def main() -> None:
     parser.add_argument("--data-root", default=None, help="folder holding FashionMNIST/raw")
     parser.add_argument("--write-readme", action="store_true", help="update benchmarks/README.md")
     parser.add_argument("--only", nargs="+", choices=list(METHODS), help="run only these")
+    parser.add_argument(
+        "--recipes",
+        action="store_true",
+        help="then time Kiln's fast recipes to accuracy (benchmarks/recipes.py)",
+    )
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # Lightning's advice on DataLoader workers, mostly
     os.environ["KILN_OFFLINE"] = "1"  # Kiln must find the files, never fetch them
@@ -323,6 +340,8 @@ def main() -> None:
                 f"  [{repeat + 1}/{repeats}] {name:<26} {values[-1]:>9,.0f} samples/s", flush=True
             )
     medians = {name: statistics.median(values) for name, values in rates.items()}
+    if args.recipes:
+        time_to_accuracy(args.quick, repeats, args.write_readme)
     if set(medians) != set(METHODS):
         return
     text = table(medians, n)
