@@ -13,19 +13,16 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import platform
-import re
 import statistics
 import time
-from pathlib import Path
 
 import torch
+from readme_block import cpu_name, write_block
 from torch import nn
 
 from kiln.data.registry import DataInfo
 from kiln.models import create_model
 
-README = Path(__file__).with_name("README.md")
 CASES = {  # name: (model, options, (channels, size), batch)
     "convnet, MNIST 1x28x28": ("convnet", {}, (1, 28), 128),
     "fastnet, CIFAR 3x32x32": ("fastnet", {"widths": [32, 64, 128]}, (3, 32), 256),
@@ -112,11 +109,7 @@ def main() -> None:
         "| --- | --- | ---: | ---: | ---: |",
         *(f"| {c} | {v} | {r:,.0f} | {x:.2f}x | {f:.2f} |" for c, v, r, x, f in rows),
     ]
-    cpu = platform.processor() or platform.machine()
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        pass
+    cpu = cpu_name()
     where = (
         torch.cuda.get_device_name()
         if device.type == "cuda"
@@ -130,15 +123,7 @@ def main() -> None:
     )
     print("\n" + text)
     if args.write_readme:
-        marker = f"cpu-options-{device.type}"
-        readme = README.read_text()
-        start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-        if start not in readme:
-            raise SystemExit(f"{README} has no {start} ... {end} markers")
-        head, rest = readme.split(start, 1)
-        _, tail = rest.split(end, 1)
-        README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-        print(f"Wrote {README}")
+        write_block(f"cpu-options-{device.type}", text)
 
 
 if __name__ == "__main__":

@@ -21,9 +21,10 @@ import tempfile
 import time
 from pathlib import Path
 
+from readme_block import cpu_name, write_block
+
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
-README = HERE / "README.md"
 # recipe: (data.root below the shared datasets folder, target test accuracy, target seconds)
 TARGETS = {
     "mnist-fast": ("", 0.99, 15),
@@ -102,10 +103,7 @@ def main() -> None:
         target = f"{target_acc:.0%}" + (f" in {target_s} s" if target_s else "")
         rows.append(f"| `{recipe}` | {target} | {a:.2%} | {s:.1f} | {met} | {each} |")
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    try:
-        cpu = re.search(r"model name\s*:\s*(.*)", Path("/proc/cpuinfo").read_text()).group(1)
-    except (OSError, AttributeError):
-        cpu = platform.machine()
+    cpu = cpu_name()
     gpu = gpu_name()
     if gpu:
         cpu = f"{gpu} with {cpu}"
@@ -125,14 +123,7 @@ def main() -> None:
     )
     print("\n" + text)
     if args.write_readme:
-        readme = README.read_text()
-        start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
-        if start not in readme:
-            raise SystemExit(f"{README} has no {start} ... {end} markers")
-        head, rest = readme.split(start, 1)
-        _, tail = rest.split(end, 1)
-        README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-        print(f"Wrote {README}")
+        write_block(marker, text)
 
 
 if __name__ == "__main__":
