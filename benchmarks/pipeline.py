@@ -24,9 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+from readme_block import write_block
+
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
-MARKERS = ("<!-- pipeline:start -->", "<!-- pipeline:end -->")
 BATCH = 256
 
 
@@ -178,9 +178,7 @@ def main() -> None:
     table = "\n".join(lines)
     print(table)
     if args.write_readme:
-        text = README.read_text()
-        begin, end = text.index(MARKERS[0]), text.index(MARKERS[1])
-        README.write_text(text[: begin + len(MARKERS[0])] + "\n" + table + "\n" + text[end:])
+        write_block("pipeline", table)
 
 
 if __name__ == "__main__":

@@ -30,11 +30,10 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from readme_block import write_block
 from torch import nn
 
 HERE = Path(__file__).resolve().parent
-README = HERE / "README.md"
-MARKERS = ("<!-- throughput:start -->", "<!-- throughput:end -->")
 # Where the read-only official files may live: a shared/ folder next to or above the checkout.
 SHARED = [
     p / "shared" / "datasets" / "FashionMNIST" / "raw" for p in (HERE.parent, HERE.parents[1])
@@ -290,14 +289,6 @@ def table(rates: dict[str, float], n: int) -> str:
     return "\n".join(lines)
 
 
-def write_readme(text: str) -> None:
-    content = README.read_text()
-    start, end = MARKERS
-    before, rest = content.split(start, 1)
-    _, after = rest.split(end, 1)
-    README.write_text(f"{before}{start}\n{text}\n{end}{after}")
-
-
 def time_to_accuracy(quick: bool, repeats: int, readme: bool) -> None:
     """The time-to-accuracy table: each fast recipe end to end in its own process."""
     runs = [(["mnist-fast", "fashion-mnist-fast"], repeats)]
@@ -348,11 +339,12 @@ def main() -> None:
     print("\n" + text)
     if args.write_readme:
         command = shlex.join(["python", "benchmarks/run.py", *sys.argv[1:]])
-        write_readme(
+        write_block(
+            "throughput",
             f"Measured {date.today()} with `{command}` (median of {repeats} run"
             f"{'s' if repeats > 1 else ''} per method), {epochs} epoch{'s' if epochs > 1 else ''}"
             f" x {n:,} FashionMNIST training images, {kiln_source()}, on: {machine()}.\n"
-            f"Machine load at the start: {load_before}; at the end: {load_average()}.\n\n{text}"
+            f"Machine load at the start: {load_before}; at the end: {load_average()}.\n\n{text}",
         )
 
 

@@ -46,27 +46,16 @@ class FileSplit:
         cost more in PIL's Python than in decoding, so threads would mostly wait for the GIL."""
         workers = (os.cpu_count() or 1) if workers is None else workers
         images = torch.empty((len(self), self.channels, self.height, self.width), dtype=torch.uint8)
-        loader = DataLoader(
-            _Decoded(self), batch_size=256, num_workers=min(workers, max(1, len(self) // 256))
-        )
+        source = ImageSource(self, None)
+        batches = [
+            [(i, 0) for i in range(b, min(b + 256, len(self)))] for b in range(0, len(self), 256)
+        ]
+        loader = DataLoader(source, batch_sampler=batches, num_workers=min(workers, len(batches)))
         start = 0
-        for batch in loader:
+        for batch, _ in loader:
             images[start : start + len(batch)] = batch
             start += len(batch)
         return Split(images, self.labels.clone())
-
-
-class _Decoded(Dataset):
-    """A FileSplit's images, decoded (for FileSplit.load)."""
-
-    def __init__(self, split: FileSplit):
-        self.split = split
-
-    def __len__(self) -> int:
-        return len(self.split)
-
-    def __getitem__(self, index: int) -> torch.Tensor:
-        return self.split.image(index)
 
 
 class ImageSource(Dataset):
