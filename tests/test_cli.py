@@ -20,7 +20,10 @@ from PIL import Image
 
 from kiln.config import RunConfig
 
-VERBS = (["train"], ["config"], ["config", "show"], ["list"], ["eval"], ["predict"])
+VERBS = (
+    ["train"], ["config"], ["config", "show"], ["list"], ["eval"], ["predict"], ["export"],
+    ["serve"],
+)  # fmt: skip
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "lenet", "cnn", "resnet18")
 EVAL_KEYS = (

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import base64
 import html
-import importlib.util
 import io
 import os
 import re
@@ -18,6 +17,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from browser import chromium, missing_browser
 from conftest import assert_clean_error, run_kiln
 from PIL import Image
 
@@ -25,8 +25,6 @@ import kiln
 from kiln.evaluate.report import make_report
 
 PLOTS = ("curves", "confusion", "samples", "mistakes", "per_class")
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 REPO = Path(__file__).resolve().parents[1]
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 REMOTE = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)
@@ -109,28 +107,10 @@ def test_kiln_report_missing_run(tmp_path: Path):
     assert len(result.stderr.strip().splitlines()) == 1, result.stderr
 
 
-def missing_browser() -> str | None:
-    """Why the browser test cannot run here, or None: a user's clone may lack all three."""
-    if not (CHROMIUM.is_file() and CHROMEDRIVER.is_file()):
-        return f"no {CHROMIUM} or {CHROMEDRIVER}: apt-get install chromium chromium-driver"
-    if importlib.util.find_spec("selenium") is None:
-        return "selenium is not installed: pip install -e '.[dev]'"
-    return None
-
-
 @pytest.mark.skipif(missing_browser() is not None, reason=str(missing_browser()))
 def test_report_in_headless_chromium(report: Path):
-    from selenium import webdriver
-    from selenium.webdriver.chrome.service import Service
-
-    options = webdriver.ChromeOptions()
-    for arg in ("--headless=new", "--no-sandbox", "--disable-gpu", "--window-size=1280,900"):
-        options.add_argument(arg)
-    options.binary_location = str(CHROMIUM)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    driver = webdriver.Chrome(service=Service(str(CHROMEDRIVER)), options=options)
+    driver = chromium()
     try:
-        driver.set_page_load_timeout(60)
         driver.get(report.as_uri())
         assert "Kiln report" in driver.title
         severe = [e for e in driver.get_log("browser") if e["level"] == "SEVERE"]

@@ -275,7 +275,13 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     import kiln
     from kiln.predict import expand_paths
 
-    predictor = kiln.load(ns.run, ns.checkpoint)
+    target = Path(ns.run)
+    if target.is_file() or (target.is_dir() and not (target / "config.yaml").exists()):
+        from kiln.deploy.runtime import load_servable  # an export: its own runtime answers
+
+        predictor = load_servable(target)
+    else:
+        predictor = kiln.load(ns.run, ns.checkpoint)
     files = expand_paths(ns.paths)
     results = []
     for begin in range(0, len(files), 256):
@@ -313,7 +319,7 @@ def cmd_compare(ns: argparse.Namespace) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
-        prog="kiln", description="Kiln: train, evaluate and predict with PyTorch."
+        prog="kiln", description="Kiln: train, evaluate, predict, export and serve with PyTorch."
     )
     from kiln import __version__
 
@@ -383,7 +389,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_eval)
 
     p = verbs.add_parser("predict", help="classify image files or folders with a trained run")
-    p.add_argument("run", metavar="RUN_DIR")
+    p.add_argument("run", metavar="RUN_DIR|EXPORT")
     p.add_argument("paths", nargs="+", metavar="PATH")
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
@@ -411,6 +417,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("runs", nargs="+", metavar="RUN_DIR", help="two or more run directories")
     p.add_argument("-o", "--output", default="compare.html", help=".html or .png to write")
     p.set_defaults(func=cmd_compare)
+
+    from kiln.deploy.cli import add_parsers
+
+    add_parsers(verbs)
     return parser
 
 

@@ -100,33 +100,7 @@ class Predictor:
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """Any image -> normalized float tensor (C, H, W) in the run's channels and size."""
-        if isinstance(image, (str, Path, Image.Image)):
-            path = image if isinstance(image, (str, Path)) else None
-            try:
-                tensor = decode(image, *self.info.input_shape)
-            except (
-                UnidentifiedImageError,
-                OSError,
-                SyntaxError,
-                ValueError,
-                Image.DecompressionBombError,
-            ) as exc:
-                raise KilnError(f"cannot read image {path or 'given'}: {exc}") from None
-        elif isinstance(image, torch.Tensor):
-            tensor = image
-            if tensor.dim() == 2:
-                tensor = tensor.unsqueeze(0)
-            if tuple(tensor.shape) != self.info.input_shape:
-                raise KilnError(
-                    f"tensor of shape {tuple(tensor.shape)} does not match the run's input "
-                    f"{self.info.input_shape}; pass an image or a tensor of that shape"
-                )
-        else:
-            raise KilnError(
-                f"cannot predict on {type(image).__name__}: pass a path, PIL image or tensor"
-            )
-        x = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
-        return (x - self.mean) / self.std
+        return normalize(to_uint8(image, self.info.input_shape), self.mean, self.std)
 
     @torch.inference_mode()
     def predict_proba(self, images: Sequence[ImageLike]) -> torch.Tensor:
@@ -141,16 +115,53 @@ class Predictor:
         )
         items = [images] if single else list(images)
         probs = self.predict_proba(items)
-        k = max(1, min(top_k, len(self.classes)))
-        top_p, top_i = probs.topk(k, dim=1)
-        results = []
-        for item, ps, idx in zip(items, top_p.tolist(), top_i.tolist(), strict=True):
-            top = [
-                {"label": self.classes[i], "probability": round(p, 6)}
-                for p, i in zip(ps, idx, strict=True)
-            ]
-            entry = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
-            if isinstance(item, (str, Path)):
-                entry = {"file": str(item), **entry}
-            results.append(entry)
-        return results
+        return format_predictions(items, probs, self.classes, top_k)
+
+
+def to_uint8(image: ImageLike, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Any image -> uint8 (C, H, W) in the model's channels and size (tensors are checked)."""
+    if isinstance(image, (str, Path, Image.Image)):
+        path = image if isinstance(image, (str, Path)) else None
+        try:
+            return decode(image, *input_shape)
+        except (
+            UnidentifiedImageError,
+            OSError,
+            SyntaxError,
+            ValueError,
+            Image.DecompressionBombError,
+        ) as exc:
+            raise KilnError(f"cannot read image {path or 'given'}: {exc}") from None
+    if isinstance(image, torch.Tensor):
+        tensor = image.unsqueeze(0) if image.dim() == 2 else image
+        if tuple(tensor.shape) != tuple(input_shape):
+            raise KilnError(
+                f"tensor of shape {tuple(tensor.shape)} does not match the run's input "
+                f"{tuple(input_shape)}; pass an image or a tensor of that shape"
+            )
+        return tensor
+    raise KilnError(f"cannot predict on {type(image).__name__}: pass a path, PIL image or tensor")
+
+
+def normalize(tensor: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels are scaled to [0, 1] first; float tensors are taken as already scaled."""
+    x = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+    return (x - mean) / std
+
+
+def format_predictions(
+    items: Sequence[Any], probs: torch.Tensor, classes: list[str], top_k: int
+) -> list[dict[str, Any]]:
+    """One entry per item: the top label, its probability and the top-k list."""
+    k = max(1, min(top_k, len(classes)))
+    top_p, top_i = probs.topk(k, dim=1)
+    results = []
+    for item, ps, idx in zip(items, top_p.tolist(), top_i.tolist(), strict=True):
+        top = [
+            {"label": classes[i], "probability": round(p, 6)} for p, i in zip(ps, idx, strict=True)
+        ]
+        entry = {"label": top[0]["label"], "probability": top[0]["probability"], "top_k": top}
+        if isinstance(item, (str, Path)):
+            entry = {"file": str(item), **entry}
+        results.append(entry)
+    return results

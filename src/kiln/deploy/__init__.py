@@ -1,0 +1,1 @@
+"""Deployment: export a run (ONNX, TorchScript, state_dict), and serve it over HTTP."""

@@ -1,0 +1,309 @@
+"""`kiln export`: a run's checkpoint as ONNX, TorchScript or a plain state_dict, checked.
+
+The file is written beside its sidecar only after it has been loaded back through the runtime that
+will serve it and its logits compared with the eager model's on validation images: an export that
+disagrees (above 1e-4 for fp32) is deleted and the command fails, so a bad file never ships.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kiln.deploy import runtime
+from kiln.deploy.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
+from kiln.errors import ConfigError, KilnError, RunError
+from kiln.models.tta import infer
+from kiln.rundir import RunDir
+
+TOLERANCE = 1e-4
+QUANTIZE = ("dynamic",)
+
+
+class ExportError(KilnError):
+    """The exported file does not answer like the model it came from."""
+
+
+class Exportable(nn.Module):
+    """The model plus its test-time augmentation, traced as one graph (logits out)."""
+
+    def __init__(self, model: nn.Module, tta: str):
+        super().__init__()
+        self.model, self.tta = model, tta
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return infer(self.model, x, self.tta)
+
+
+@dataclass
+class Sample:
+    """Images to check an export on: uint8 (N, C, H, W), labels when they are real images."""
+
+    images: torch.Tensor
+    labels: torch.Tensor | None
+    source: str
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    sidecar: Path
+    spec: ExportSpec
+    quantized: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8: size, latency, acc
+
+
+def export_run(
+    run_dir: str | Path,
+    fmt: str = "onnx",
+    *,
+    quantize: str | None = None,
+    output: str | Path | None = None,
+    which: str = "best",
+    parity_images: int = 256,
+    log: Callable[[str], None] = print,
+) -> ExportResult:
+    """Export checkpoint `which` of a run; see the module docstring for the checks."""
+    from kiln.predict import load_model
+
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got '{quantize}'")
+    if quantize and fmt == "state_dict":
+        raise ConfigError(
+            "--quantize needs --format onnx or torchscript: int8 weights cannot be loaded back "
+            "into the plain model a state_dict export rebuilds"
+        )
+    if parity_images < 1:
+        raise ConfigError(f"--parity-images must be at least 1, got {parity_images}")
+    run = RunDir.open(run_dir)
+    path = output_path(run, fmt, quantize, output)
+    model, epoch = load_model(run, which, "cpu")
+    spec = runtime.spec_from_run(run, fmt, which, epoch, file=path.name)
+    spec.quantize = quantize
+    spec.tta_in_graph = fmt != "state_dict"
+    eager = Exportable(model, spec.tta).eval()
+    sample = validation_sample(run, parity_images if not quantize else max(parity_images, 2048))
+    log(f"Checking on {len(sample.images)} {sample.source}")
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp_fp32 = path.with_name(f".{path.name}.{os.getpid()}.fp32.tmp")
+    try:
+        started = time.perf_counter()
+        write = {"onnx": write_onnx, "torchscript": write_torchscript, "state_dict": write_state}
+        write[fmt](eager, sample.images[:2], tmp_fp32 if quantize else tmp, spec)
+        if quantize:
+            quantize_file(fmt, eager, sample.images[:2], tmp_fp32, tmp, spec)
+        log(f"Wrote {fmt}{' (int8, dynamic)' if quantize else ''} in "
+            f"{time.perf_counter() - started:.1f} s")  # fmt: skip
+        exported = load_file(tmp, spec)
+        spec.parity = check_parity(eager, exported, sample, parity_images, quantize is None)
+        result = ExportResult(path, sidecar_path(path), spec)
+        if quantize:
+            fp32 = load_file(tmp_fp32, spec)
+            result.quantized = compare_quantized(fp32, exported, tmp_fp32, tmp, sample)
+        os.replace(tmp, path)
+        spec.sha256 = sha256(path)
+        spec.write(result.sidecar)
+        return result
+    finally:
+        tmp.unlink(missing_ok=True)
+        tmp_fp32.unlink(missing_ok=True)
+
+
+def output_path(run: RunDir, fmt: str, quantize: str | None, output: str | Path | None) -> Path:
+    """-o FILE, -o FOLDER (existing, ending in /, or without a suffix), or RUN/exports/."""
+    name = f"model{'-int8' if quantize else ''}{SUFFIXES[fmt]}"
+    if output is None:
+        return run.path / "exports" / name
+    out = Path(output)
+    if out.is_dir() or str(output).endswith(("/", os.sep)) or not out.suffix:
+        return out / name
+    if not out.name.endswith(SUFFIXES[fmt]):
+        raise ConfigError(f"-o {output}: a {fmt} export's file name must end in {SUFFIXES[fmt]}")
+    return out
+
+
+def validation_sample(run: RunDir, n: int) -> Sample:
+    """The first n validation images of the run's data, or random pixels when the data is gone."""
+    from kiln import data as kdata
+
+    cfg = run.load_config()
+    try:
+        val = kdata.build(cfg.data).val
+    except KilnError as exc:
+        first = str(exc).splitlines()[0]
+        c, h, w = run.data_info().input_shape
+        images = torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(0))
+        images = images.to(torch.uint8)
+        return Sample(images, None, f"random images (the run's data is unavailable: {first})")
+    part = val.take(torch.arange(min(n, len(val))))
+    source = f"validation images of {cfg.data.name}"
+    return Sample(part.head(len(part)), part.labels.clone(), source)
+
+
+def normalized(images: torch.Tensor, spec: ExportSpec) -> torch.Tensor:
+    from kiln.predict import normalize
+
+    shape = (-1, 1, 1)
+    return normalize(
+        images, torch.tensor(spec.input.mean).view(shape), torch.tensor(spec.input.std).view(shape)
+    )
+
+
+# Writers ------------------------------------------------------------------------------------------
+
+
+def write_onnx(module: nn.Module, images: torch.Tensor, path: Path, spec: ExportSpec) -> None:
+    """torch.export-based exporter, batch dimension dynamic, checked by onnx.checker."""
+    import onnx
+
+    example = (normalized(images, spec),)
+    big = sum(p.numel() * p.element_size() for p in module.parameters()) > 1.5 * 2**30
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            program = torch.onnx.export(
+                module,
+                example,
+                input_names=[spec.input.name],
+                output_names=["logits"],
+                dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
+                dynamo=True,
+                verbose=False,
+            )
+        program.save(str(path), external_data=big)
+    except Exception as exc:  # the exporter raises many types; all mean "cannot export this model"
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ExportError(
+            f"ONNX export of model '{spec.model.name}' failed ({first}); "
+            "try --format torchscript or --format state_dict"
+        ) from None
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except Exception as exc:
+        raise ExportError(f"the ONNX file fails onnx.checker: {exc}") from None
+
+
+def write_torchscript(module: nn.Module, images: torch.Tensor, path: Path, spec) -> None:
+    """Traced; PyTorch deprecates TorchScript, but libtorch (C++) still runs it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            traced = torch.jit.trace(module, normalized(images, spec), check_trace=False)
+            torch.jit.save(traced, str(path))
+    except Exception as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise ExportError(
+            f"TorchScript export of model '{spec.model.name}' failed ({first}); "
+            "try --format onnx or --format state_dict"
+        ) from None
+
+
+def write_state(module: Exportable, images: torch.Tensor, path: Path, spec) -> None:
+    """Plain tensors (weights_only loadable); the sidecar's config rebuilds the model."""
+    from kiln.engine import checkpoint
+
+    state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
+    checkpoint.save({"model": state}, path)
+
+
+def quantize_file(fmt: str, module: nn.Module, images, fp32: Path, out: Path, spec) -> None:
+    """Dynamic int8: weights stored as int8, activations quantized on the fly per batch."""
+    if fmt == "onnx":
+        from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+
+        prepared = out.with_name(out.name + ".pre")
+        try:  # shape inference and graph clean-up first, as onnxruntime recommends
+            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
+            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8)
+        finally:
+            prepared.unlink(missing_ok=True)
+        return
+    with warnings.catch_warnings():  # torch.ao.quantization is deprecated, still the eager API
+        warnings.simplefilter("ignore")
+        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {nn.Linear}, torch.qint8)
+    write_torchscript(q, images, out, spec)
+
+
+def load_file(path: Path, spec: ExportSpec) -> runtime.Servable:
+    loaders = {"onnx": runtime._onnx, "torchscript": runtime._torchscript}
+    loaders["state_dict"] = runtime._state_dict
+    try:
+        logits, name = loaders[spec.format](path, spec, "cpu")
+    except RunError as exc:
+        raise ExportError(f"the written file does not load back: {exc}") from None
+    return runtime.Servable(spec, logits, name, path)
+
+
+# Checks -------------------------------------------------------------------------------------------
+
+
+def check_parity(
+    eager: nn.Module, exported: runtime.Servable, sample: Sample, n: int, gate: bool
+) -> Parity:
+    """Largest logit difference over n images, in batches of 64 and one image alone (batch
+    sizes the graph was not traced with), against the eager model."""
+    images = sample.images[:n]
+    x = normalized(images, exported.spec)
+    with torch.inference_mode():
+        ref = eager(x).float()
+    got = torch.cat([exported.logits(x[i : i + 64]) for i in range(0, len(x), 64)])
+    single = exported.logits(x[:1])
+    diff = max((got - ref).abs().max().item(), (single - ref[:1]).abs().max().item())
+    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
+    parity = Parity(
+        images=len(x), source=sample.source, max_abs_logit_diff=diff,
+        tolerance=TOLERANCE if gate else None, top1_agreement=agree,
+    )  # fmt: skip
+    if gate and not diff <= TOLERANCE:
+        raise ExportError(
+            f"the {exported.spec.format} export disagrees with the eager model: largest logit "
+            f"difference {diff:.3g} > {TOLERANCE:g} on {len(x)} {sample.source}; "
+            "nothing was written. Try another --format, and report the model if it persists"
+        )
+    return parity
+
+
+def compare_quantized(
+    fp32: runtime.Servable, int8: runtime.Servable, fp32_file: Path, int8_file: Path, sample
+) -> dict[str, Any]:
+    """Size, batch-1 latency and accuracy of the int8 file against the fp32 one, same runtime."""
+    x = normalized(sample.images, fp32.spec)
+    report: dict[str, Any] = {
+        "fp32_bytes": fp32_file.stat().st_size,
+        "int8_bytes": int8_file.stat().st_size,
+        "fp32_latency_ms": latency_ms(fp32, x[:1]),
+        "int8_latency_ms": latency_ms(int8, x[:1]),
+        "images": len(x),
+    }
+    if sample.labels is not None:
+        for name, s in (("fp32", fp32), ("int8", int8)):
+            pred = torch.cat([s.logits(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(1)
+            report[f"{name}_accuracy"] = (pred == sample.labels).float().mean().item()
+    return report
+
+
+def latency_ms(servable: runtime.Servable, x: torch.Tensor, seconds: float = 1.0) -> float:
+    """Median wall time of one call, over at least 20 calls or `seconds`."""
+    for _ in range(3):
+        servable.logits(x)
+    times: list[float] = []
+    deadline = time.perf_counter() + seconds
+    while len(times) < 20 or time.perf_counter() < deadline:
+        t = time.perf_counter()
+        servable.logits(x)
+        times.append(time.perf_counter() - t)
+        if len(times) >= 2000:
+            break
+    return sorted(times)[len(times) // 2] * 1000

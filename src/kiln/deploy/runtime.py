@@ -1,0 +1,203 @@
+"""A model ready to answer requests: a run directory or an export, behind one interface.
+
+`load_servable(path)` reads a run directory (eager PyTorch), an ONNX export (onnxruntime), a
+TorchScript export or a state_dict export. Preprocessing always comes from the spec, and goes
+through the same `decode` that training and `kiln predict` use.
+"""
+
+from __future__ import annotations
+
+import threading
+import warnings
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from kiln.deploy.spec import ExportSpec, InputSpec, ModelSpec, find_export
+from kiln.errors import RunError
+from kiln.predict import ImageLike, format_predictions, normalize, to_uint8
+
+Logits = Callable[[torch.Tensor], torch.Tensor]  # normalized float (N, C, H, W) -> (N, classes)
+
+
+class Servable:
+    """Preprocessing from the spec plus a backend's logits function."""
+
+    def __init__(self, spec: ExportSpec, logits: Logits, runtime: str, source: Path):
+        self.spec, self.runtime, self.source = spec, runtime, Path(source)
+        self._logits = logits
+        self._lock = threading.Lock()  # one inference at a time: CPU threads are already all used
+        shape = (-1, 1, 1)
+        self.mean = torch.tensor(spec.input.mean).view(shape)
+        self.std = torch.tensor(spec.input.std).view(shape)
+
+    @property
+    def classes(self) -> list[str]:
+        return self.spec.classes
+
+    @property
+    def input_shape(self) -> tuple[int, int, int]:
+        i = self.spec.input
+        return (i.channels, i.height, i.width)
+
+    def preprocess(self, image: ImageLike) -> torch.Tensor:
+        return normalize(to_uint8(image, self.input_shape), self.mean, self.std)
+
+    def logits(self, batch: torch.Tensor) -> torch.Tensor:
+        """Normalized float batch -> float32 logits on the CPU."""
+        with self._lock, torch.inference_mode():
+            return self._logits(batch.float().contiguous()).float().cpu()
+
+    def predict_proba(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        batch = torch.stack([self.preprocess(im) for im in images])
+        return self.logits(batch).softmax(dim=1)
+
+    def predict(self, images: Sequence[ImageLike], top_k: int = 5) -> list[dict[str, Any]]:
+        return format_predictions(list(images), self.predict_proba(images), self.classes, top_k)
+
+    def metadata(self) -> dict[str, Any]:
+        s = self.spec
+        return {
+            "model": s.model.model_dump(),
+            "format": s.format,
+            "runtime": self.runtime,
+            "quantize": s.quantize,
+            "task": s.task,
+            "classes": s.classes,
+            "input": s.input.model_dump(),
+            "tta": s.tta,
+            "parity": s.parity.model_dump() if s.parity else None,
+        }
+
+
+def load_servable(path: str | Path, device: str = "cpu") -> Servable:
+    """A run directory, an export file, its sidecar, or a folder with one export."""
+    path = Path(path)
+    if path.is_dir() and (path / "config.yaml").is_file():
+        return _from_run(path, device)
+    model_file, spec = find_export(path)
+    load = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict}[spec.format]
+    logits, runtime = load(model_file, spec, device)
+    return Servable(spec, logits, runtime, model_file)
+
+
+# Backends ---------------------------------------------------------------------------------------
+
+
+def onnx_session(model_file: Path):
+    """An onnxruntime CPU session with one intra-op thread per usable core."""
+    try:
+        import onnxruntime as ort
+    except ImportError:  # pragma: no cover - a dependency of kiln
+        raise RunError("serving ONNX needs onnxruntime: pip install onnxruntime") from None
+    from kiln.engine.device import cpu_count
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = cpu_count()
+    options.log_severity_level = 3
+    try:
+        return ort.InferenceSession(str(model_file), options, providers=["CPUExecutionProvider"])
+    except Exception as exc:  # onnxruntime raises its own exception types
+        raise RunError(f"onnxruntime cannot load {model_file}: {exc}") from None
+
+
+def _onnx(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logits, str]:
+    session = onnx_session(model_file)
+    name = session.get_inputs()[0].name
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        return torch.from_numpy(session.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
+
+    return logits, "onnxruntime"
+
+
+def _torchscript(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logits, str]:
+    try:
+        with warnings.catch_warnings():  # deprecated by PyTorch, still what libtorch runs
+            warnings.simplefilter("ignore", FutureWarning)
+            module = torch.jit.load(str(model_file), map_location=device).eval()
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise RunError(f"{model_file} is not a TorchScript archive ({first})") from None
+    return (lambda x: module(x.to(device))), f"torchscript ({device})"
+
+
+def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logits, str]:
+    """Rebuild the model from the config in the sidecar, then load plain tensors into it."""
+    from kiln.config import RunConfig
+    from kiln.engine import checkpoint
+    from kiln.models import build_model, import_user_modules
+    from kiln.models.tta import infer
+
+    cfg = RunConfig.model_validate(spec.config)
+    import_user_modules(cfg.imports)
+    model = build_model(cfg.model, data_info(spec), load=False).model
+    state = checkpoint.load(model_file, map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+    except (RuntimeError, KeyError) as exc:
+        raise RunError(f"{model_file} does not match the model in its sidecar ({exc})") from None
+    model.to(device).eval()
+    return (lambda x: infer(model, x.to(device), spec.tta)), f"torch ({device})"
+
+
+def _from_run(path: Path, device: str) -> Servable:
+    from kiln.models.tta import infer
+    from kiln.predict import load_model
+    from kiln.rundir import RunDir
+
+    run = RunDir.open(path)
+    model, epoch = load_model(run, "best", device)
+    spec = spec_from_run(run, "run", "best", epoch, file=str(run.checkpoint("best")))
+    return Servable(spec, lambda x: infer(model, x.to(device), spec.tta), f"torch ({device})", path)
+
+
+# Specs --------------------------------------------------------------------------------------------
+
+
+def data_info(spec: ExportSpec):
+    from kiln.data.registry import DataInfo
+
+    i = spec.input
+    return DataInfo(
+        spec.config.get("data", {}).get("name", "export"),
+        spec.classes, i.channels, i.height, i.width, i.mean, i.std,
+    )  # fmt: skip
+
+
+def spec_from_run(run, fmt: str, which: str, epoch: int | None, file: str) -> ExportSpec:
+    """The sidecar for a run's checkpoint `which`; parity and hash are filled in by the export."""
+    from datetime import datetime, timezone
+
+    from kiln import __version__
+
+    cfg = run.load_config()
+    info = run.data_info()
+    return ExportSpec(
+        format=fmt,
+        file=file,
+        tta=cfg.model.tta,
+        classes=info.classes,
+        input=InputSpec(
+            channels=info.channels,
+            height=info.height,
+            width=info.width,
+            color="L" if info.channels == 1 else "RGB",
+            mean=info.mean,
+            std=info.std,
+        ),
+        output={"name": "logits", "shape": ["batch", len(info.classes)], "softmax": False},
+        model=ModelSpec(
+            name=cfg.model.name,
+            run=run.path.name,
+            checkpoint=which,
+            epoch=epoch,
+            kiln_version=__version__,
+            torch_version=torch.__version__,
+            created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        ),
+        config=cfg.model_dump(mode="json"),
+    )
