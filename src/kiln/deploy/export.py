@@ -237,13 +237,10 @@ def quantize_file(fmt: str, module: nn.Module, images, fp32: Path, out: Path, sp
 
 
 def load_file(path: Path, spec: ExportSpec) -> runtime.Servable:
-    loaders = {"onnx": runtime._onnx, "torchscript": runtime._torchscript}
-    loaders["state_dict"] = runtime._state_dict
     try:
-        logits, name = loaders[spec.format](path, spec, "cpu")
+        return runtime.open_export(path, spec)
     except RunError as exc:
         raise ExportError(f"the written file does not load back: {exc}") from None
-    return runtime.Servable(spec, logits, name, path)
 
 
 # Checks -------------------------------------------------------------------------------------------

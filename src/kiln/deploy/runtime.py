@@ -79,8 +79,13 @@ def load_servable(path: str | Path, device: str = "cpu") -> Servable:
     if path.is_dir() and (path / "config.yaml").is_file():
         return _from_run(path, device)
     model_file, spec = find_export(path)
-    load = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict}[spec.format]
-    logits, runtime = load(model_file, spec, device)
+    return open_export(model_file, spec, device)
+
+
+def open_export(model_file: Path, spec: ExportSpec, device: str = "cpu") -> Servable:
+    """A model file read with the runtime its format needs (the spec is trusted as given)."""
+    backends = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict}
+    logits, runtime = backends[spec.format](model_file, spec, device)
     return Servable(spec, logits, runtime, model_file)
 
 

@@ -10,6 +10,7 @@ import asyncio
 import hmac
 import json
 import time
+from dataclasses import asdict
 from importlib.resources import files
 from pathlib import Path
 from typing import Any
@@ -244,7 +245,7 @@ def create_app(
 
     @app.get("/metadata", summary="classes, input spec, model name and version")
     async def metadata() -> dict[str, Any]:
-        return {**servable.metadata(), "limits": limits.__dict__}
+        return {**servable.metadata(), "limits": asdict(limits)}
 
     @app.get("/", response_class=HTMLResponse, include_in_schema=False)
     async def index() -> str:
