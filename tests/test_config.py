@@ -66,7 +66,7 @@ def test_defaults_are_a_complete_run():
     assert tree["imports"] == []  # no modules of the user's to import
     for section in SECTIONS[1:]:
         assert isinstance(tree[section], dict) and tree[section], section
-    assert tree["train"]["early_stop"] == {"monitor": "val_acc", "patience": None}
+    assert tree["train"]["early_stop"] == {"monitor": "auto", "patience": None}
     assert (cfg.data.name, cfg.model.name, cfg.optim.name) == ("digits", "convnet", "adam")
     assert cfg.sched.name in SCHEDULERS
     assert cfg.train.epochs >= 1 and cfg.optim.lr > 0 and 0 < cfg.data.val_fraction < 1

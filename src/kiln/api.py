@@ -13,7 +13,7 @@ from torch import nn
 from kiln import data as kdata
 from kiln.config import RunConfig, build_config
 from kiln.engine import checkpoint
-from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard
+from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard, show
 from kiln.engine.device import (
     check_precision,
     resolve_device,
@@ -33,6 +33,7 @@ from kiln.models import (
 )
 from kiln.predict import Predictor
 from kiln.rundir import RunDir
+from kiln.tasks import get_task
 
 
 @dataclass
@@ -68,7 +69,16 @@ def resolve(cfg: RunConfig) -> RunConfig:
     from kiln.data.transforms import resolve_augment
 
     tree["data"]["augment"] = resolve_augment(cfg.data.augment)
-    return RunConfig.model_validate(tree)
+    return RunConfig.model_validate(with_monitor(tree, cfg))
+
+
+def with_monitor(tree: dict[str, Any], cfg: RunConfig) -> dict[str, Any]:
+    """train.early_stop.monitor=auto -> val_<the task's metric> (val_acc for classify)."""
+    import_user_modules(cfg.imports)  # your own tasks register there
+    task = get_task(cfg.task)
+    if cfg.train.early_stop.monitor == "auto":
+        tree["train"]["early_stop"]["monitor"] = f"val_{task.metric}"
+    return tree
 
 
 def describe_custom(cfg: RunConfig, model: nn.Module) -> RunConfig:
@@ -80,7 +90,7 @@ def describe_custom(cfg: RunConfig, model: nn.Module) -> RunConfig:
         **cfg.model.common(),
         "class": f"{cls.__module__}.{cls.__qualname__}",
     }
-    return RunConfig.model_validate(tree)
+    return RunConfig.model_validate(with_monitor(tree, cfg))
 
 
 def _plain(value: Any) -> Any:
@@ -201,12 +211,13 @@ def _fit(
     history = trainer.fit(resume_state, reschedule)
     best = trainer.early_stop
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
-    test_loss, test_acc = trainer.evaluate(trainer.loader(bundle.test))
+    test_loss, test_score = trainer.evaluate(trainer.loader(bundle.test))
     if progress:
+        m = trainer.metric
         print(
             f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} {best.best:.4f} at "
-            f"epoch {best.best_epoch}; final val acc {history[-1]['val_acc']:.2%}; "
-            f"test acc {test_acc:.2%} (loss {test_loss:.4f}, best checkpoint)",
+            f"epoch {best.best_epoch}; final val {show(m, history[-1][f'val_{m}'])}; "
+            f"test {show(m, test_score)} (loss {test_loss:.4f}, best checkpoint)",
             flush=True,
         )
     test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)

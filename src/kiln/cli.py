@@ -70,6 +70,13 @@ def cmd_list(ns: argparse.Namespace) -> int:
 
         for name, entry in sorted(DATASETS.items()):
             table.add_row(name, entry.description)
+    elif ns.what == "tasks":
+        from kiln.tasks import TASKS
+
+        table.add_column("metric")
+        for name, entry in sorted(TASKS.items()):
+            better = "higher" if entry.cls.higher_is_better else "lower"
+            table.add_row(name, entry.description, f"{entry.cls.metric} ({better} is better)")
     else:
         from kiln.models.summary import DEFAULT_INPUT, catalogue
 
@@ -83,6 +90,8 @@ def cmd_list(ns: argparse.Namespace) -> int:
         for name, description in model_families():
             table.add_row(name, description, "-", "pretrained")
     Console().print(table)
+    if ns.what == "tasks":
+        print("Your own: @kiln.tasks.register_task in a module named under `imports:`.")
     if ns.what == "models":
         print("Your own: @kiln.models.register in a module named under `imports:` in the config.")
     return 0
@@ -343,8 +352,8 @@ def build_parser() -> argparse.ArgumentParser:
     show.add_argument("args", nargs="*", metavar="[CONFIG.yaml] [key=value ...]")
     show.set_defaults(func=cmd_config_show)
 
-    p = verbs.add_parser("list", help="list datasets or models")
-    p.add_argument("what", choices=["datasets", "models"])
+    p = verbs.add_parser("list", help="list datasets, models or tasks")
+    p.add_argument("what", choices=["datasets", "models", "tasks"])
     p.set_defaults(func=cmd_list)
 
     p = verbs.add_parser(

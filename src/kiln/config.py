@@ -173,20 +173,27 @@ class SchedConfig(_Section):
 
 
 class EarlyStopConfig(_Section):
-    monitor: str = "val_acc"
+    monitor: str = Field("auto", description="auto: val_<the task's metric>, e.g. val_acc")
     patience: int | None = Field(None, ge=1, description="epochs without improvement; off if unset")
 
     @field_validator("monitor")
     @classmethod
     def _known(cls, v: str) -> str:
-        allowed = ("val_acc", "val_loss", "train_acc", "train_loss")
-        if v not in allowed:
-            raise ValueError(f"unknown metric '{v}'; choose one of: {', '.join(allowed)}")
+        if v != "auto" and not re.fullmatch(r"(train|val)_[a-z][a-z0-9_]*", v):
+            raise ValueError(
+                f"unknown metric '{v}'; choose one of: auto, val_loss, train_loss, or "
+                "val_/train_ and the task's metric (val_acc, train_acc for classify)"
+            )
         return v
 
     @property
     def mode(self) -> Literal["min", "max"]:
-        return "min" if self.monitor.endswith("loss") else "max"
+        """Lower is better for losses and for metrics their task says so of (rmse, ...)."""
+        if self.monitor.endswith("loss"):
+            return "min"
+        from kiln.tasks import direction  # registered tasks know their metric's direction
+
+        return direction(self.monitor)
 
 
 class TrainConfig(_Section):

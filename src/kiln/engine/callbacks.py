@@ -27,18 +27,24 @@ class Callback:
     def on_fit_end(self, trainer: Trainer) -> None: ...
 
 
-def format_row(row: dict[str, Any], epochs: int) -> str:
+def show(metric: str, value: float) -> str:
+    """`acc 97.12%` for accuracy, `rmse 0.1234` for anything else."""
+    return f"{metric} {value:.2%}" if metric == "acc" else f"{metric} {value:.4f}"
+
+
+def format_row(row: dict[str, Any], epochs: int, metric: str = "acc") -> str:
     """The one summary line per epoch, Keras style."""
     return (
         f"Epoch {row['epoch']}/{epochs}  "
-        f"train loss {row['train_loss']:.4f} acc {row['train_acc']:.2%}  "
-        f"val loss {row['val_loss']:.4f} acc {row['val_acc']:.2%}  "
+        f"train loss {row['train_loss']:.4f} {show(metric, row[f'train_{metric}'])}  "
+        f"val loss {row['val_loss']:.4f} {show(metric, row[f'val_{metric}'])}  "
         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['samples_per_s']:,.0f} samples/s"
     )
 
 
 class ProgressBar(Callback):
-    """A live bar per epoch (loss, accuracy, samples/s, ETA) on a terminal; a line per epoch."""
+    """A live bar per epoch (loss, the task's metric, samples/s, ETA) on a terminal; a line per
+    epoch."""
 
     def __init__(self, console: Console | None = None, refresh_s: float = 0.2):
         self.console = console or Console(file=sys.stdout)
@@ -68,13 +74,14 @@ class ProgressBar(Callback):
         if now - self.last < self.refresh_s and step + 1 < trainer.steps_per_epoch:
             return
         self.last = now
-        loss, acc, rate = trainer.running_stats()
-        stats = f"loss {loss:.4f} acc {acc:.2%} {rate:,.0f} samples/s"
+        loss, score, rate = trainer.running_stats()
+        stats = f"loss {loss:.4f} {show(trainer.metric, score)} {rate:,.0f} samples/s"
         self.progress.update(self.task, completed=step + 1, stats=stats)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         self._stop()
-        self.console.print(format_row(row, trainer.epochs), highlight=False, soft_wrap=True)
+        line = format_row(row, trainer.epochs, trainer.metric)
+        self.console.print(line, highlight=False, soft_wrap=True)
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._stop()
@@ -118,7 +125,7 @@ class TensorBoard(Callback):
         w = self.writer
         for split in ("train", "val"):
             w.add_scalar(f"loss/{split}", row[f"{split}_loss"], epoch)
-            w.add_scalar(f"acc/{split}", row[f"{split}_acc"], epoch)
+            w.add_scalar(f"{trainer.metric}/{split}", row[f"{split}_{trainer.metric}"], epoch)
         w.add_scalar("lr", row["lr"], epoch)
         w.add_scalar("samples_per_s", row["samples_per_s"], epoch)
         for name, param in trainer.model.named_parameters():
@@ -186,7 +193,7 @@ def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
         best = max(history, key=lambda row: row["val_acc"])
         metrics["hparam/best_val_acc"] = float(best["val_acc"])
         metrics["hparam/best_epoch"] = float(best["epoch"])
-    for key in ("val_acc", "val_loss", "train_acc", "train_loss"):
-        if key in last:
+    for key in last:
+        if key.startswith(("train_", "val_")):
             metrics[f"hparam/final_{key}"] = float(last[key])
     return metrics

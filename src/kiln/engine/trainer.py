@@ -23,11 +23,12 @@ from kiln.engine import checkpoint
 from kiln.engine.callbacks import Callback
 from kiln.engine.device import autocast
 from kiln.engine.optim import build_optimizer, build_scheduler
-from kiln.errors import KilnError
+from kiln.errors import ConfigError, KilnError
 from kiln.models.transfer import set_backbone_trainable
 from kiln.models.tta import infer
 from kiln.rundir import RunDir
-from kiln.tasks import ClassifyTask
+from kiln.tasks import get_task
+from kiln.tasks.classify import balance
 
 
 def build_augment(steps: list, info: DataInfo) -> nn.Module | None:
@@ -38,16 +39,6 @@ def build_augment(steps: list, info: DataInfo) -> nn.Module | None:
     from kiln.data.transforms import resolve_augment
 
     return build(resolve_augment(steps), (info.height, info.width), info.channels)
-
-
-def balance(how: str, labels: torch.Tensor, info: DataInfo):
-    """(class weights for the loss, per-sample weights for the sampler) for data.balance."""
-    counts = torch.bincount(labels, minlength=info.num_classes).float().clamp_min(1)
-    if how == "weights":
-        return counts.sum() / (info.num_classes * counts), None
-    if how == "sampler":
-        return None, (1.0 / counts)[labels]
-    return None, None
 
 
 class TrainingInterrupted(KilnError):
@@ -130,10 +121,9 @@ class Trainer:
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.normalize = Normalize(data.info.mean, data.info.std, device, self.channels_last)
         self.workers = default_workers(cfg.data.workers)
-        class_weights, sample_weights = balance(cfg.data.balance, data.train.labels, data.info)
-        if class_weights is not None:
-            class_weights = class_weights.to(device)
-        self.task = ClassifyTask(cfg.train.label_smoothing, class_weights)
+        _, sample_weights = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
+        self.task = get_task(cfg.task).build(cfg, data, device)
+        self.metric = self.task.metric  # rows log train_<metric> and val_<metric>
         from kiln.data.transforms import resolve_augment
 
         steps = resolve_augment(cfg.data.augment)
@@ -160,6 +150,12 @@ class Trainer:
         )
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         es = cfg.train.early_stop
+        logged = ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}")
+        if es.monitor not in logged:
+            raise ConfigError(
+                f"train.early_stop.monitor: task '{cfg.task}' logs {', '.join(logged)}, "
+                f"not '{es.monitor}'"
+            )
         self.early_stop = EarlyStopping(es.monitor, es.mode, es.patience)
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0  # epochs already completed (non-zero when resuming)
@@ -216,20 +212,20 @@ class Trainer:
         for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
             loss, logits = self.train_step(x, y)
             self.loss_sum += loss * len(y)
-            self.correct += self.task.correct(logits, y)
+            self.score_sum += self.task.score(logits, y)
             self.seen += len(y)
             self.seconds = time.perf_counter() - started
             self._call("on_batch_end", epoch, step)
             if self.stop.requested:
                 self.interrupt(epoch, step + 1, epoch_rng)
         train_seconds = time.perf_counter() - started
-        val_loss, val_acc = self.evaluate(self.val_loader)
+        val_loss, val_score = self.evaluate(self.val_loader)
         row = {
             "epoch": epoch,
             "train_loss": float(self.loss_sum) / self.seen,
-            "train_acc": float(self.correct) / self.seen,
+            f"train_{self.metric}": float(self.score_sum) / self.seen,
             "val_loss": val_loss,
-            "val_acc": val_acc,
+            f"val_{self.metric}": val_score,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - started, 3),
             "samples_per_s": round(self.seen / train_seconds, 1),
@@ -268,14 +264,14 @@ class Trainer:
     def evaluate(self, loader) -> tuple[float, float]:
         self.model.eval()
         loss_sum = torch.zeros((), device=self.device)
-        correct = torch.zeros((), device=self.device, dtype=torch.long)
+        score_sum = torch.zeros((), device=self.device)
         for x, y in loader:
             with autocast(self.cfg.train.precision, self.device):
                 logits = infer(self.net, x, self.cfg.model.tta)
             loss_sum += self.task.eval_loss(logits.float(), y)
-            correct += self.task.correct(logits, y)
+            score_sum += self.task.score(logits.float(), y)
         n = max(loader.num_samples, 1)
-        return float(loss_sum) / n, float(correct) / n
+        return float(loss_sum) / n, float(score_sum) / n
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -312,7 +308,7 @@ class Trainer:
         if step:
             partial = {
                 "loss_sum": self.loss_sum,
-                "correct": self.correct,
+                "score_sum": self.score_sum,
                 "seen": self.seen,
                 "seconds": self.seconds,
             }
@@ -345,26 +341,25 @@ class Trainer:
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         if state["partial"]:
             p = state["partial"]
-            self.loss_sum, self.correct = (
-                p["loss_sum"].to(self.device),
-                p["correct"].to(self.device),
-            )
+            score = p["score_sum"] if "score_sum" in p else p["correct"]  # older checkpoints
+            self.loss_sum = p["loss_sum"].to(self.device)
+            self.score_sum = score.to(self.device, torch.float32)
             self.seen, self.seconds = p["seen"], p["seconds"]
         checkpoint.restore_rng(state["rng"], self.generator)
 
     # Helpers -----------------------------------------------------------------------------------
     def running_stats(self) -> tuple[float, float, float]:
-        """Loss, accuracy and samples/s so far this epoch (for the progress bar)."""
+        """Loss, the task's metric and samples/s so far this epoch (for the progress bar)."""
         n = max(self.seen, 1)
         return (
             float(self.loss_sum) / n,
-            float(self.correct) / n,
+            float(self.score_sum) / n,
             self.seen / max(self.seconds, 1e-9),
         )
 
     def _reset_totals(self) -> None:
         self.loss_sum = torch.zeros((), device=self.device)
-        self.correct = torch.zeros((), device=self.device, dtype=torch.long)
+        self.score_sum = torch.zeros((), device=self.device)
         self.seen = 0
         self.seconds = 0.0
 

@@ -5,17 +5,37 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kiln.tasks.registry import register_task
 
+
+def balance(how: str, labels: torch.Tensor, num_classes: int):
+    """(class weights for the loss, per-sample weights for the sampler) for data.balance."""
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
+    if how == "weights":
+        return counts.sum() / (num_classes * counts), None
+    if how == "sampler":
+        return None, (1.0 / counts)[labels]
+    return None, None
+
+
+@register_task("classify", "one label per image: cross-entropy, accuracy")
 class ClassifyTask:
-    name = "classify"
     metric = "acc"  # the name shown next to loss in logs and metrics.csv
+    higher_is_better = True
 
     def __init__(self, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None):
         # class_weights (data.balance=weights) weigh the training loss only: evaluation stays honest
         self.train_loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss(reduction="sum")
 
+    @classmethod
+    def build(cls, cfg, data, device) -> ClassifyTask:
+        class_weights, _ = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
+        if class_weights is not None:
+            class_weights = class_weights.to(device)
+        return cls(cfg.train.label_smoothing, class_weights)
+
     @staticmethod
-    def correct(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    def score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Number of right answers in a batch, as a tensor (no device sync)."""
         return (logits.argmax(dim=1) == labels).sum()
