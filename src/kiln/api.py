@@ -221,7 +221,13 @@ def _fit(
             flush=True,
         )
     test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)
-    if cfg.run.report:
+    if cfg.task == "regress":
+        from kiln.evaluate import write_regress_plots
+
+        plots = write_regress_plots(run, net, bundle, device)
+        if progress:
+            print(f"Plots: {', '.join(str(p) for p in plots)}", flush=True)
+    elif cfg.run.report and cfg.task == "classify":  # the report reads class predictions
         from kiln.evaluate.report import make_report
 
         report = make_report(run.path, model=net, bundle=bundle, device=device)

@@ -193,6 +193,17 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_data_make(ns: argparse.Namespace) -> int:
+    from kiln.data import default_root
+    from kiln.data.make import MAKERS
+
+    root = Path(ns.data_root).expanduser() if ns.data_root else default_root()
+    out = Path(ns.output or f"data/{ns.name}")
+    csv_path = MAKERS[ns.name](root, out, train=ns.train, test=ns.test, max_angle=ns.max_angle)
+    print(f"wrote {csv_path} and the images under {out / 'images'}")
+    return 0
+
+
 def cmd_data_show(ns: argparse.Namespace) -> int:
     from kiln import data as kdata
     from kiln.data.preview import sample_grid
@@ -216,6 +227,8 @@ def cmd_eval(ns: argparse.Namespace) -> int:
 
     run = RunDir.open(ns.run)
     result = evaluate_run(run, ns.split, ns.checkpoint)
+    if "rmse" in result:  # task=regress
+        return print_regress_eval(result, ns.json)
     if ns.json:
         keys = (
             "accuracy",
@@ -234,6 +247,23 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         )
         return 0
     print_eval(result)
+    return 0
+
+
+def print_regress_eval(result: dict, as_json: bool) -> int:
+    keys = ("rmse", "mae", "r2", "per_target", "samples")
+    if as_json:
+        print(json.dumps({k: result[k] for k in keys} | {"split": result["split"]}))
+        return 0
+    console = Console()
+    console.print(
+        f"[bold]{result['run']}[/] {result['split']} split, {result['checkpoint']} checkpoint "
+        f"(epoch {result['epoch']}), {result['samples']:,} samples"
+    )
+    table = Table("target", "rmse", "mae", "r2")
+    for row in [{"target": "all", **result}, *result["per_target"]]:
+        table.add_row(row["target"], f"{row['rmse']:.4f}", f"{row['mae']:.4f}", f"{row['r2']:.4f}")
+    console.print(table)
     return 0
 
 
@@ -389,6 +419,19 @@ def build_parser() -> argparse.ArgumentParser:
             q.add_argument("-o", "--output", default="grid.png", help="PNG to write")
         else:
             q.add_argument("--json", action="store_true", help="print one JSON object")
+    from kiln.data.make import MAKERS
+
+    q = sub.add_parser(
+        "make", help="build a derived dataset (mnist-rotation: rotated digits and their angles)",
+        description="Build a dataset from a built-in one, as image files and a CSV.",
+    )  # fmt: skip
+    q.add_argument("name", choices=sorted(MAKERS))
+    q.add_argument("-o", "--output", help="folder to write (default data/NAME)")
+    q.add_argument("--data-root", help="where MNIST is (default $KILN_DATA or the cache)")
+    q.add_argument("--train", type=int, default=12_000, help="training images (12,000)")
+    q.add_argument("--test", type=int, default=2_000, help="test images (2,000)")
+    q.add_argument("--max-angle", type=float, default=45.0, help="degrees (45)")
+    q.set_defaults(func=cmd_data_make)
 
     p = verbs.add_parser("eval", help="evaluate a run on its test or validation split")
     p.add_argument("run", metavar="RUN_DIR")

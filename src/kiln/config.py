@@ -78,6 +78,9 @@ class DataConfig(_Section):
     file_column: str = "file"
     label_column: str = "label"
     split_column: str = "split"
+    targets: list[str] = Field(
+        default_factory=list, description="task=regress: the numeric CSV columns to predict"
+    )
     channels: Literal[1, 3] | None = Field(None, description="default: what most images are")
     size: list[int] | None = Field(None, description="[height, width]; default: the commonest")
     augment: str | list[Any] = "none"
@@ -198,6 +201,9 @@ class EarlyStopConfig(_Section):
 
 class TrainConfig(_Section):
     epochs: int = Field(20, ge=1)
+    loss: Literal["auto", "mse", "l1", "huber"] = Field(
+        "auto", description="auto: the task's (cross-entropy; mse for regress)"
+    )
     device: str = "auto"
     precision: Literal["auto", "fp32", "bf16", "fp16"] = Field(
         "auto", description="auto: bf16 autocast on a GPU that has it, fp32 on the CPU"

@@ -55,6 +55,11 @@ def stratified_split(train, fraction: float):
     each class's drawn at random with a fixed seed."""
     g = torch.Generator().manual_seed(SPLIT_SEED)
     labels = train.labels
+    if labels.is_floating_point():  # numeric targets (task=regress): a plain random split
+        held_index = torch.randperm(len(labels), generator=g)[: round(len(labels) * fraction)]
+        keep = torch.ones(len(labels), dtype=torch.bool)
+        keep[held_index] = False
+        return train.take(keep.nonzero().flatten()), train.take(held_index.sort().values)
     classes, counts = torch.unique(labels, return_counts=True)
     exact = counts.double() * fraction
     quota = exact.floor().long()
@@ -101,6 +106,9 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
         (train.height, train.width) if isinstance(train, FileSplit) else train.images.shape[2:]
     )
     info = DataInfo(cfg.name, list(raw.classes), channels, int(height), int(width), mean, std)
+    if train.labels.is_floating_point():  # numeric targets: the task trains on them standardized
+        info.target_mean = train.labels.mean(dim=0).tolist()
+        info.target_std = train.labels.std(dim=0).clamp_min(1e-8).tolist()
     sizes = raw.sizes or {f"{height}x{width}": len(raw.train) + len(raw.test)}
     modes = raw.modes or {("L" if channels == 1 else "RGB"): len(raw.train) + len(raw.test)}
     return DataBundle(train, val, test, info, raw.skipped, sizes, modes, placement)

@@ -37,8 +37,9 @@ def load_csv(cfg, root: Path) -> RawDataset:
         raise ConfigError("data.csv: data.name=csv needs the CSV file, e.g. data.csv=labels.csv")
     from kiln.data.scan import scan_csv
 
+    targets = cfg.targets or None
     return from_scan(cfg, scan_csv(Path(cfg.csv), root, cfg.file_column, cfg.label_column,
-                                   cfg.split_column))  # fmt: skip
+                                   cfg.split_column, targets))  # fmt: skip
 
 
 def from_scan(cfg, scan) -> RawDataset:
@@ -61,12 +62,15 @@ def from_scan(cfg, scan) -> RawDataset:
         raise DataError("no readable training images were found")
     channels = cfg.channels or infer_channels(train, meta)
     height, width = cfg.size or infer_size(train, meta)
-    index = {name: i for i, name in enumerate(scan.classes)}
+    index = {name: i for i, name in enumerate(scan.classes)}  # unused for numeric targets
 
     def split_of(samples: list) -> FileSplit | None:
         if not samples:
             return None
-        labels = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
+        if isinstance(samples[0].label, tuple):  # numeric targets (task=regress)
+            labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+        else:
+            labels = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
         return FileSplit([s.path for s in samples], labels, channels, height, width)
 
     given = {name: [s for s in good if s.split == name] for name in ("val", "test")}

@@ -64,6 +64,9 @@ class DataInfo:
     width: int
     mean: list[float]
     std: list[float]
+    # task=regress: `classes` are the target names; targets are standardized with these
+    target_mean: list[float] | None = None
+    target_std: list[float] | None = None
 
     @property
     def num_classes(self) -> int:
@@ -78,7 +81,8 @@ class DataInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> DataInfo:
-        return cls(**{k: d[k] for k in cls.__dataclass_fields__})
+        optional = ("target_mean", "target_std")  # absent from runs made before regression
+        return cls(**{k: d[k] if k not in optional else d.get(k) for k in cls.__dataclass_fields__})
 
 
 @dataclass

@@ -53,7 +53,7 @@ class Sample:
     """One image to train on. `path` is absolute: the resolved root plus the path as listed."""
 
     path: Path
-    label: str
+    label: str | tuple[float, ...]  # a class name, or the numeric targets (task=regress)
     split: str | None
     line: int | None = None
     csv: Path | None = None  # the CSV `line` refers to, so later problems can name it
@@ -289,12 +289,16 @@ def scan_csv(
     file_column: str = "file",
     label_column: str = "label",
     split_column: str = "split",
+    targets: list[str] | None = None,
 ) -> ScanResult:
     """List the images named by a CSV: one row per image, a path relative to `root`, a label and
     optionally a split (train/val/test; empty means none). Samples keep the CSV's row order.
 
     Paths that leave `root` (absolute, "..", or through a symlink) are refused without being
-    opened: a CSV from somewhere else must not make training read arbitrary files."""
+    opened: a CSV from somewhere else must not make training read arbitrary files.
+
+    With `targets` (task=regress) each row's label is the tuple of those numeric columns, and the
+    "classes" are the target names."""
     csv_path, root = Path(csv_path), Path(root)
     if not csv_path.is_file():
         what = "is a folder, not a file" if csv_path.is_dir() else "does not exist"
@@ -305,10 +309,12 @@ def scan_csv(
             f"in {csv_path} are relative to"
         )
     header, rows = _read_csv(csv_path)
-    for column, key, what in (
-        (file_column, "data.file_column", "image paths"),
-        (label_column, "data.label_column", "labels"),
-    ):
+    wanted = [(file_column, "data.file_column", "image paths")]
+    if targets:
+        wanted += [(t, "data.targets", "numbers to predict") for t in targets]
+    else:
+        wanted.append((label_column, "data.label_column", "labels"))
+    for column, key, what in wanted:
         if column not in header:
             raise DataError(
                 f"{csv_path} has no '{column}' column (columns found: {', '.join(header)}); "
@@ -335,7 +341,11 @@ def scan_csv(
             reason = f"split '{raw_split}' is not one of train, val, test (or empty for none)"
             found.append(Problem(concerned, reason, line, shown_csv))
             split = None
-        if not label:
+        if targets:
+            label = _numbers(row, targets)
+            if isinstance(label, str):
+                found.append(Problem(concerned, label, line, shown_csv))
+        elif not label:
             reason = f"empty label (column '{label_column}'); give every image a class"
             found.append(Problem(concerned, reason, line, shown_csv))
         path = _inside_root(cell, base, root, file_column)
@@ -348,6 +358,8 @@ def scan_csv(
         else:
             samples.append(Sample(path, label, split, line, csv_absolute))
 
+    if targets:  # numbers, not classes: nothing to check across splits
+        return ScanResult(samples, problems.sorted(), list(targets))
     first_line: dict[str, int | None] = {}
     for s in samples:
         first_line.setdefault(s.label, s.line)
@@ -357,6 +369,21 @@ def scan_csv(
         problem = Problem(shown_csv, reason, first_line[label], shown_csv)
         problems.add(problem, _SPLIT_RANK[in_splits[0]])
     return ScanResult(samples, problems.sorted(), sort_classes(s.label for s in samples))
+
+
+def _numbers(row: dict[str, str | None], columns: list[str]) -> tuple[float, ...] | str:
+    """The row's targets as floats, or why not (an empty or non-numeric cell)."""
+    values = []
+    for column in columns:
+        cell = (row.get(column) or "").strip()
+        try:
+            value = float(cell)
+        except ValueError:
+            return f"target '{column}' is '{cell}', not a number"
+        if value != value or value in (float("inf"), float("-inf")):
+            return f"target '{column}' is '{cell}'; give a finite number"
+        values.append(value)
+    return tuple(values)
 
 
 def _read_csv(csv_path: Path) -> tuple[list[str], list[tuple[int, dict[str, str | None]]]]:

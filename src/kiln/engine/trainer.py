@@ -124,6 +124,7 @@ class Trainer:
         _, sample_weights = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         self.task = get_task(cfg.task).build(cfg, data, device)
         self.metric = self.task.metric  # rows log train_<metric> and val_<metric>
+        self.finish = getattr(self.task, "finish", lambda mean: mean)  # e.g. MSE -> RMSE
         from kiln.data.transforms import resolve_augment
 
         steps = resolve_augment(cfg.data.augment)
@@ -223,7 +224,7 @@ class Trainer:
         row = {
             "epoch": epoch,
             "train_loss": float(self.loss_sum) / self.seen,
-            f"train_{self.metric}": float(self.score_sum) / self.seen,
+            f"train_{self.metric}": self.finish(float(self.score_sum) / self.seen),
             "val_loss": val_loss,
             f"val_{self.metric}": val_score,
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -271,7 +272,7 @@ class Trainer:
             loss_sum += self.task.eval_loss(logits.float(), y)
             score_sum += self.task.score(logits.float(), y)
         n = max(loader.num_samples, 1)
-        return float(loss_sum) / n, float(score_sum) / n
+        return float(loss_sum) / n, self.finish(float(score_sum) / n)
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -353,7 +354,7 @@ class Trainer:
         n = max(self.seen, 1)
         return (
             float(self.loss_sum) / n,
-            float(self.score_sum) / n,
+            self.finish(float(self.score_sum) / n),
             self.seen / max(self.seconds, 1e-9),
         )
 

@@ -38,8 +38,8 @@ def evaluate_run(
     device: str | torch.device = "cpu",
 ) -> dict[str, Any]:
     """Metrics for `split` with checkpoint `which`; saved as eval-<split>.json in the run."""
-    from kiln.evaluate.metrics import classification_metrics  # torchmetrics is slow to import
     from kiln.predict import load_model
+    from kiln.tasks import get_task
 
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
@@ -61,7 +61,25 @@ def evaluate_run(
         "split": split,
         "checkpoint": which,
         "epoch": ckpt_epoch,
-        **classification_metrics(logits, labels, info.classes),
+        **task_metrics(get_task(cfg.task), logits, labels, info),
     }
     run.write_json(f"eval-{split}.json", result)
     return result
+
+
+def task_metrics(task, outputs: torch.Tensor, targets: torch.Tensor, info) -> dict[str, Any]:
+    """The task's own metrics (`evaluate`), or just the sample count for a task without them."""
+    evaluate = getattr(task, "evaluate", None)
+    return evaluate(outputs, targets, info) if evaluate else {"samples": len(targets)}
+
+
+def write_regress_plots(run: RunDir, model, bundle, device) -> list:
+    """Predicted-vs-true and residual plots of the test split (task=regress)."""
+    from kiln.tasks.regress import write_plots
+
+    info = run.data_info()
+    normalize = Normalize(info.mean, info.std, device)
+    loader = make_loader(bundle.test, run.load_config().data.eval_batch_size, normalize, device)
+    outputs, targets = collect_logits(model.to(device), loader)
+    pred = outputs * torch.tensor(info.target_std) + torch.tensor(info.target_mean)
+    return write_plots(pred, targets.float(), info.classes, run.path / "plots")

@@ -5,5 +5,6 @@ from __future__ import annotations
 
 from kiln.tasks.classify import ClassifyTask
 from kiln.tasks.registry import TASKS, direction, get_task, register_task
+from kiln.tasks.regress import RegressTask
 
-__all__ = ["TASKS", "ClassifyTask", "direction", "get_task", "register_task"]
+__all__ = ["TASKS", "ClassifyTask", "RegressTask", "direction", "get_task", "register_task"]

@@ -5,11 +5,16 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kiln.errors import ConfigError
 from kiln.tasks.registry import register_task
 
 
 def balance(how: str, labels: torch.Tensor, num_classes: int):
     """(class weights for the loss, per-sample weights for the sampler) for data.balance."""
+    if how == "none":
+        return None, None
+    if labels.is_floating_point():
+        raise ConfigError(f"data.balance={how} balances classes; task=regress has none")
     counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
     if how == "weights":
         return counts.sum() / (num_classes * counts), None
@@ -30,10 +35,22 @@ class ClassifyTask:
 
     @classmethod
     def build(cls, cfg, data, device) -> ClassifyTask:
+        if cfg.train.loss != "auto":
+            raise ConfigError(
+                f"train.loss={cfg.train.loss} is for task=regress; classify uses cross-entropy"
+            )
+        if data.train.labels.is_floating_point():
+            raise ConfigError("the data has numeric targets (data.targets): set task=regress")
         class_weights, _ = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         if class_weights is not None:
             class_weights = class_weights.to(device)
         return cls(cfg.train.label_smoothing, class_weights)
+
+    @staticmethod
+    def evaluate(logits: torch.Tensor, labels: torch.Tensor, info) -> dict:
+        from kiln.evaluate.metrics import classification_metrics  # torchmetrics: slow import
+
+        return classification_metrics(logits, labels, info.classes)
 
     @staticmethod
     def score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

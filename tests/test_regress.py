@@ -1,0 +1,129 @@
+"""task=regress: numbers per image from CSV columns. Metrics against scikit-learn, the CSV checks,
+a quick end-to-end run on synthetic images whose brightness is the target, and MNIST digits
+rotated by `kiln data make mnist-rotation` (real data; skipped without ../shared/datasets)."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import yaml
+from conftest import assert_clean_error
+from PIL import Image
+from shared_data import require
+
+from kiln.data.scan import scan_csv
+from kiln.errors import DataError
+from kiln.tasks.regress import regression_metrics
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_metrics_match_scikit_learn():
+    from sklearn.metrics import mean_absolute_error, mean_squared_error, r2_score
+
+    rng = np.random.default_rng(0)
+    true = rng.normal(size=(200, 2)) * [3.0, 50.0]
+    pred = true + rng.normal(size=(200, 2)) * [1.0, 10.0]
+    got = regression_metrics(torch.tensor(pred), torch.tensor(true), ["a", "b"])
+    for i, row in enumerate(got["per_target"]):
+        assert row["rmse"] == pytest.approx(mean_squared_error(true[:, i], pred[:, i]) ** 0.5)
+        assert row["mae"] == pytest.approx(mean_absolute_error(true[:, i], pred[:, i]))
+        assert row["r2"] == pytest.approx(r2_score(true[:, i], pred[:, i]))
+    assert got["r2"] == pytest.approx(r2_score(true, pred))  # uniform average over targets
+    assert got["rmse"] == pytest.approx(mean_squared_error(true, pred) ** 0.5)
+
+
+def brightness_set(folder: Path, n: int = 400) -> Path:
+    """n 8x8 grey images; the target is each image's mean brightness (0-255), plus its
+    double as a second target: a task any small model learns in a few epochs."""
+    rng = np.random.default_rng(0)
+    (folder / "img").mkdir(parents=True)
+    rows = []
+    for i in range(n):
+        level = rng.uniform(20, 235)
+        pixels = np.clip(rng.normal(level, 12, (8, 8)), 0, 255).astype(np.uint8)
+        Image.fromarray(pixels, "L").save(folder / "img" / f"{i}.png")
+        mean = float(pixels.mean())
+        rows.append([f"img/{i}.png", f"{mean:.3f}", f"{2 * mean:.3f}"])
+    with open(folder / "targets.csv", "w", newline="") as f:
+        csv.writer(f).writerows([["file", "brightness", "double"], *rows])
+    return folder / "targets.csv"
+
+
+def test_csv_targets_must_be_numbers(tmp_path: Path):
+    table = brightness_set(tmp_path, n=3)
+    lines = table.read_text().splitlines()
+    lines[2] = "img/1.png,dark,2"
+    table.write_text("\n".join(lines) + "\n")
+    scan = scan_csv(table, tmp_path, targets=["brightness", "double"])
+    assert [s.label for s in scan.samples][0] == tuple(map(float, lines[1].split(",")[1:]))
+    assert len(scan.samples) == 2 and scan.classes == ["brightness", "double"]
+    (problem,) = scan.problems
+    assert "line 3" in str(problem) and "target 'brightness' is 'dark', not a number" in str(
+        problem
+    )
+    with pytest.raises(DataError, match="no 'angle' column .* set data.targets"):
+        scan_csv(table, tmp_path, targets=["angle"])
+
+
+def test_regress_end_to_end(cli, tmp_path: Path):
+    table = brightness_set(tmp_path / "bright")
+    result = cli(
+        "train", "task=regress", "data.name=csv", f"data.csv={table}",
+        f"data.root={tmp_path / 'bright'}", "data.targets=[brightness,double]", "model=mlp",
+        "epochs=12", "lr=0.01", "name=bright",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    assert "rmse" in result.stdout and "Plots:" in result.stdout
+    run = tmp_path / "runs" / "bright"
+    config = yaml.safe_load((run / "config.yaml").read_text())
+    assert config["train"]["early_stop"]["monitor"] == "val_rmse"
+    info = json.loads((run / "info.json").read_text())
+    assert info["classes"] == ["brightness", "double"] and len(info["target_mean"]) == 2
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    rmse = [float(r["val_rmse"]) for r in rows]
+    best = torch.load(run / "checkpoints" / "best.pt", weights_only=True)
+    assert best["epoch"] == 1 + rmse.index(min(rmse))  # lower is better
+    test = json.loads((run / "eval-test.json").read_text())
+    assert test["samples"] == 40 and test["r2"] > 0.9, test  # 10% of 400 held out for test
+    by_target = {t["target"]: t for t in test["per_target"]}
+    assert by_target["double"]["mae"] == pytest.approx(2 * by_target["brightness"]["mae"], 0.5)
+    for plot in ("predicted_vs_true", "residuals"):
+        assert (run / "plots" / f"{plot}.png").stat().st_size > 5000
+    shown = cli("eval", run, "--json")
+    assert shown.returncode == 0, shown.stderr
+    assert json.loads(shown.stdout)["rmse"] == pytest.approx(test["rmse"], rel=1e-5)
+
+
+def test_regress_needs_numeric_targets(cli, tmp_path: Path):
+    assert_clean_error(
+        cli("train", "task=regress", "epochs=1"), "task=regress needs numeric targets"
+    )
+    table = brightness_set(tmp_path / "b", n=40)
+    args = ("data.name=csv", f"data.csv={table}", f"data.root={tmp_path / 'b'}",
+            "data.targets=[brightness]", "epochs=1")  # fmt: skip
+    assert_clean_error(cli("train", *args), "numeric targets (data.targets): set task=regress")
+    assert_clean_error(
+        cli("train", "train.loss=mse", "epochs=1"), "train.loss=mse is for task=regress"
+    )
+
+
+@pytest.mark.slow
+def test_mnist_rotation_angles_are_learned(cli, tmp_path: Path):
+    shared = require("MNIST").parent
+    made = cli("data", "make", "mnist-rotation", "--data-root", shared, "--train", "3000",
+               "--test", "500")  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    rows = list(csv.DictReader((tmp_path / "data" / "mnist-rotation" / "labels.csv").open()))
+    assert len(rows) == 3500 and {r["split"] for r in rows} == {"train", "test"}
+    angles = [float(r["angle"]) for r in rows]
+    assert -45 <= min(angles) < -40 and 40 < max(angles) <= 45
+    trained = cli("train", REPO / "recipes" / "mnist-rotation.yaml", "epochs=4")
+    assert trained.returncode == 0, trained.stderr
+    test = json.loads((tmp_path / "runs" / "mnist-rotation" / "eval-test.json").read_text())
+    assert test["samples"] == 500 and test["r2"] > 0.6, test  # the angle is read, roughly
