@@ -81,6 +81,9 @@ class DataConfig(_Section):
     targets: list[str] = Field(
         default_factory=list, description="task=regress: the numeric CSV columns to predict"
     )
+    features: list[str] = Field(
+        default_factory=list, description="data.name=table: input columns (default: the rest)"
+    )
     channels: Literal[1, 3] | None = Field(None, description="default: what most images are")
     size: list[int] | None = Field(None, description="[height, width]; default: the commonest")
     augment: str | list[Any] = "none"

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from kiln.config import DataConfig
-from kiln.data import builtin, folder  # noqa: F401  (registers the datasets)
+from kiln.data import builtin, folder, tabular  # noqa: F401  (registers the datasets)
 from kiln.data.batch_augment import BatchAugment, per_sample_only
 from kiln.data.files import FileSplit, WorkerLoader
 from kiln.data.memory import MemoryLoader, Normalize

@@ -15,7 +15,8 @@ from kiln.data.registry import Split
 
 
 class Normalize:
-    """uint8 (N, C, H, W) -> float32 ((x / 255) - mean) / std, as one multiply and one subtract."""
+    """uint8 (N, C, H, W) -> float32 ((x / 255) - mean) / std, as one multiply and one subtract.
+    Float input (rows of a table) is in its own units: (x - mean) / std, never in place."""
 
     def __init__(
         self,
@@ -27,10 +28,13 @@ class Normalize:
         std_t = torch.tensor(std, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         mean_t = torch.tensor(mean, dtype=torch.float32, device=device).view(1, -1, 1, 1)
         self.scale = 1.0 / (255.0 * std_t)
+        self.float_scale = 1.0 / std_t
         self.shift = mean_t / std_t
         self.format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.is_floating_point():  # a table's rows: a new tensor, the data stays untouched
+            return (images.float() * self.float_scale).sub_(self.shift)
         x = images.to(torch.float32, memory_format=self.format)
         return x.mul_(self.scale).sub_(self.shift)
 

@@ -61,11 +61,11 @@ def human(n: float) -> str:
 
 
 def decoded_bytes(splits) -> int:
-    """uint8 bytes of the splits once decoded (in memory already, or as files)."""
+    """Bytes of the splits once decoded (in memory already, or as uint8 files)."""
     total = 0
     for s in splits:
         if hasattr(s, "images"):
-            total += s.images.numel()
+            total += s.images.numel() * s.images.element_size()  # float tables: 4 bytes each
         else:
             total += len(s) * s.channels * s.height * s.width
     return total

@@ -107,7 +107,8 @@ class TensorBoard(Callback):
         if trainer.start_epoch > 0:
             return  # a resumed run already logged these
         samples = trainer.data.train.head(64)
-        self.writer.add_images("samples/train", samples, 0, dataformats="NCHW")
+        if samples.dtype == torch.uint8 and samples.shape[1] in (1, 3):  # images, not tables
+            self.writer.add_images("samples/train", samples, 0, dataformats="NCHW")
         example = trainer.normalize(samples[:2].to(trainer.device))
         # Tracing runs the model once: keep it from touching the RNG the training run depends on.
         with torch.random.fork_rng(devices=[]):
