@@ -15,19 +15,16 @@ import gzip
 import io
 import json
 import re
-import socket
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from pathlib import Path
 
 from PIL import Image
 from readme_block import cpu_name, write_block
 
 from kiln.data.builtin import read_idx
-from kiln.deploy.load import multipart, run_load
+from kiln.deploy.load import free_port, multipart, run_load, wait_for_health
 
 REPO = Path(__file__).resolve().parents[1]
 KILN = [sys.executable, "-m", "kiln"]
@@ -48,24 +45,14 @@ def digit_png(root: Path) -> bytes:
     return buf.getvalue()
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def load_test(target: Path, extra: list[str], body, ctype, clients, seconds, cwd: Path) -> dict:
     port = free_port()
     server = subprocess.Popen([*KILN, "serve", target, "--port", str(port), *extra], cwd=cwd,
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
+        if not wait_for_health(url, server):
+            raise SystemExit(f"kiln serve {target} did not come up")
         run_load(f"{url}/predict", body, ctype, clients=clients, seconds=2)  # warm-up
         result = run_load(f"{url}/predict", body, ctype, clients=clients, seconds=seconds)
     finally:

@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import gzip
 import json
-import socket
 import subprocess
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -23,16 +21,10 @@ from PIL import Image
 from shared_data import require
 
 from kiln.data.builtin import read_idx
-from kiln.deploy.load import multipart, run_load
+from kiln.deploy.load import free_port, multipart, run_load, wait_for_health
 
 pytestmark = pytest.mark.slow
 TOKEN = "live-t0ken"
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
@@ -81,16 +73,8 @@ def server(export: Path, tmp_path_factory: pytest.TempPathFactory):
     )
     url = f"http://127.0.0.1:{port}"
     try:
-        for _ in range(600):
-            if proc.poll() is not None:
-                pytest.fail(f"kiln serve exited: {(work / 'server.log').read_text()}")
-            try:
-                urllib.request.urlopen(f"{url}/health", timeout=1)
-                break
-            except OSError:
-                time.sleep(0.1)
-        else:
-            pytest.fail(f"no /health after 60 s: {(work / 'server.log').read_text()}")
+        if not wait_for_health(url, proc):
+            pytest.fail(f"kiln serve did not answer /health: {(work / 'server.log').read_text()}")
         yield url
     finally:
         proc.terminate()

@@ -14,16 +14,13 @@ import torch
 from kiln.data.registry import RawDataset, Split, register_dataset
 from kiln.errors import ConfigError, DataError
 
-SPLIT_SEED = 0
-
 
 def split_rows(x: torch.Tensor, y: torch.Tensor, fraction: float) -> tuple[Split, Split]:
-    """A fixed random (train, test) split of the rows; x becomes (N, features, 1, 1)."""
-    order = torch.randperm(len(x), generator=torch.Generator().manual_seed(SPLIT_SEED))
-    n_test = round(len(x) * fraction)
-    test, train = order[:n_test].sort().values, order[n_test:].sort().values
-    rows = x.view(len(x), -1, 1, 1)
-    return Split(rows[train], y[train]), Split(rows[test], y[test])
+    """The fixed random (train, test) split every numeric-target set gets; x becomes
+    (N, features, 1, 1)."""
+    from kiln.data import stratified_split  # float targets: a plain random split
+
+    return stratified_split(Split(x.view(len(x), -1, 1, 1), y), fraction)
 
 
 @register_dataset(

@@ -5,6 +5,7 @@ benchmarks/serve.py (requests/s, p50/p99 latency)."""
 from __future__ import annotations
 
 import http.client
+import socket
 import threading
 import time
 import uuid
@@ -93,3 +94,26 @@ def run_load(
     for t in threads:
         t.join()
     return result
+
+
+def free_port() -> int:
+    """A loopback port nobody listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_health(url: str, process=None, seconds: float = 60.0) -> bool:
+    """True once GET url/health answers; False if `process` exits or time runs out."""
+    import urllib.request
+
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if process is not None and process.poll() is not None:
+            return False
+        try:
+            urllib.request.urlopen(f"{url}/health", timeout=1)
+            return True
+        except OSError:
+            time.sleep(0.1)
+    return False

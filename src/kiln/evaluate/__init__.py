@@ -75,11 +75,10 @@ def task_metrics(task, outputs: torch.Tensor, targets: torch.Tensor, info) -> di
 
 def write_regress_plots(run: RunDir, model, bundle, device) -> list:
     """Predicted-vs-true and residual plots of the test split (task=regress)."""
-    from kiln.tasks.regress import write_plots
+    from kiln.tasks.regress import in_units, write_plots
 
     info = run.data_info()
     normalize = Normalize(info.mean, info.std, device)
     loader = make_loader(bundle.test, run.load_config().data.eval_batch_size, normalize, device)
     outputs, targets = collect_logits(model.to(device), loader)
-    pred = outputs * torch.tensor(info.target_std) + torch.tensor(info.target_mean)
-    return write_plots(pred, targets.float(), info.classes, run.path / "plots")
+    return write_plots(in_units(outputs, info), targets.float(), info.classes, run.path / "plots")

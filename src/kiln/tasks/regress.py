@@ -65,8 +65,12 @@ class RegressTask:
     @staticmethod
     def evaluate(outputs: torch.Tensor, targets: torch.Tensor, info) -> dict[str, Any]:
         """RMSE, MAE and R2 over all targets and per target, in the targets' units."""
-        pred = outputs.float() * torch.tensor(info.target_std) + torch.tensor(info.target_mean)
-        return regression_metrics(pred, targets.float(), info.classes)
+        return regression_metrics(in_units(outputs, info), targets.float(), info.classes)
+
+
+def in_units(outputs: torch.Tensor, info) -> torch.Tensor:
+    """The model's standardized outputs in the targets' own units (info.json's mean and std)."""
+    return outputs.float() * torch.tensor(info.target_std) + torch.tensor(info.target_mean)
 
 
 def regression_metrics(pred: torch.Tensor, true: torch.Tensor, names: list[str]) -> dict:
