@@ -221,18 +221,10 @@ def _fit(
             flush=True,
         )
     test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)
-    if cfg.task == "regress":
-        from kiln.evaluate import write_regress_plots
-
-        plots = write_regress_plots(run, net, bundle, device)
-        if progress:
-            print(f"Plots: {', '.join(str(p) for p in plots)}", flush=True)
-    elif cfg.run.report and cfg.task == "classify":  # the report reads class predictions
-        from kiln.evaluate.report import make_report
-
-        report = make_report(run.path, model=net, bundle=bundle, device=device)
-        if progress:
-            print(f"Report: {report}", flush=True)
+    if hasattr(trainer.task, "after_fit"):  # the task's plots and report
+        for label, path in trainer.task.after_fit(run, net, bundle, device).items():
+            if progress:
+                print(f"{label}: {path}", flush=True)
     if progress:
         print(f"Run directory: {run.path}", flush=True)
     return Run(path=run.path, config=cfg, history=history, test=test)

@@ -124,7 +124,6 @@ class Trainer:
         _, sample_weights = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         self.task = get_task(cfg.task).build(cfg, data, device)
         self.metric = self.task.metric  # rows log train_<metric> and val_<metric>
-        self.finish = getattr(self.task, "finish", lambda mean: mean)  # e.g. MSE -> RMSE
         from kiln.data.transforms import resolve_augment
 
         steps = resolve_augment(cfg.data.augment)
@@ -210,23 +209,24 @@ class Trainer:
         start, self.start_step = self.start_step, 0
         started = time.perf_counter() - self.seconds
         self.model.train()
+        step_fn = getattr(self.task, "train_step", None) or Trainer.train_step
         for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
-            loss, logits = self.train_step(x, y)
+            loss, out = step_fn(self, x, y)
             self.loss_sum += loss * len(y)
-            self.score_sum += self.task.score(logits, y)
+            self.score_sum = self.score_sum + self.task.score(out, y)
             self.seen += len(y)
             self.seconds = time.perf_counter() - started
             self._call("on_batch_end", epoch, step)
             if self.stop.requested:
                 self.interrupt(epoch, step + 1, epoch_rng)
         train_seconds = time.perf_counter() - started
-        val_loss, val_score = self.evaluate(self.val_loader)
+        val_loss, val_scores = self.evaluate_all(self.val_loader)
         row = {
             "epoch": epoch,
             "train_loss": float(self.loss_sum) / self.seen,
-            f"train_{self.metric}": self.finish(float(self.score_sum) / self.seen),
+            **{f"train_{k}": v for k, v in self.summarize(self.score_sum, self.seen).items()},
             "val_loss": val_loss,
-            f"val_{self.metric}": val_score,
+            **{f"val_{k}": v for k, v in val_scores.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - started, 3),
             "samples_per_s": round(self.seen / train_seconds, 1),
@@ -261,18 +261,40 @@ class Trainer:
             p.abs().sum() for p in self.model.parameters() if p.requires_grad
         )
 
-    @torch.inference_mode()
+    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
+        """The summed loss of a batch and the outputs the task scores (tasks may replace it)."""
+        with autocast(self.cfg.train.precision, self.device):
+            logits = infer(self.net, x, self.cfg.model.tta)
+        return self.task.eval_loss(logits.float(), y), logits.float()
+
     def evaluate(self, loader) -> tuple[float, float]:
+        """Mean loss and the task's metric over a split."""
+        loss, scores = self.evaluate_all(loader)
+        return loss, scores[self.metric]
+
+    @torch.inference_mode()
+    def evaluate_all(self, loader) -> tuple[float, dict[str, float]]:
+        """Mean loss and every value the task logs (its metric first) over a split."""
         self.model.eval()
+        step_fn = getattr(self.task, "eval_step", None) or Trainer.eval_step
         loss_sum = torch.zeros((), device=self.device)
         score_sum = torch.zeros((), device=self.device)
         for x, y in loader:
-            with autocast(self.cfg.train.precision, self.device):
-                logits = infer(self.net, x, self.cfg.model.tta)
-            loss_sum += self.task.eval_loss(logits.float(), y)
-            score_sum += self.task.score(logits.float(), y)
+            loss, out = step_fn(self, x, y)
+            loss_sum += loss
+            score_sum = score_sum + self.task.score(out, y)
         n = max(loader.num_samples, 1)
-        return float(loss_sum) / n, self.finish(float(score_sum) / n)
+        return float(loss_sum) / n, self.summarize(score_sum, n)
+
+    def summarize(self, score_sum: torch.Tensor, n: int) -> dict[str, float]:
+        """The task's summed scores over n samples -> the values logged ({metric: value, ...}).
+        Tasks may define `summarize` (several values, e.g. a VAE's reconstruction and KL) or
+        `finish` (one value from the mean, e.g. MSE -> RMSE)."""
+        n = max(n, 1)
+        if hasattr(self.task, "summarize"):
+            return self.task.summarize(score_sum, n)
+        finish = getattr(self.task, "finish", float)
+        return {self.metric: finish(float(score_sum) / n)}
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         self.history.append(row)
@@ -324,6 +346,7 @@ class Trainer:
             "rng": rng,
             "early_stop": self.early_stop.state_dict(),
             "history": self.history,
+            "task": self.task.state_dict() if hasattr(self.task, "state_dict") else {},
         }
 
     def load_state(self, state: dict[str, Any], reschedule: bool = False) -> None:
@@ -339,6 +362,8 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.early_stop.load_state_dict(state["early_stop"])
         self.history = list(state["history"])
+        if hasattr(self.task, "load_state_dict"):  # e.g. a GAN's second optimizer
+            self.task.load_state_dict(state.get("task", {}))
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         if state["partial"]:
             p = state["partial"]
@@ -354,7 +379,7 @@ class Trainer:
         n = max(self.seen, 1)
         return (
             float(self.loss_sum) / n,
-            self.finish(float(self.score_sum) / n),
+            self.summarize(self.score_sum, n)[self.metric],
             self.seen / max(self.seconds, 1e-9),
         )
 

@@ -55,13 +55,18 @@ def evaluate_run(
     normalize = Normalize(info.mean, info.std, device)
     loader = make_loader(chosen, cfg.data.eval_batch_size, normalize, device,
                          workers=default_workers(cfg.data.workers))  # fmt: skip
-    logits, labels = collect_logits(model.to(device), loader, cfg.model.tta)
+    task = get_task(cfg.task)
+    if hasattr(task, "evaluate_loader"):  # tasks whose outputs do not fit one tensor in memory
+        metrics = task.evaluate_loader(model.to(device), loader, info, cfg)
+    else:
+        logits, labels = collect_logits(model.to(device), loader, cfg.model.tta)
+        metrics = task_metrics(task, logits, labels, info)
     result = {
         "run": str(run.path),
         "split": split,
         "checkpoint": which,
         "epoch": ckpt_epoch,
-        **task_metrics(get_task(cfg.task), logits, labels, info),
+        **metrics,
     }
     run.write_json(f"eval-{split}.json", result)
     return result

@@ -52,6 +52,14 @@ class ClassifyTask:
 
         return classification_metrics(logits, labels, info.classes)
 
+    def after_fit(self, run, model, bundle, device) -> dict[str, str]:
+        """The HTML report of the run (run.report), from its class predictions."""
+        if not run.load_config().run.report:
+            return {}
+        from kiln.evaluate.report import make_report
+
+        return {"Report": str(make_report(run.path, model=model, bundle=bundle, device=device))}
+
     @staticmethod
     def score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Number of right answers in a batch, as a tensor (no device sync)."""

@@ -13,6 +13,19 @@ it. The trainer only calls the methods below, so a new task needs no change to t
         def train_loss(self, outputs, targets): ... # mean over the batch, to backpropagate
         def eval_loss(self, outputs, targets): ...  # sum over the batch
         def score(self, outputs, targets): ...      # sum over the batch of the per-sample metric
+
+Optional, for tasks that need more than "outputs = model(inputs)":
+
+        def finish(self, mean): ...                 # mean score -> the metric (MSE -> RMSE)
+        def summarize(self, score_sum, n): ...      # summed scores (any shape) -> {metric: v, ...}
+                                                    # every key is logged as train_/val_<key>
+        def train_step(self, trainer, x, y): ...    # -> (mean loss, outputs for score); replaces
+                                                    # Trainer.train_step (e.g. a GAN's two steps)
+        def eval_step(self, trainer, x, y): ...     # -> (summed loss, outputs for score)
+        def state_dict(self) / load_state_dict(s)   # extra state kept in last.pt (resume)
+        def after_fit(self, run, model, bundle, device): ...  # plots/report -> {label: path}
+        def evaluate(outputs, targets, info): ...   # kiln eval's metrics from collected outputs
+        def evaluate_loader(model, loader, info, cfg): ...  # the same, streaming over a loader
 """
 
 from __future__ import annotations

@@ -63,6 +63,13 @@ class RegressTask:
         return mean_squared_error**0.5
 
     @staticmethod
+    def after_fit(run, model, bundle, device) -> dict[str, str]:
+        from kiln.evaluate import write_regress_plots
+
+        plots = write_regress_plots(run, model, bundle, device)
+        return {"Plots": ", ".join(str(p) for p in plots)}
+
+    @staticmethod
     def evaluate(outputs: torch.Tensor, targets: torch.Tensor, info) -> dict[str, Any]:
         """RMSE, MAE and R2 over all targets and per target, in the targets' units."""
         return regression_metrics(in_units(outputs, info), targets.float(), info.classes)
