@@ -115,7 +115,7 @@ def test_cli_export_prints_parity(conv_run: Path, tmp_path: Path):
     out = tmp_path / "exports"
     result = run_kiln("export", conv_run, "-o", f"{out}/", cwd=tmp_path, data_dir=tmp_path)
     assert result.returncode == 0, result.stderr
-    match = re.search(r"largest logit difference (\S+) \(limit 1e-04\)", result.stdout)
+    match = re.search(r"largest output difference (\S+) \(limit 1e-04\)", result.stdout)
     assert match and float(match.group(1)) <= 1e-4, result.stdout
     assert (out / "model.onnx").is_file() and (out / "model.onnx.json").is_file()
 

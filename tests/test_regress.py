@@ -99,6 +99,46 @@ def test_regress_end_to_end(cli, tmp_path: Path):
     shown = cli("eval", run, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["rmse"] == pytest.approx(test["rmse"], rel=1e-5)
+    check_predict_export_serve(cli, run, tmp_path / "bright")
+
+
+def check_predict_export_serve(cli, run: Path, folder: Path) -> None:
+    """A regression run answers numbers in target units, the same through `kiln predict`, an
+    ONNX and a TorchScript export, and `kiln serve`'s /predict."""
+    from fastapi.testclient import TestClient
+
+    from kiln.deploy.runtime import load_servable
+    from kiln.deploy.serve import create_app
+
+    files = [folder / "img" / f"{i}.png" for i in range(6)]
+    truth = [float(np.asarray(Image.open(f)).mean()) for f in files]
+    predicted = cli("predict", run, *files, "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    rows = json.loads(predicted.stdout)
+    values = [r["values"]["brightness"] for r in rows]
+    assert all("label" not in r for r in rows)
+    assert np.abs(np.array(values) - truth).max() < 25, (values, truth)  # 0-255 scale
+    shown = cli("predict", run, files[0])
+    assert f"brightness {values[0]:.4g}" in shown.stdout, shown.stdout
+    for fmt in ("onnx", "torchscript"):
+        exported = cli("export", run, "--format", fmt)
+        assert exported.returncode == 0, exported.stderr
+        assert "top-1" not in exported.stdout  # no classes to agree on
+        model_file = next(f for f in (run / "exports").iterdir() if f.suffix != ".json"
+                          and fmt[:4] in f.name)  # fmt: skip
+        servable = load_servable(model_file)
+        assert servable.spec.task == "regress" and servable.spec.target_mean is not None
+        got = [r["values"]["brightness"] for r in servable.predict(files)]
+        np.testing.assert_allclose(got, values, atol=1e-3)
+    client = TestClient(create_app(servable))
+    assert client.get("/metadata").json()["task"] == "regress"
+    answer = client.post("/predict", files=[("files", (f.name, f.read_bytes(), "image/png"))
+                                             for f in files[:2]])  # fmt: skip
+    assert answer.status_code == 200, answer.text
+    served = answer.json()["predictions"]
+    assert [p["file"] for p in served] == ["0.png", "1.png"] and "top_k" not in served[0]
+    np.testing.assert_allclose([p["values"]["double"] for p in served],
+                               [r["values"]["double"] for r in rows[:2]], atol=1e-3)  # fmt: skip
 
 
 def test_regress_needs_numeric_targets(cli, tmp_path: Path):

@@ -329,8 +329,11 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         print(json.dumps(results))
         return 0
     for r in results:
-        ranked = "  ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
-        print(f"{r['file']}: {ranked}")
+        if "values" in r:  # task=regress
+            shown = "  ".join(f"{name} {value:.4g}" for name, value in r["values"].items())
+        else:
+            shown = "  ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
+        print(f"{r['file']}: {shown}")
     return 0
 
 

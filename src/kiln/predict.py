@@ -76,9 +76,11 @@ class Predictor:
         info: DataInfo,
         device: str | torch.device = "cpu",
         tta: str = "none",
+        task: str = "classify",
     ):
         self.model, self.info, self.device = model.eval(), info, torch.device(device)
         self.tta = tta  # model.tta of the run: the same answers as its evaluation
+        self.task = task  # what an answer is: top-k classes, numbers, ...
         self.mean = torch.tensor(info.mean).view(-1, 1, 1)
         self.std = torch.tensor(info.std).view(-1, 1, 1)
 
@@ -92,7 +94,9 @@ class Predictor:
     ) -> Predictor:
         run = RunDir.open(run_dir)
         model, _ = load_model(run, which, device, model)
-        return cls(model, run.data_info(), device, run.load_config().model.tta)
+        cfg = run.load_config()
+        import_user_modules(cfg.imports)  # a task of your own answers too
+        return cls(model, run.data_info(), device, cfg.model.tta, cfg.task)
 
     @property
     def classes(self) -> list[str]:
@@ -103,19 +107,23 @@ class Predictor:
         return normalize(to_uint8(image, self.info.input_shape), self.mean, self.std)
 
     @torch.inference_mode()
-    def predict_proba(self, images: Sequence[ImageLike]) -> torch.Tensor:
+    def outputs(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        """The model's raw outputs (logits, standardized values, ...) for a list of images."""
         batch = torch.stack([self.preprocess(im) for im in images]).to(self.device)
-        return infer(self.model, batch, self.tta).float().softmax(dim=1).cpu()
+        return infer(self.model, batch, self.tta).float().cpu()
+
+    def predict_proba(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        return self.outputs(images).softmax(dim=1)
 
     def predict(
         self, images: ImageLike | Sequence[ImageLike], top_k: int = 3
     ) -> list[dict[str, Any]]:
+        """One answer per image, as the run's task gives it (see the task's `predictions`)."""
         single = isinstance(images, (str, Path, Image.Image)) or (
             isinstance(images, torch.Tensor) and images.dim() <= 3
         )
         items = [images] if single else list(images)
-        probs = self.predict_proba(items)
-        return format_predictions(items, probs, self.classes, top_k)
+        return answers(self.task, items, self.outputs(items), self.info, top_k)
 
 
 def to_uint8(image: ImageLike, input_shape: tuple[int, int, int]) -> torch.Tensor:
@@ -147,6 +155,19 @@ def normalize(tensor: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> to
     """uint8 pixels are scaled to [0, 1] first; float tensors are taken as already scaled."""
     x = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
     return (x - mean) / std
+
+
+def answers(
+    task: str, items: Sequence[Any], outputs: torch.Tensor, info: DataInfo, top_k: int
+) -> list[dict[str, Any]]:
+    """The task's answers for raw outputs, each with the file it came from (when a path)."""
+    from kiln.tasks import get_task
+
+    rows = get_task(task).predictions(outputs, info, top_k)
+    return [
+        {"file": str(item), **row} if isinstance(item, (str, Path)) else row
+        for item, row in zip(items, rows, strict=True)
+    ]
 
 
 def format_predictions(

@@ -29,8 +29,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
     )  # fmt: skip
     p = result.spec.parity
     gate = f" (limit {p.tolerance:.0e})" if p.tolerance is not None else ""
-    print(f"Parity on {p.images} {p.source}: largest logit difference {p.max_abs_logit_diff:.2e}"
-          f"{gate}, top-1 agreement {p.top1_agreement:.2%}")  # fmt: skip
+    agree = f", top-1 agreement {p.top1_agreement:.2%}" if p.top1_agreement is not None else ""
+    print(f"Parity on {p.images} {p.source}: largest output difference "
+          f"{p.max_abs_logit_diff:.2e}{gate}{agree}")  # fmt: skip
     q = result.quantized
     if q:
         print(f"Size: {q['fp32_bytes'] / 1e6:.3f} MB fp32 -> {q['int8_bytes'] / 1e6:.3f} MB int8 "

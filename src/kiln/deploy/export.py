@@ -258,7 +258,8 @@ def check_parity(
     got = torch.cat([exported.logits(x[i : i + 64]) for i in range(0, len(x), 64)])
     single = exported.logits(x[:1])
     diff = max((got - ref).abs().max().item(), (single - ref[:1]).abs().max().item())
-    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item()
+    classify = exported.spec.task == "classify"
+    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item() if classify else None
     parity = Parity(
         images=len(x), source=sample.source, max_abs_logit_diff=diff,
         tolerance=TOLERANCE if gate else None, top1_agreement=agree,
@@ -284,7 +285,7 @@ def compare_quantized(
         "int8_latency_ms": latency_ms(int8, x[:1]),
         "images": len(x),
     }
-    if sample.labels is not None:
+    if sample.labels is not None and fp32.spec.task == "classify":
         for name, s in (("fp32", fp32), ("int8", int8)):
             pred = torch.cat([s.logits(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(1)
             report[f"{name}_accuracy"] = (pred == sample.labels).float().mean().item()

@@ -18,7 +18,7 @@ import torch
 
 from kiln.deploy.spec import ExportSpec, InputSpec, ModelSpec, find_export
 from kiln.errors import RunError
-from kiln.predict import ImageLike, format_predictions, normalize, to_uint8
+from kiln.predict import ImageLike, answers, normalize, to_uint8
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # normalized float (N, C, H, W) -> (N, classes)
 
@@ -33,6 +33,7 @@ class Servable:
         shape = (-1, 1, 1)
         self.mean = torch.tensor(spec.input.mean).view(shape)
         self.std = torch.tensor(spec.input.std).view(shape)
+        self.info = data_info(spec)
 
     @property
     def classes(self) -> list[str]:
@@ -55,8 +56,16 @@ class Servable:
         batch = torch.stack([self.preprocess(im) for im in images])
         return self.logits(batch).softmax(dim=1)
 
+    def outputs(self, images: Sequence[ImageLike]) -> torch.Tensor:
+        return self.logits(torch.stack([self.preprocess(im) for im in images]))
+
     def predict(self, images: Sequence[ImageLike], top_k: int = 5) -> list[dict[str, Any]]:
-        return format_predictions(list(images), self.predict_proba(images), self.classes, top_k)
+        """One answer per image, as the exported run's task gives it."""
+        items = list(images)
+        return self.answers(items, self.outputs(items), top_k)
+
+    def answers(self, items: Sequence[Any], outputs: torch.Tensor, top_k: int) -> list[dict]:
+        return answers(self.spec.task, items, outputs, self.info, top_k)
 
     def metadata(self) -> dict[str, Any]:
         s = self.spec
@@ -170,6 +179,7 @@ def data_info(spec: ExportSpec):
     return DataInfo(
         spec.config.get("data", {}).get("name", "export"),
         spec.classes, i.channels, i.height, i.width, i.mean, i.std,
+        target_mean=spec.target_mean, target_std=spec.target_std,
     )  # fmt: skip
 
 
@@ -185,7 +195,10 @@ def spec_from_run(run, fmt: str, which: str, epoch: int | None, file: str) -> Ex
         format=fmt,
         file=file,
         tta=cfg.model.tta,
+        task=cfg.task,
         classes=info.classes,
+        target_mean=info.target_mean,
+        target_std=info.target_std,
         input=InputSpec(
             channels=info.channels,
             height=info.height,
@@ -194,7 +207,7 @@ def spec_from_run(run, fmt: str, which: str, epoch: int | None, file: str) -> Ex
             mean=info.mean,
             std=info.std,
         ),
-        output={"name": "logits", "shape": ["batch", len(info.classes)], "softmax": False},
+        output=output_spec(cfg.task, info),
         model=ModelSpec(
             name=cfg.model.name,
             run=run.path.name,
@@ -206,3 +219,11 @@ def spec_from_run(run, fmt: str, which: str, epoch: int | None, file: str) -> Ex
         ),
         config=cfg.model_dump(mode="json"),
     )
+
+
+def output_spec(task: str, info) -> dict[str, Any]:
+    """What the graph's output holds, in words a person integrating it needs."""
+    if task == "regress":
+        return {"name": "standardized_targets", "shape": ["batch", len(info.classes)],
+                "to_units": "output * target_std + target_mean"}  # fmt: skip
+    return {"name": "logits", "shape": ["batch", len(info.classes)], "softmax": False}

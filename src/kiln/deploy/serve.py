@@ -25,7 +25,6 @@ from starlette.exceptions import HTTPException
 
 from kiln.deploy.runtime import Servable
 from kiln.deploy.uploads import BadRequest, Limits, Upload, check_part_type, from_base64, read_image
-from kiln.predict import format_predictions
 
 # Schemas (they are the OpenAPI document at /docs) -------------------------------------------------
 
@@ -36,10 +35,13 @@ class Score(BaseModel):
 
 
 class Prediction(BaseModel):
+    """A classifier answers label, probability and top_k; a regression model answers values."""
+
     file: str
-    label: str
-    probability: float
-    top_k: list[Score]
+    label: str | None = None
+    probability: float | None = None
+    top_k: list[Score] | None = None
+    values: dict[str, float] | None = Field(None, description="task=regress: target -> value")
 
 
 class PredictResponse(BaseModel):
@@ -103,7 +105,7 @@ class Batcher:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._queue: asyncio.Queue | None = None
 
-    async def probabilities(self, x: torch.Tensor) -> torch.Tensor:
+    async def outputs(self, x: torch.Tensor) -> torch.Tensor:
         loop = asyncio.get_running_loop()
         if self._loop is not loop:  # first call, or a new event loop (tests)
             self._loop, self._queue = loop, asyncio.Queue()
@@ -121,7 +123,7 @@ class Batcher:
                 size += len(jobs[-1][0])
             try:
                 batch = torch.cat([x for x, _ in jobs])
-                probs = (await run_in_threadpool(self.servable.logits, batch)).softmax(dim=1)
+                outputs = await run_in_threadpool(self.servable.logits, batch)
             except Exception as exc:  # the model failed: every waiting request hears it
                 for _, future in jobs:
                     if not future.done():
@@ -130,7 +132,7 @@ class Batcher:
             start = 0
             for x, future in jobs:
                 if not future.done():
-                    future.set_result(probs[start : start + len(x)])
+                    future.set_result(outputs[start : start + len(x)])
                 start += len(x)
 
 
@@ -221,9 +223,10 @@ def create_app(
     `max_batch`: images per forward pass when requests queue up (1 turns batching off)."""
     spec = servable.spec
     title = f"Kiln: {spec.model.name} ({spec.model.run})"
+    about = f"task {spec.task}, {len(servable.classes)} outputs; {spec.format}"
+    about += f" via {servable.runtime}"
     app = FastAPI(title=title, version=spec.model.kiln_version,
-                  description=f"{len(servable.classes)} classes; {spec.format} via "
-                  f"{servable.runtime}. POST images to /predict.")  # fmt: skip
+                  description=f"{about}. POST images to /predict.")  # fmt: skip
     batcher = Batcher(servable, max_batch=max_batch)
     page = files("kiln.deploy").joinpath("page.html").read_text()
 
@@ -254,16 +257,18 @@ def create_app(
     @app.post(
         "/predict",
         response_model=PredictResponse,
+        response_model_exclude_none=True,
         responses=ERRORS,
         openapi_extra=PREDICT_BODY,
-        summary="top-k labels for one or many images (multipart files or JSON base64)",
+        summary="answers for one or many images (multipart files or JSON base64): top-k labels, "
+        "or values for a regression model",
     )
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> PredictResponse:
         started = time.perf_counter()
         uploads, top_k = await read_uploads(request, limits, top_k)
         images = await run_in_threadpool(decode_all, servable, uploads, limits.max_pixels)
-        probs = await batcher.probabilities(images)
-        rows = format_predictions(uploads, probs, servable.classes, top_k)
+        outputs = await batcher.outputs(images)
+        rows = servable.answers(uploads, outputs, top_k)
         predictions = [{"file": u.name, **row} for u, row in zip(uploads, rows, strict=True)]
         elapsed = (time.perf_counter() - started) * 1000
         return PredictResponse(predictions=predictions, model=spec.model.name, elapsed_ms=elapsed)
@@ -375,7 +380,7 @@ def serve(
     spec = servable.spec
     shown = f"[{host}]" if ":" in host else host
     log(f"Serving {spec.model.name} from {servable.source} ({spec.format}, {servable.runtime}), "
-        f"{len(servable.classes)} classes")  # fmt: skip
+        f"task {spec.task}, {len(servable.classes)} outputs")  # fmt: skip
     log(f"Page: http://{shown}:{port}/   API docs: http://{shown}:{port}/docs")
     if host not in ("127.0.0.1", "localhost", "::1") and not token:
         log(f"warning: listening on {host} without --token: anyone who can reach it can use it")

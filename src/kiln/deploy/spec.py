@@ -57,7 +57,7 @@ class Parity(BaseModel):
     source: str
     max_abs_logit_diff: float
     tolerance: float | None = None  # None for a quantized export: it is measured, not gated
-    top1_agreement: float
+    top1_agreement: float | None = None  # classification only
 
 
 class ExportSpec(BaseModel):
@@ -67,10 +67,12 @@ class ExportSpec(BaseModel):
     file: str  # the model file, relative to the sidecar's folder
     sha256: str | None = None
     quantize: Literal["dynamic"] | None = None
-    task: Literal["classify"] = "classify"
+    task: str = "classify"  # what an answer is (kiln.tasks): top-k classes, numbers, ...
     tta: Literal["none", "flip"] = "none"
     tta_in_graph: bool = False  # True: the exported graph already averages over the flips
-    classes: list[str]
+    classes: list[str]  # the class names; for task=regress the target names
+    target_mean: list[float] | None = None  # task=regress: outputs are standardized targets
+    target_std: list[float] | None = None
     input: InputSpec
     output: dict[str, Any] = Field(default_factory=lambda: {"name": "logits", "softmax": False})
     model: ModelSpec

@@ -52,6 +52,14 @@ class ClassifyTask:
 
         return classification_metrics(logits, labels, info.classes)
 
+    @staticmethod
+    def predictions(outputs: torch.Tensor, info, top_k: int = 5) -> list[dict]:
+        """What `kiln predict` and `kiln serve` answer: the top-k labels and probabilities."""
+        from kiln.predict import format_predictions
+
+        probs = outputs.float().softmax(dim=1)
+        return format_predictions(range(len(probs)), probs, info.classes, top_k)
+
     def after_fit(self, run, model, bundle, device) -> dict[str, str]:
         """The HTML report of the run (run.report), from its class predictions."""
         if not run.load_config().run.report:

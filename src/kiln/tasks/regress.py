@@ -63,6 +63,15 @@ class RegressTask:
         return mean_squared_error**0.5
 
     @staticmethod
+    def predictions(outputs: torch.Tensor, info, top_k: int = 5) -> list[dict]:
+        """What `kiln predict` and `kiln serve` answer: each target's value, in its units."""
+        values = in_units(outputs.float(), info).tolist()
+        return [
+            {"values": {name: round(v, 6) for name, v in zip(info.classes, row, strict=True)}}
+            for row in values
+        ]
+
+    @staticmethod
     def after_fit(run, model, bundle, device) -> dict[str, str]:
         from kiln.evaluate import write_regress_plots
 
