@@ -80,7 +80,7 @@ def test_regress_end_to_end(cli, tmp_path: Path):
         "epochs=12", "lr=0.01", "name=bright",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr
-    assert "rmse" in result.stdout and "Plots:" in result.stdout
+    assert "rmse" in result.stdout and "Report:" in result.stdout
     run = tmp_path / "runs" / "bright"
     config = yaml.safe_load((run / "config.yaml").read_text())
     assert config["train"]["early_stop"]["monitor"] == "val_rmse"
@@ -94,8 +94,16 @@ def test_regress_end_to_end(cli, tmp_path: Path):
     assert test["samples"] == 40 and test["r2"] > 0.9, test  # 10% of 400 held out for test
     by_target = {t["target"]: t for t in test["per_target"]}
     assert by_target["double"]["mae"] == pytest.approx(2 * by_target["brightness"]["mae"], 0.5)
-    for plot in ("predicted_vs_true", "residuals"):
+    for plot in ("predicted_vs_true", "residuals", "curves"):
         assert (run / "plots" / f"{plot}.png").stat().st_size > 5000
+    report = (run / "report.html").read_text()
+    assert report.count("data:image/png;base64,") == 3  # curves, predicted vs true, residuals
+    assert "Per target" in report and f"{test['rmse']:.4g}" in report
+    assert "confusion" not in report.lower()  # no classification leftovers
+    (run / "report.html").unlink()
+    redone = cli("report", run)
+    assert redone.returncode == 0, redone.stderr
+    assert (run / "report.html").read_text().count("data:image/png;base64,") == 3
     shown = cli("eval", run, "--json")
     assert shown.returncode == 0, shown.stderr
     assert json.loads(shown.stdout)["rmse"] == pytest.approx(test["rmse"], rel=1e-5)

@@ -106,12 +106,7 @@ def write_plots(
     run = RunDir.open(run_dir)
     cfg, info = run.load_config(), run.data_info()
     out = run.path / "plots"
-    out.mkdir(exist_ok=True)
-    written: dict[str, Path] = {}
-    rows = read_metrics(run)
-    if rows:
-        best = best_row(rows, cfg.train.early_stop.monitor, cfg.train.early_stop.mode)
-        written["curves"] = save(curves_figure(rows, best), out / "curves.png")
+    written = write_curves(run)
     if model is None:
         model, _ = load_model(run, checkpoint, device)
     if bundle is None:
@@ -131,6 +126,21 @@ def write_plots(
     return written
 
 
+def write_curves(run: RunDir) -> dict[str, Path]:
+    """RUN/plots/curves.png from metrics.csv: loss, the task's metric and the learning rate."""
+    from kiln.tasks import get_task
+
+    cfg = run.load_config()
+    out = run.path / "plots"
+    out.mkdir(exist_ok=True)
+    rows = read_metrics(run)
+    if not rows:
+        return {}
+    best = best_row(rows, cfg.train.early_stop.monitor, cfg.train.early_stop.mode)
+    metric = get_task(cfg.task).metric
+    return {"curves": save(curves_figure(rows, best, metric), out / "curves.png")}
+
+
 def save(fig: Figure, path: Path) -> Path:
     """Write through a temporary file, so a reader never sees half a PNG."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
@@ -140,13 +150,17 @@ def save(fig: Figure, path: Path) -> Path:
 
 
 # Training curves --------------------------------------------------------------------------------
-def curves_figure(rows: list[dict[str, float]], best: dict[str, float] | None) -> Figure:
+def curves_figure(
+    rows: list[dict[str, float]], best: dict[str, float] | None, metric: str = "acc"
+) -> Figure:
+    """Loss, the task's metric (accuracy for classify) and the learning rate per epoch."""
     fig = Figure(figsize=(13, 3.6), layout="constrained")
     loss_ax, acc_ax, lr_ax = fig.subplots(1, 3)
     epochs = [r["epoch"] for r in rows]
-    for ax, metric, title in ((loss_ax, "loss", "loss"), (acc_ax, "acc", "accuracy")):
+    named = "accuracy" if metric == "acc" else metric
+    for ax, name, title in ((loss_ax, "loss", "loss"), (acc_ax, metric, named)):
         for split, style in (("train", "-o"), ("val", "-s")):
-            key = f"{split}_{metric}"
+            key = f"{split}_{name}"
             if all(key in r for r in rows):
                 ax.plot(epochs, [r[key] for r in rows], style, markersize=3, label=split)
         ax.set_title(title)
@@ -158,7 +172,8 @@ def curves_figure(rows: list[dict[str, float]], best: dict[str, float] | None) -
         epoch = best["epoch"]
         for ax in (loss_ax, acc_ax, lr_ax):
             ax.axvline(epoch, color="gray", linestyle="--", linewidth=1)
-        for ax, key, fmt in ((loss_ax, "val_loss", "{:.4f}"), (acc_ax, "val_acc", "{:.2%}")):
+        shown = "{:.2%}" if metric == "acc" else "{:.4g}"
+        for ax, key, fmt in ((loss_ax, "val_loss", "{:.4f}"), (acc_ax, f"val_{metric}", shown)):
             if key in best:
                 label = f"best: epoch {epoch:.0f}, val {fmt.format(best[key])}"
                 ax.plot([epoch], [best[key]], "*", color="tab:red", markersize=12, label=label)

@@ -24,6 +24,14 @@ CAPTIONS = {
     "per_class": "Precision, recall and F1 per class on the validation split.",
     "samples": "Validation images with the predicted class and its probability; wrong in red.",
     "mistakes": "The validation images with the highest loss: predicted and true class.",
+    "predicted_vs_true": "Predicted against true value on the test split, one panel per target;"
+    " the diagonal is a perfect answer.",
+    "residuals": "Residual (predicted - true) against the predicted value on the test split.",
+}
+# Per task: the heading of its figure section and the plots in it (RUN/plots/NAME.png).
+TASK_FIGURES = {
+    "classify": ("Validation", ("confusion", "per_class", "samples", "mistakes")),
+    "regress": ("Test predictions", ("predicted_vs_true", "residuals")),
 }
 TEST_METRICS = (
     "accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
@@ -58,10 +66,16 @@ def make_report(
 ) -> Path:
     """Plots, then the report: what `kiln report` and the end of training call."""
     from kiln.predict import load_model
+    from kiln.tasks import get_task
 
     run = RunDir.open(run_dir)
     if model is None:
         model, _ = load_model(run, checkpoint, device)
+    task = get_task(run.load_config().task)
+    if hasattr(task, "report"):  # tasks other than classify make their own plots
+        if bundle is None:
+            bundle = kdata.build(run.load_config().data)
+        return task.report(run, model, bundle, device)
     plots = write_plots(run.path, model, bundle, device, checkpoint)
     return write_report(run.path, model=model, plots=plots, checkpoint=checkpoint)
 
@@ -77,8 +91,9 @@ def write_report(
     run = RunDir.open(run_dir)
     cfg, info = run.load_config(), run.load_info()
     rows = read_metrics(run)
+    heading, names = TASK_FIGURES.get(cfg.task, ("Plots", ()))
     if plots is None:
-        found = {name: run.path / "plots" / f"{name}.png" for name in PLOTS}
+        found = {name: run.path / "plots" / f"{name}.png" for name in (*PLOTS, *names)}
         plots = {name: path for name, path in found.items() if path.is_file()}
     summary = model_summary(run, model)
     write_text_atomic(run.path / "summary.txt", summary + "\n")
@@ -91,13 +106,13 @@ def write_report(
         f"plots from the {escape(checkpoint)} checkpoint.</p>",
         "<h2>Run</h2>",
         key_value_table(overview),
-        test_section(test),
+        regress_section(test) if cfg.task == "regress" else test_section(test),
         "<h2>Training</h2>",
         figure(plots, "curves"),
         "<h3>Per epoch</h3>",
         epoch_table(rows),
-        "<h2>Validation</h2>",
-        *(figure(plots, name) for name in ("confusion", "per_class", "samples", "mistakes")),
+        f"<h2>{escape(heading)}</h2>",
+        *(figure(plots, name) for name in names),
         "<h2>Model</h2>",
         f"<pre>{escape(summary)}</pre>",
         "<h2>Config</h2>",
@@ -172,8 +187,11 @@ def run_overview(run, cfg, info, rows, best, test) -> list[tuple[str, str]]:
         items.append(("Best epoch", f"{best['epoch']:.0f} (by {monitor} = {best[monitor]:.4f})"))
         if "val_acc" in best:
             items.append(("Val accuracy, best epoch", f"{best['val_acc']:.2%}"))
-    if test is not None:
+    if test is not None and "accuracy" in test:
         items.append(("Test accuracy", f"{test['accuracy']:.2%} ({test['samples']:,} images)"))
+    elif test is not None and "rmse" in test:
+        items.append(("Test RMSE, R2", f"{test['rmse']:.4g}, {test['r2']:.4f} "
+                      f"({test['samples']:,} samples)"))  # fmt: skip
     items += [
         ("Seed", str(info.get("seed"))),
         ("Git commit", str(info.get("git_commit") or "not a git checkout")),
@@ -230,6 +248,24 @@ def test_section(test: dict[str, Any] | None) -> str:
         ),
     )  # fmt: skip
     return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per class</h3>\n{per_class}"
+
+
+def regress_section(test: dict[str, Any] | None) -> str:
+    """task=regress: RMSE, MAE and R2 overall and per target, in the targets' units."""
+    if test is None:
+        return test_section(test)
+    intro = (
+        f'<p class="sub">{test["samples"]:,} test samples, '
+        f"{escape(str(test.get('checkpoint')))} checkpoint (epoch {escape(str(test.get('epoch')))})"
+        "; errors in the targets' own units.</p>"
+    )
+    overall = table(["metric", "value"], ([k, f"{test[k]:.4g}"] for k in ("rmse", "mae", "r2")))
+    per_target = table(
+        ["target", "RMSE", "MAE", "R2"],
+        ([t["target"], f"{t['rmse']:.4g}", f"{t['mae']:.4g}", f"{t['r2']:.4f}"]
+         for t in test.get("per_target", [])),
+    )  # fmt: skip
+    return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per target</h3>\n{per_target}"
 
 
 EPOCH_COLUMNS = {

@@ -24,6 +24,7 @@ Optional, for tasks that need more than "outputs = model(inputs)":
         def eval_step(self, trainer, x, y): ...     # -> (summed loss, outputs for score)
         def state_dict(self) / load_state_dict(s)   # extra state kept in last.pt (resume)
         def after_fit(self, run, model, bundle, device): ...  # plots/report -> {label: path}
+        def report(run, model, bundle, device): ...  # `kiln report RUN` -> report.html's path
         def evaluate(outputs, targets, info): ...   # kiln eval's metrics from collected outputs
         def evaluate_loader(model, loader, info, cfg): ...  # the same, streaming over a loader
 """

@@ -73,10 +73,25 @@ class RegressTask:
 
     @staticmethod
     def after_fit(run, model, bundle, device) -> dict[str, str]:
-        from kiln.evaluate import write_regress_plots
+        """Curves, predicted-vs-true and residual plots, and the report (run.report)."""
+        if run.load_config().run.report:
+            return {"Report": str(RegressTask.report(run, model, bundle, device))}
+        return {"Plots": ", ".join(str(p) for p in RegressTask.plots(run, model, bundle, device))}
 
-        plots = write_regress_plots(run, model, bundle, device)
-        return {"Plots": ", ".join(str(p) for p in plots)}
+    @staticmethod
+    def plots(run, model, bundle, device) -> list[Path]:
+        from kiln.evaluate import write_regress_plots
+        from kiln.evaluate.plots import write_curves
+
+        return [*write_curves(run).values(), *write_regress_plots(run, model, bundle, device)]
+
+    @staticmethod
+    def report(run, model, bundle, device) -> Path:
+        """The plots, then RUN/report.html (what `kiln report` calls for a regression run)."""
+        from kiln.evaluate.report import write_report
+
+        RegressTask.plots(run, model, bundle, device)
+        return write_report(run.path, model=model)
 
     @staticmethod
     def evaluate(outputs: torch.Tensor, targets: torch.Tensor, info) -> dict[str, Any]:
