@@ -20,7 +20,7 @@ from kiln.config import (
 )
 from kiln.errors import ConfigError, KilnError
 
-SECTIONS = ("task", "data", "model", "optim", "sched", "train", "run")
+SECTIONS = ("task", "data", "model", "optim", "sched", "train", "run", "tune", "gan")
 
 
 def config_error(*overrides: str, source=None) -> str:

@@ -212,6 +212,18 @@ def test_own_table(cli, tmp_path: Path):
     assert info["input_shape"] == [2, 1, 1] and info["classes"] == ["y"]
     test = json.loads((tmp_path / "runs" / "t" / "eval-test.json").read_text())
     assert test["r2"] > 0.9, test
+    # kiln predict on new rows: the feature columns by name, in any order, targets not needed
+    (tmp_path / "new.csv").write_text("id,b,a\nx,0,5\ny,4,1\n")
+    predicted = cli("predict", tmp_path / "runs" / "t", tmp_path / "new.csv", "--json")
+    assert predicted.returncode == 0, predicted.stderr
+    got = json.loads(predicted.stdout)
+    assert [r["line"] for r in got] == [2, 3]
+    np.testing.assert_allclose([r["values"]["y"] for r in got], [15, -5], atol=1.5)  # 3a - 2b
+    (tmp_path / "bad.csv").write_text("a\n1\n")
+    assert_clean_error(
+        cli("predict", tmp_path / "runs" / "t", tmp_path / "bad.csv"),
+        "lacks the column(s) b the run was trained on",
+    )
     lines[5] = "1.0,n/a,3.0"
     (tmp_path / "t.csv").write_text("\n".join(lines) + "\n")
     assert_clean_error(cli("train", *args), "t.csv line 6: column 'b' is 'n/a', not a number")

@@ -1,6 +1,8 @@
 """`python -m kiln ...` (and `torchrun ... -m kiln train ...`) is the `kiln` command."""
 
+import sys
+
 from kiln.cli import main
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())  # the exit code matters: torchrun reads each rank's

@@ -12,7 +12,7 @@ from torch import nn
 
 from kiln import data as kdata
 from kiln.config import RunConfig, build_config
-from kiln.engine import checkpoint
+from kiln.engine import checkpoint, distributed
 from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard, show
 from kiln.engine.device import (
     check_precision,
@@ -118,11 +118,11 @@ def train(
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
     cfg = resolve(cfg) if model is None else describe_custom(cfg, model)
-    device = resolve_device(cfg.train.device)
+    device = _join(cfg, resolve_device(cfg.train.device), cfg.train.devices)
     check_precision(cfg.train.precision, device)
     set_threads()
-    bundle = kdata.build(cfg.data, device)
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    bundle = kdata.build(cfg.data, device)  # every process builds the data, and takes a share
+    seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     if model is None:
         built = build_model(cfg.model, bundle.info)
     else:
@@ -130,7 +130,29 @@ def train(
     net = built.model
     tree = cfg.to_dict()
     tree["train"] = settle(tree["train"], device, net)  # auto -> what wins on this device
+    tree["train"]["devices"] = distributed.world_size()  # the processes it trains with
     cfg = RunConfig.model_validate(tree)
+    run = distributed.on_main(lambda: _create_run(cfg, bundle, built, device, progress))
+    return _fit(cfg, net, bundle, run, device, callbacks, progress)
+
+
+def _join(cfg: RunConfig, device, devices: int | str):
+    """Started by torchrun: join the other processes (each gets its device). Asking for
+    `devices` > 1 in one process is for the CLI, which starts them."""
+    if not distributed.under_torchrun() and distributed.requested_devices(devices) > 1:
+        raise ConfigError(
+            f"train.devices={devices} trains in several processes: use `kiln train ... "
+            f"train.devices={devices}`, or start your script with torchrun --nproc-per-node "
+            f"{devices} (kiln.train then joins the processes)"
+        )
+    device = distributed.setup(device, cfg.train.dist_timeout)
+    distributed.per_rank_batch(cfg.data.batch_size)  # before a run directory is created
+    return device
+
+
+def _create_run(cfg: RunConfig, bundle, built, device, progress: bool) -> RunDir:
+    """The run directory with config.yaml and info.json (on rank 0 alone)."""
+    net = built.model
     run = RunDir.create(cfg)
     run.write_config(cfg)
     details = _describe(bundle, net, device)
@@ -143,7 +165,7 @@ def train(
         (run.path / "skipped.txt").write_text("\n".join(bundle.skipped) + "\n")
         n = len(bundle.skipped)
         print(f"Skipped {n} bad file(s) (data.on_bad=skip), listed in {run.path}/skipped.txt")
-    return _fit(cfg, net, bundle, run, device, callbacks, progress)
+    return run
 
 
 def _resume(
@@ -151,12 +173,14 @@ def _resume(
 ) -> Run:
     run = RunDir.open(path)
     cfg = run.load_config()
-    unsupported = [k for k in overrides if k not in ("train.epochs", "epochs")]
+    changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout")
+    unsupported = [k for k in overrides if k not in changeable]
     if unsupported:
         raise ConfigError(
-            f"--resume continues a run with its saved config; only train.epochs can be changed "
-            f"(got {', '.join(unsupported)})"
+            f"--resume continues a run with its saved config; only train.epochs, train.devices "
+            f"and train.dist_timeout can be changed (got {', '.join(unsupported)})"
         )
+    planned = cfg.train.epochs
     state = checkpoint.load(run.checkpoint("last"))
     if overrides:
         cfg = build_config(cfg.to_dict(), overrides)
@@ -173,31 +197,36 @@ def _resume(
             f"{run.path} was trained with a model passed in Python; resume it with "
             "kiln.train(resume=run_dir, model=YourModel())"
         )
-    device = resolve_device(cfg.train.device)
+    asked = overrides.get("train.devices", 1)  # else: as many processes as this one has
+    device = _join(cfg, resolve_device(cfg.train.device), asked)
+    if cfg.train.devices != distributed.world_size():  # resumed with more or fewer processes
+        cfg = build_config(cfg.to_dict(), {"train.devices": distributed.world_size()})
+        overrides["train.devices"] = cfg.train.devices
     set_threads()
     import_user_modules(cfg.imports)
     bundle = kdata.build(cfg.data, device)
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
+    seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     # The checkpoint holds the weights: pretrained ones are not fetched again.
     if model is None:
         net = build_model(cfg.model, bundle.info, load=False).model
     else:
         net = prepare_model(model, cfg.model, load=False).model
-    if overrides:
+    if overrides and distributed.is_main():
         run.write_config(cfg)
-    return _fit(cfg, net, bundle, run, device, callbacks, progress, state, bool(overrides))
+    reschedule = cfg.train.epochs != planned
+    return _fit(cfg, net, bundle, run, device, callbacks, progress, state, reschedule)
 
 
 def _fit(
     cfg, net, bundle, run: RunDir, device, callbacks, progress, resume_state=None, reschedule=False
 ) -> Run:
     started = time.perf_counter()
+    main = distributed.is_main()  # rank 0 alone prints, runs the callbacks and tests
+    progress = progress and main
     purge = resume_state["epoch"] + 1 if resume_state else None
-    cbs = (
-        ([ProgressBar()] if progress else [])
-        + [TensorBoard(str(run.tb), purge)]
-        + list(callbacks or [])
-    )
+    cbs = [ProgressBar()] if progress else []
+    if main:
+        cbs += [TensorBoard(str(run.tb), purge), *(callbacks or [])]
     trainer = Trainer(cfg, net, bundle, run, device, cbs)
     if progress:
         n = sum(p.numel() for p in net.parameters())
@@ -208,7 +237,11 @@ def _fit(
             flush=True,
         )
         print(trainer.data_path, flush=True)
-    history = trainer.fit(resume_state, reschedule)
+    with distributed.peer_failures(cfg.train.dist_timeout):
+        history = trainer.fit(resume_state, reschedule)
+    distributed.teardown()  # what follows is rank 0's alone
+    if not main:
+        return Run(path=run.path, config=cfg, history=history)
     best = trainer.early_stop
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
     test_loss, test_score = trainer.evaluate(trainer.loader(bundle.test))

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import inspect
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -17,6 +19,7 @@ EPILOG_TRAIN = """examples:
   kiln train recipes/mnist-cnn.yaml epochs=2   a recipe with an override
   kiln train data=fashion-mnist model=mlp model.hidden=[512,512] lr=3e-3
   kiln train --resume runs/mnist-cnn           continue an interrupted run
+  kiln train train.devices=2                   two processes training together (torchrun)
 aliases: data model epochs batch lr device seed name"""
 
 
@@ -41,15 +44,39 @@ def cmd_train(ns: argparse.Namespace) -> int:
         if config:
             raise KilnError("--resume takes its config from the run; do not pass a config file too")
         extra = dict(map(parse_override, overrides))
+        from kiln.rundir import RunDir
+
+        saved = RunDir.open(ns.resume).load_config().to_dict()
+        launched = relaunch(ns, build_config(saved, extra))
+        if launched is not None:
+            return launched
         from kiln.api import train
 
         train(resume=ns.resume, **extra)
         return 0
     cfg = build_config(config, overrides)  # validate before paying for torch's import
+    launched = relaunch(ns, cfg)
+    if launched is not None:
+        return launched
     from kiln.api import train
 
     train(cfg)
     return 0
+
+
+def relaunch(ns: argparse.Namespace, cfg) -> int | None:
+    """train.devices=N > 1: this same command again under torchrun, N processes (returns its
+    exit code); None when this process trains (one device, or started by torchrun already)."""
+    if cfg.train.devices == 1:
+        return None
+    from kiln.engine import distributed
+
+    processes = distributed.requested_devices(cfg.train.devices)
+    if distributed.under_torchrun() or processes == 1:
+        return None
+    distributed.per_rank_batch(cfg.data.batch_size, processes)  # one clear error, not N
+    resume = ["--resume", ns.resume] if ns.resume else []
+    return distributed.launch(processes, ["train", *resume, *ns.args])
 
 
 def cmd_config_show(ns: argparse.Namespace) -> int:
@@ -170,7 +197,8 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
         print(json.dumps(stats))
         return 0
     console = Console()
-    table = Table("class", "train", "val", "test", title=f"{stats['dataset']}: images per class")
+    counted = stats["counted"]  # images, or pixels for segmentation masks
+    table = Table("class", "train", "val", "test", title=f"{stats['dataset']}: {counted} per class")
     for name in stats["classes"]:
         table.add_row(name, *(str(stats["per_split"][s][name]) for s in ("train", "val", "test")))
     totals = stats["totals"]
@@ -182,7 +210,8 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
             "[yellow]warning:[/] classes are imbalanced above 3:1; consider data.balance=weights "
             "or data.balance=sampler"
         )
-    console.print(f"input shape (C, H, W): {tuple(stats['input_shape'])}")
+    axes = "(C, D, H, W)" if len(stats["input_shape"]) == 4 else "(C, H, W)"  # volumes: a depth
+    console.print(f"input shape {axes}: {tuple(stats['input_shape'])}")
     console.print(
         "sizes before resizing: " + ", ".join(f"{k} ({v})" for k, v in stats["sizes"].items())
     )
@@ -199,8 +228,15 @@ def cmd_data_make(ns: argparse.Namespace) -> int:
 
     root = Path(ns.data_root).expanduser() if ns.data_root else default_root()
     out = Path(ns.output or f"data/{ns.name}")
-    csv_path = MAKERS[ns.name](root, out, train=ns.train, test=ns.test, max_angle=ns.max_angle)
-    print(f"wrote {csv_path} and the images under {out / 'images'}")
+    maker = MAKERS[ns.name]
+    accepted = inspect.signature(maker).parameters
+    given = {k: getattr(ns, k) for k in ("train", "test", "max_angle", "size", "seed")}
+    options = {k: v for k, v in given.items() if v is not None}  # else the maker's defaults
+    for key in options:
+        if key not in accepted:
+            raise KilnError(f"--{key.replace('_', '-')} is not an option of {ns.name}")
+    made = maker(root, out, **options)
+    print(f"wrote {made}" + (f" and the images under {out / 'images'}" if made.is_file() else ""))
     return 0
 
 
@@ -229,6 +265,14 @@ def cmd_eval(ns: argparse.Namespace) -> int:
     result = evaluate_run(run, ns.split, ns.checkpoint)
     if "rmse" in result:  # task=regress
         return print_regress_eval(result, ns.json)
+    if "miou" in result:  # task=segment
+        from kiln.evaluate.segment import print_segment_eval
+
+        return print_segment_eval(result, ns.json)
+    if "elbo" in result or "frechet" in result:  # task=vae, task=gan
+        from kiln.evaluate.generate_report import print_eval as print_generate_eval
+
+        return print_generate_eval(result, ns.json)
     if ns.json:
         keys = (
             "accuracy",
@@ -315,6 +359,11 @@ def cmd_predict(ns: argparse.Namespace) -> int:
     from kiln.predict import expand_paths
 
     target = Path(ns.run)
+    if (target / "config.yaml").is_file() and run_task(target) == "segment":
+        return cmd_predict_masks(ns)
+    if ns.output or ns.overlay:
+        raise KilnError("-o/--output and --overlay write masks: they are for segmentation runs "
+                        "(task=segment)")  # fmt: skip
     if target.is_file() or (target.is_dir() and not (target / "config.yaml").exists()):
         from kiln.deploy.runtime import load_servable  # an export: its own runtime answers
 
@@ -323,17 +372,46 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         predictor = kiln.load(ns.run, ns.checkpoint)
     files = expand_paths(ns.paths)
     results = []
-    for begin in range(0, len(files), 256):
-        results += predictor.predict(files[begin : begin + 256], top_k=ns.top_k)
+    if predictor.info.features:  # a table run: CSV files of rows
+        for table in files:
+            results += predictor.predict_table(table, top_k=ns.top_k)
+    else:
+        for begin in range(0, len(files), 256):
+            results += predictor.predict(files[begin : begin + 256], top_k=ns.top_k)
     if ns.json:
         print(json.dumps(results))
         return 0
     for r in results:
         if "values" in r:  # task=regress
             shown = "  ".join(f"{name} {value:.4g}" for name, value in r["values"].items())
+            if "line" in r:
+                shown = f"line {r['line']}: {shown}"
         else:
             shown = "  ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
         print(f"{r['file']}: {shown}")
+    return 0
+
+
+def run_task(run_dir: Path) -> str:
+    from kiln.rundir import RunDir
+
+    return RunDir.open(run_dir).load_config().task
+
+
+def cmd_predict_masks(ns: argparse.Namespace) -> int:
+    """`kiln predict` of a segmentation run: a mask of class indices per image, in a folder."""
+    from kiln.predict_masks import MaskPredictor, expand_inputs
+
+    predictor = MaskPredictor.from_run(ns.run, ns.checkpoint)
+    files = expand_inputs(ns.paths, volumes=predictor.info.depth is not None)
+    out = Path(ns.output) if ns.output else Path(ns.run) / "predictions"
+    results = predictor.write(files, out, with_overlay=ns.overlay)
+    if ns.json:
+        print(json.dumps(results))
+        return 0
+    for r in results:
+        shares = ", ".join(f"{name} {share:.1%}" for name, share in list(r["classes"].items())[:4])
+        print(f"{r['file']} -> {r['mask']}  ({shares})")
     return 0
 
 
@@ -342,6 +420,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
     from kiln.rundir import RunDir
 
     run = RunDir.open(ns.run)  # a clear error before paying for the model and data
+    if run.load_config().task in ("vae", "gan"):
+        from kiln.evaluate.generate_report import make_generate_report as make_report
     path = make_report(run.path, checkpoint=ns.checkpoint)
     print(f"wrote plots to {run.path / 'plots'}")
     print(path)
@@ -425,15 +505,19 @@ def build_parser() -> argparse.ArgumentParser:
     from kiln.data.make import MAKERS
 
     q = sub.add_parser(
-        "make", help="build a derived dataset (mnist-rotation: rotated digits and their angles)",
-        description="Build a dataset from a built-in one, as image files and a CSV.",
+        "make", help="build a derived dataset (mnist-rotation: rotated digits and their angles; "
+        "mnist-seg, shapes3d: segmentation images and volumes with masks)",
+        description="Build a dataset from a built-in one (or a synthetic one), as files.",
     )  # fmt: skip
     q.add_argument("name", choices=sorted(MAKERS))
     q.add_argument("-o", "--output", help="folder to write (default data/NAME)")
     q.add_argument("--data-root", help="where MNIST is (default $KILN_DATA or the cache)")
-    q.add_argument("--train", type=int, default=12_000, help="training images (12,000)")
-    q.add_argument("--test", type=int, default=2_000, help="test images (2,000)")
-    q.add_argument("--max-angle", type=float, default=45.0, help="degrees (45)")
+    q.add_argument("--train", type=int, help="training images (mnist-rotation 12,000, "
+                   "mnist-seg 10,000, shapes3d 400)")  # fmt: skip
+    q.add_argument("--test", type=int, help="test images (2,000, 1,000, 100)")
+    q.add_argument("--max-angle", type=float, help="mnist-rotation: degrees (45)")
+    q.add_argument("--size", type=int, help="mnist-seg: canvas side (64); shapes3d: volume (32)")
+    q.add_argument("--seed", type=int, help="random seed (0)")
     q.set_defaults(func=cmd_data_make)
 
     p = verbs.add_parser("eval", help="evaluate a run on its test or validation split")
@@ -449,6 +533,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--top-k", type=int, default=3)
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--json", action="store_true", help="print a JSON list")
+    p.add_argument("-o", "--output", help="segment runs: folder for the masks (RUN/predictions)")
+    p.add_argument("--overlay", action="store_true", help="segment runs: NAME.overlay.png too")
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser(
@@ -476,6 +562,12 @@ def build_parser() -> argparse.ArgumentParser:
     from kiln.deploy.cli import add_parsers
 
     add_parsers(verbs)
+    from kiln.sample import add_parser as add_sample
+
+    add_sample(verbs)
+    from kiln.tune.cli import add_parsers as add_tune
+
+    add_tune(verbs)
     return parser
 
 
@@ -490,7 +582,10 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return ns.func(ns)
     except KilnError as exc:
-        print(f"error: {exc}" if exc.exit_code != 130 else str(exc), file=sys.stderr)
+        if exc.exit_code != 130:
+            print(f"error: {exc}", file=sys.stderr)
+        elif os.environ.get("RANK", "0") == "0":  # several processes: rank 0 says it once
+            print(exc, file=sys.stderr)
         return exc.exit_code
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)

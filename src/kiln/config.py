@@ -221,7 +221,17 @@ class TrainConfig(_Section):
     deterministic: bool = False
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    dice_weight: float = Field(1.0, ge=0.0, description="task=segment: weight of the Dice loss")
+    ce_weight: float = Field(1.0, ge=0.0, description="task=segment: weight of cross-entropy")
     early_stop: EarlyStopConfig = EarlyStopConfig()
+    devices: Literal["auto"] | int = Field(
+        1,
+        description="processes training together (DDP; `kiln train` starts them with torchrun); "
+        "data.batch_size stays the global batch; auto: one per GPU",
+    )
+    dist_timeout: float = Field(
+        300.0, gt=0.0, description="seconds a process waits for the others before failing"
+    )
 
     @field_validator("device")
     @classmethod
@@ -229,6 +239,13 @@ class TrainConfig(_Section):
         if not re.fullmatch(r"auto|cpu|mps|cuda(:\d+)?", v):
             raise ValueError(f"unknown device '{v}'; use auto, cpu, cuda, cuda:N or mps")
         return v
+
+    @field_validator("devices", mode="before")
+    @classmethod
+    def _count(cls, v: Any) -> Any:
+        if v == "auto" or (isinstance(v, int) and not isinstance(v, bool) and v >= 1):
+            return v
+        raise ValueError("must be a number of processes (1 or more) or auto")
 
 
 class RunSection(_Section):
@@ -242,6 +259,33 @@ class RunSection(_Section):
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
 
 
+class TuneConfig(_Section):
+    """`kiln tune`: a search over `space` (checked by kiln.tune.space); `kiln train` ignores it."""
+
+    space: dict[str, Any] = Field(
+        default_factory=dict, description="{key: {log_uniform|uniform|int|choice: ...}}"
+    )
+    metric: str = Field("auto", description="auto: train.early_stop.monitor (val_acc, ...)")
+    direction: Literal["auto", "minimize", "maximize"] = "auto"
+    pruner: Literal["median", "halving", "none"] = "median"
+    sampler: Literal["tpe", "random"] = "tpe"
+    trials: int = Field(20, ge=1)
+    timeout: float | None = Field(None, gt=0, description="seconds; no new trial after this")
+    storage: str | None = Field(None, description="SQLAlchemy URL; default RUN_DIR/STUDY/study.db")
+    study: str | None = Field(None, description="default: run.name, else the config file's name")
+    seed: int | None = 0
+    startup_trials: int = Field(5, ge=0, description="trials finished before pruning starts")
+    warmup_epochs: int = Field(0, ge=0, description="epochs of each trial never pruned")
+
+
+class GanConfig(_Section):
+    """task=gan: the run whose classifier features score the samples (kiln.evaluate.frechet)."""
+
+    frechet_classifier: str | None = Field(
+        None, description="a classify run on the same dataset, e.g. runs/mnist-classifier"
+    )
+
+
 class RunConfig(_Section):
     task: str = "classify"
     imports: list[str] = Field(
@@ -253,6 +297,8 @@ class RunConfig(_Section):
     sched: SchedConfig = SchedConfig()
     train: TrainConfig = TrainConfig()
     run: RunSection = RunSection()
+    tune: TuneConfig = TuneConfig()
+    gan: GanConfig = GanConfig()
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")

@@ -93,6 +93,10 @@ class Predictor:
         model: torch.nn.Module | None = None,
     ) -> Predictor:
         run = RunDir.open(run_dir)
+        if run.load_config().task == "segment":  # a mask per image, at the image's own size
+            from kiln.predict_masks import MaskPredictor
+
+            return MaskPredictor.from_run(run_dir, which, device, model)
         model, _ = load_model(run, which, device, model)
         cfg = run.load_config()
         import_user_modules(cfg.imports)  # a task of your own answers too
@@ -123,7 +127,28 @@ class Predictor:
             isinstance(images, torch.Tensor) and images.dim() <= 3
         )
         items = [images] if single else list(images)
+        if self.info.features:
+            raise KilnError(
+                f"this run learned from table rows ({', '.join(self.info.features)}), not images:"
+                " pass a CSV with those columns (kiln predict RUN rows.csv, or predict_table)"
+            )
         return answers(self.task, items, self.outputs(items), self.info, top_k)
+
+    @torch.inference_mode()
+    def predict_table(self, csv_path: str | Path, top_k: int = 3) -> list[dict[str, Any]]:
+        """A table run's answers for each row of a CSV holding its feature columns."""
+        from kiln.data.tabular import read_feature_rows
+
+        if not self.info.features:
+            raise KilnError("this run learned from images: pass image files, not a CSV")
+        rows, lines = read_feature_rows(Path(csv_path), self.info.features)
+        x = ((rows.view(len(rows), -1, 1, 1) - self.mean) / self.std).to(self.device)
+        outputs = infer(self.model, x, self.tta).float().cpu()
+        found = answers(self.task, list(range(len(rows))), outputs, self.info, top_k)
+        return [
+            {"file": str(csv_path), "line": line, **row}
+            for line, row in zip(lines, found, strict=True)
+        ]
 
 
 def to_uint8(image: ImageLike, input_shape: tuple[int, int, int]) -> torch.Tensor:

@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from kiln.config import DataConfig
-from kiln.data import builtin, folder, tabular  # noqa: F401  (registers the datasets)
+from kiln.data import builtin, folder, masks, tabular  # noqa: F401  (registers the datasets)
 from kiln.data.batch_augment import BatchAugment, per_sample_only
 from kiln.data.files import FileSplit, WorkerLoader
 from kiln.data.memory import MemoryLoader, Normalize
@@ -55,7 +55,8 @@ def stratified_split(train, fraction: float):
     each class's drawn at random with a fixed seed."""
     g = torch.Generator().manual_seed(SPLIT_SEED)
     labels = train.labels
-    if labels.is_floating_point():  # numeric targets (task=regress): a plain random split
+    # numeric targets (task=regress) or masks (task=segment): a plain random split
+    if labels.is_floating_point() or labels.dim() > 1:
         held_index = torch.randperm(len(labels), generator=g)[: round(len(labels) * fraction)]
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[held_index] = False
@@ -103,9 +104,12 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
     else:
         mean, std = channel_stats(train.images)
     height, width = (
-        (train.height, train.width) if isinstance(train, FileSplit) else train.images.shape[2:]
+        (train.height, train.width) if isinstance(train, FileSplit) else train.images.shape[-2:]
     )
     info = DataInfo(cfg.name, list(raw.classes), channels, int(height), int(width), mean, std)
+    info.features = raw.features
+    if not isinstance(train, FileSplit) and train.images.dim() == 5:  # volumes (N, C, D, H, W)
+        info.depth = int(train.images.shape[2])
     if train.labels.is_floating_point():  # numeric targets: the task trains on them standardized
         info.target_mean = train.labels.mean(dim=0).tolist()
         info.target_std = train.labels.std(dim=0).clamp_min(1e-8).tolist()
@@ -126,17 +130,20 @@ def make_loader(
     weights: torch.Tensor | None = None,
     workers: int = 0,
     placement: Placement | None = None,
+    shard: tuple[int, int] = (0, 1),
 ):
     """The in-memory path when the split is in memory and every augmentation step (resolved
-    data.augment) runs on whole batches; else a DataLoader whose workers decode and augment."""
+    data.augment) runs on whole batches; else a DataLoader whose workers decode and augment.
+    `shard` = (rank, world size): this process's share of the split (several processes)."""
     steps = augment or []
     in_memory = isinstance(split, Split) and (placement is None or placement.in_memory)
     if in_memory and not per_sample_only(steps):
         store = placement.store if placement is not None else device
         batch_augment = BatchAugment(steps) if steps else None
         return MemoryLoader(
-            split, batch_size, normalize, device, shuffle, generator, weights, batch_augment, store
-        )
+            split, batch_size, normalize, device, shuffle, generator, weights, batch_augment, store,
+            shard=shard,
+        )  # fmt: skip
     per_sample = None
     if steps:
         from kiln.data.transforms import build_augment
@@ -147,8 +154,9 @@ def make_loader(
             size, channels = (split.height, split.width), split.channels
         per_sample = build_augment(steps, size, channels)
     return WorkerLoader(
-        split, batch_size, normalize, device, shuffle, generator, workers, per_sample, weights
-    )
+        split, batch_size, normalize, device, shuffle, generator, workers, per_sample, weights,
+        shard=shard,
+    )  # fmt: skip
 
 
 def describe_path(loader, placement: Placement | None, steps: list[dict[str, dict]]) -> str:

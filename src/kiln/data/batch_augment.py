@@ -9,6 +9,11 @@ no per-sample Python.
 Each op takes a uint8 batch (N, C, H, W) and a torch.Generator on the batch's device, and returns
 a uint8 batch of the same shape. The same ops serve the per-sample path (a batch of one), so a
 step means the same thing on both paths. Pixel values (`fill`, `value`) are on the 0-255 scale.
+
+Segmentation masks (N, H, W) move with their images: a geometric step (flip, crop, translate)
+runs on the image and its mask as one tensor, so both get the same draw; pixels that come in from
+outside are marked IGNORE in the mask (not scored). Cutout paints the image only. Volumes
+(N, C, D, H, W) take flip and vflip.
 """
 
 from __future__ import annotations
@@ -20,7 +25,9 @@ import torch
 # The data.augment steps that can run on whole batches; a list made only of these keeps a dataset
 # that fits in memory on the in-memory path.
 BATCHABLE = ("flip", "vflip", "crop", "translate", "cutout")
+GEOMETRIC = ("flip", "vflip", "crop", "translate")  # they move pixels: a mask moves with them
 PAD_MODES = ("constant", "edge", "reflect", "symmetric")
+IGNORE = 255  # mask value for pixels no label is known for (scored by no metric, in no loss)
 
 
 def _rand(n: int, g: torch.Generator, device: torch.device) -> torch.Tensor:
@@ -40,10 +47,10 @@ def _pixels(value: Any, channels: int, device: torch.device) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.uint8, device=device).view(1, channels, 1, 1)
 
 
-def flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5, dim: int = 3) -> torch.Tensor:
-    """Mirror each image with probability p (dim 3: left-right, dim 2: up-down)."""
+def flip(x: torch.Tensor, g: torch.Generator, p: float = 0.5, dim: int = -1) -> torch.Tensor:
+    """Mirror each image (or volume) with probability p (dim -1: left-right, -2: up-down)."""
     chosen = _rand(len(x), g, x.device) < p
-    return torch.where(chosen.view(-1, 1, 1, 1), x.flip(dim), x)
+    return torch.where(chosen.view(-1, *[1] * (x.dim() - 1)), x.flip(dim), x)
 
 
 def _source_index(index: torch.Tensor, size: int, mode: str) -> torch.Tensor:
@@ -129,9 +136,9 @@ def cutout(
 def apply_step(x: torch.Tensor, g: torch.Generator, name: str, p: dict[str, Any]) -> torch.Tensor:
     """One resolved data.augment step (see transforms.STEPS for the parameters) on a batch."""
     if name == "flip":
-        return flip(x, g, p["p"], dim=3)
+        return flip(x, g, p["p"], dim=-1)
     if name == "vflip":
-        return flip(x, g, p["p"], dim=2)
+        return flip(x, g, p["p"], dim=-2)
     if name == "crop":
         return random_crop(x, g, p["padding"], p["padding_mode"], p["fill"])
     if name == "translate":
@@ -139,6 +146,21 @@ def apply_step(x: torch.Tensor, g: torch.Generator, name: str, p: dict[str, Any]
     if name == "cutout":
         return cutout(x, g, p["size"], p["p"], p["value"])
     raise ValueError(f"{name} does not run on whole batches; batchable steps: {BATCHABLE}")
+
+
+def with_masks(
+    x: torch.Tensor, masks: torch.Tensor, g: torch.Generator, name: str, p: dict[str, Any]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One geometric step on images and their masks together: the mask rides along as one more
+    channel, filled with IGNORE where the image gets `fill`."""
+    channels = x.shape[1]
+    if "fill" in p:
+        fill = p["fill"] if isinstance(p["fill"], (list, tuple)) else [p["fill"]]
+        fill = list(fill) * channels if len(fill) == 1 else list(fill)
+        p = {**p, "fill": [*fill, IGNORE]}
+    joined = torch.cat([x, masks.unsqueeze(1).to(x.dtype)], dim=1)
+    out = apply_step(joined, g, name, p)
+    return out[:, :channels], out[:, channels].to(masks.dtype)
 
 
 def per_sample_only(steps: list[dict[str, dict]]) -> list[str]:
@@ -162,10 +184,14 @@ class BatchAugment:
             raise ValueError(f"not batchable: {', '.join(per_sample_only(steps))}")
         self.steps = [next(iter(step.items())) for step in steps]
 
-    def __call__(self, x: torch.Tensor, g: torch.Generator) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor, g: torch.Generator, masks: torch.Tensor | None = None):
+        """The augmented batch; (batch, masks) when `masks` (N, [D,] H, W) are given."""
         for name, params in self.steps:
-            x = apply_step(x, g, name, params)
-        return x
+            if masks is not None and name in GEOMETRIC:
+                x, masks = with_masks(x, masks, g, name, params)
+            else:
+                x = apply_step(x, g, name, params)
+        return x if masks is None else (x, masks)
 
     def __repr__(self) -> str:
         return f"BatchAugment({', '.join(name for name, _ in self.steps)})"

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kiln.data.images import decode
-from kiln.data.memory import Normalize
+from kiln.data.memory import Normalize, shard_length, shard_positions
 from kiln.data.registry import Split
 
 
@@ -93,7 +93,7 @@ class _Plan:
 
 class WorkerLoader:
     """Batches through a DataLoader whose workers decode and augment each sample, then moves the
-    uint8 batch to the device and normalizes it there, like MemoryLoader."""
+    uint8 batch to the device and normalizes it there, like MemoryLoader (`shard` too)."""
 
     def __init__(
         self,
@@ -106,8 +106,10 @@ class WorkerLoader:
         workers: int = 0,
         augment: torch.nn.Module | None = None,
         weights: torch.Tensor | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         self.batch_size, self.normalize = batch_size, normalize
+        self.rank, self.world = shard
         self.device = torch.device(device)
         self.shuffle, self.generator = shuffle, generator
         self.weights = weights  # per-sample weights: draw with replacement (data.balance=sampler)
@@ -125,7 +127,8 @@ class WorkerLoader:
         )
 
     def __len__(self) -> int:
-        return (self.num_samples + self.batch_size - 1) // self.batch_size
+        n = shard_length(self.num_samples, self.rank, self.world, pad=self.shuffle)
+        return (n + self.batch_size - 1) // self.batch_size
 
     @property
     def num_samples(self) -> int:
@@ -143,10 +146,11 @@ class WorkerLoader:
     def batches(
         self, order: torch.Tensor | None = None, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        index = (order if order is not None else torch.arange(self.num_samples)).tolist()
+        index = order if order is not None else torch.arange(self.num_samples)
+        index = shard_positions(index, self.rank, self.world, pad=self.shuffle).tolist()
         self.plan.batches = [
             [(i, self.epoch_seed + i) for i in index[b : b + self.batch_size]]
-            for b in range(start * self.batch_size, self.num_samples, self.batch_size)
+            for b in range(start * self.batch_size, len(index), self.batch_size)
         ]
         for x, y in self.loader:
             x = x.to(self.device, non_blocking=True)

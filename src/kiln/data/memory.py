@@ -33,16 +33,36 @@ class Normalize:
         self.format = torch.channels_last if channels_last else torch.contiguous_format
 
     def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        if images.dim() == 5:  # volumes (N, C, D, H, W): D and H x W as one axis, same numbers
+            return self(images.flatten(3)).reshape(images.shape)
         if images.is_floating_point():  # a table's rows: a new tensor, the data stays untouched
             return (images.float() * self.float_scale).sub_(self.shift)
         x = images.to(torch.float32, memory_format=self.format)
         return x.mul_(self.scale).sub_(self.shift)
 
 
+def shard_positions(order: torch.Tensor, rank: int, world: int, pad: bool = False) -> torch.Tensor:
+    """This process's share of one pass over `order` (the same on every process): positions
+    rank, rank + world, ... Batch b of every process together is then batch b of one process.
+    `pad` (training) repeats the first positions up to a multiple of `world`, as
+    DistributedSampler does, so every process runs the same number of steps."""
+    if world == 1:
+        return order
+    if pad:
+        order = torch.cat([order, order[: -len(order) % world]])
+    return order[rank::world]
+
+
+def shard_length(n: int, rank: int, world: int, pad: bool = False) -> int:
+    """len(shard_positions(...)) for an order of n positions."""
+    return -(-n // world) if pad else len(range(rank, n, world))
+
+
 class MemoryLoader:
     """Iterates a Split in batches. `order()` draws an epoch's permutation and augmentation seed
     from `generator`, so the trainer can checkpoint the generator and replay an epoch exactly when
-    resuming mid-way: batch b of an epoch is augmented with seed (epoch seed + b), on the device."""
+    resuming mid-way: batch b of an epoch is augmented with seed (epoch seed + b), on the device.
+    `shard` = (rank, world size): with several processes each takes its share of every pass."""
 
     def __init__(
         self,
@@ -55,6 +75,7 @@ class MemoryLoader:
         weights: torch.Tensor | None = None,
         augment: BatchAugment | None = None,
         store: torch.device | str | None = None,
+        shard: tuple[int, int] = (0, 1),
     ):
         # `store`: where the images stay (default: the training device); batches move to `device`
         self.device = torch.device(device)
@@ -67,9 +88,11 @@ class MemoryLoader:
         self.weights = weights  # per-sample weights: draw with replacement (data.balance=sampler)
         self.augment = augment
         self.epoch_seed = 0
+        self.rank, self.world = shard
 
     def __len__(self) -> int:
-        return (len(self.labels) + self.batch_size - 1) // self.batch_size
+        n = shard_length(len(self.labels), self.rank, self.world, pad=self.shuffle)
+        return (n + self.batch_size - 1) // self.batch_size
 
     @property
     def num_samples(self) -> int:
@@ -93,9 +116,12 @@ class MemoryLoader:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalized images, labels) from batch number `start` on."""
         device, copy = self.device, self.images.device != self.device
-        for batch, begin in enumerate(
-            range(start * self.batch_size, self.num_samples, self.batch_size), start=start
-        ):
+        if self.world > 1:
+            if order is None:
+                order = torch.arange(self.num_samples, device=self.images.device)
+            order = shard_positions(order, self.rank, self.world, pad=self.shuffle)
+        n = self.num_samples if order is None else len(order)
+        for batch, begin in enumerate(range(start * self.batch_size, n, self.batch_size), start):
             end = begin + self.batch_size
             if order is None:
                 x, y = self.images[begin:end], self.labels[begin:end]
@@ -105,8 +131,12 @@ class MemoryLoader:
             if copy:
                 x = x.to(device, non_blocking=True)
             if self.augment is not None:
-                g = torch.Generator(device=device).manual_seed(self.epoch_seed + batch)
-                x = self.augment(x, g)
+                seed = self.epoch_seed + batch + (self.rank << 32)  # rank 0: as one process
+                g = torch.Generator(device=device).manual_seed(seed)
+                if y.dim() > 1:  # segmentation masks move with their images
+                    x, y = self.augment(x, g, masks=y)
+                else:
+                    x = self.augment(x, g)
             yield self.normalize(x), y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

@@ -15,9 +15,12 @@ IMBALANCE_WARNING = 3.0
 def data_stats(bundle: DataBundle) -> dict[str, Any]:
     """Images per class and split, imbalance, sizes and modes, normalization."""
     classes = bundle.info.classes
+    masks = bundle.train.labels.dim() > 1  # task=segment: pixels per class, not images
     per_split = {}
     for name in ("train", "val", "test"):
         labels = getattr(bundle, name).labels
+        if masks:
+            labels = labels[labels < len(classes)]  # every pixel but the ignored ones
         counts = torch.bincount(labels, minlength=len(classes)).tolist()
         per_split[name] = dict(zip(classes, counts, strict=True))
     train_counts = [c for c in per_split["train"].values()]
@@ -28,8 +31,9 @@ def data_stats(bundle: DataBundle) -> dict[str, Any]:
         "classes": classes,
         "per_split": per_split,
         "totals": {name: sum(counts.values()) for name, counts in per_split.items()},
+        "counted": "pixels" if masks else "images",
         "imbalance_ratio": round(ratio, 3),
-        "imbalanced": ratio > IMBALANCE_WARNING,
+        "imbalanced": ratio > IMBALANCE_WARNING and not masks,  # Dice weighs classes alike
         "input_shape": list(bundle.info.input_shape),
         "sizes": bundle.sizes,
         "modes": bundle.modes,
@@ -53,6 +57,8 @@ def sample_grid(
     import matplotlib.pyplot as plt
 
     train = bundle.train
+    if train.labels.dim() > 1:  # masks: shown as stored (training moves them with the images)
+        augment = None
     n = max(1, min(n, len(train)))
     generator = torch.Generator().manual_seed(seed)
     picks = torch.randperm(len(train), generator=generator)[:n].tolist()
@@ -64,6 +70,9 @@ def sample_grid(
     torch.manual_seed(seed)
     for ax, index in zip(axes.flat, picks, strict=False):
         image = train.image(index)
+        if train.labels.dim() > 1:  # a mask, painted over its image (volumes: middle slice)
+            draw_mask(ax, image, train.labels[index], bundle.info.classes)
+            continue
         if augment is not None:
             image = augment(image)
         array = image.permute(1, 2, 0).numpy()
@@ -79,3 +88,12 @@ def sample_grid(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def draw_mask(ax, image: torch.Tensor, mask: torch.Tensor, classes: list[str]) -> None:
+    """An image with its segmentation mask painted over it, titled with the classes in it."""
+    from kiln.evaluate.segment import display_image, middle, overlay, palette
+
+    ax.imshow(overlay(display_image(image), middle(mask), palette(len(classes))))
+    found = [classes[k] for k in mask.unique().tolist() if 0 < k < len(classes)]
+    ax.set_title(", ".join(found[:3]) or classes[0], fontsize=7)

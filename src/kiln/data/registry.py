@@ -20,7 +20,8 @@ from kiln.errors import ConfigError
 
 @dataclass
 class Split:
-    """Images as uint8 (N, C, H, W) and integer labels (N,), all in memory."""
+    """Images as uint8 (N, C, H, W) (volumes: (N, C, D, H, W)) and labels (N,), all in memory;
+    labels may also be numbers (N, T) for task=regress or masks (N, [D,] H, W) for task=segment."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -51,6 +52,7 @@ class RawDataset:
     skipped: list[str] = field(default_factory=list)  # problems skipped with data.on_bad=skip
     sizes: dict[str, int] = field(default_factory=dict)  # "HxW" -> images, before resizing
     modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> images
+    features: list[str] | None = None  # tables: the input columns, in order
 
 
 @dataclass
@@ -67,13 +69,18 @@ class DataInfo:
     # task=regress: `classes` are the target names; targets are standardized with these
     target_mean: list[float] | None = None
     target_std: list[float] | None = None
+    depth: int | None = None  # volumes (C, D, H, W), e.g. task=segment on .npy files
+    features: list[str] | None = None  # tables: the input columns (kiln predict reads them)
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """(C, H, W) for images, (C, D, H, W) for volumes."""
+        if self.depth is not None:
+            return (self.channels, self.depth, self.height, self.width)
         return (self.channels, self.height, self.width)
 
     def to_dict(self) -> dict:
@@ -81,7 +88,7 @@ class DataInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> DataInfo:
-        optional = ("target_mean", "target_std")  # absent from runs made before regression
+        optional = ("target_mean", "target_std", "depth", "features")  # absent from older runs
         return cls(**{k: d[k] if k not in optional else d.get(k) for k in cls.__dataclass_fields__})
 
 

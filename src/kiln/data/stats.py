@@ -13,17 +13,18 @@ from kiln.data.registry import default_root
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
-    """Per-channel mean and std of uint8 images in [0, 1] units (float tables: their own
-    units), in chunks to bound memory."""
+    """Per-channel mean and std of uint8 images (N, C, H, W) or volumes (N, C, D, H, W) in
+    [0, 1] units (float tables and volumes: their own units), in chunks to bound memory."""
+    others = [d for d in range(images.dim()) if d != 1]  # every axis but the channels'
     total = torch.zeros(images.shape[1], dtype=torch.float64)
     total_sq = torch.zeros(images.shape[1], dtype=torch.float64)
     for begin in range(0, len(images), chunk):
         x = images[begin : begin + chunk].to(torch.float64)
         if images.dtype == torch.uint8:
             x.div_(255.0)
-        total += x.sum(dim=(0, 2, 3))
-        total_sq += x.pow_(2).sum(dim=(0, 2, 3))
-    count = images.shape[0] * images.shape[2] * images.shape[3]
+        total += x.sum(dim=others)
+        total_sq += x.pow_(2).sum(dim=others)
+    count = images.numel() // images.shape[1]
     return _finish(total, total_sq, count)
 
 

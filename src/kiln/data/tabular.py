@@ -23,6 +23,10 @@ def split_rows(x: torch.Tensor, y: torch.Tensor, fraction: float) -> tuple[Split
     return stratified_split(Split(x.view(len(x), -1, 1, 1), y), fraction)
 
 
+# scikit-learn's names for the diabetes table's columns (its feature_names), in order
+DIABETES_COLUMNS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
+
+
 @register_dataset(
     "diabetes",
     "scikit-learn's bundled diabetes table: 10 measurements, disease progression a year later "
@@ -35,7 +39,7 @@ def load_diabetes(cfg, root: Path) -> RawDataset:
     x = torch.tensor(table.data, dtype=torch.float32)
     y = torch.tensor(table.target, dtype=torch.float32).unsqueeze(1)
     train, test = split_rows(x, y, cfg.test_fraction)
-    return RawDataset(train=train, test=test, classes=["progression"])
+    return RawDataset(train=train, test=test, classes=["progression"], features=DIABETES_COLUMNS)
 
 
 @register_dataset(
@@ -88,7 +92,7 @@ def load_table(cfg, root: Path) -> RawDataset:
         test = Split(x[mask].view(-1, len(features), 1, 1), y[mask])
     else:
         train, test = split_rows(x, y, cfg.test_fraction)
-    return RawDataset(train=train, test=test, classes=list(cfg.targets))
+    return RawDataset(train=train, test=test, classes=list(cfg.targets), features=features)
 
 
 def _is_number(cell) -> bool:
@@ -97,3 +101,30 @@ def _is_number(cell) -> bool:
     except (TypeError, ValueError):
         return False
     return True
+
+
+def read_feature_rows(path: Path, features: list[str]) -> tuple[torch.Tensor, list[int]]:
+    """A CSV's feature columns as floats (N, features), with each row's line number: the input
+    of `kiln predict` on a table run. Other columns (targets, ids) are ignored."""
+    from kiln.data.scan import _read_csv
+
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"CSV file {path} does not exist")
+    header, rows = _read_csv(path)
+    missing = [c for c in features if c not in header]
+    if missing:
+        raise DataError(
+            f"{path} lacks the column(s) {', '.join(missing)} the run was trained on "
+            f"(it needs {', '.join(features)}; found {', '.join(header)})"
+        )
+    values, lines = [], []
+    for line, row in rows:
+        bad = next((c for c in features if not _is_number(row.get(c))), None)
+        if bad is not None:
+            raise DataError(f"{path} line {line}: column '{bad}' is '{row.get(bad)}', not a number")
+        values.append([float(row[c]) for c in features])
+        lines.append(line)
+    if not values:
+        raise DataError(f"{path} has a header but no rows")
+    return torch.tensor(values, dtype=torch.float32), lines

@@ -46,9 +46,10 @@ class Exportable(nn.Module):
 
 @dataclass
 class Sample:
-    """Images to check an export on: uint8 (N, C, H, W), labels when they are real images."""
+    """Inputs to check an export on, as the graph takes them (normalized images, or latent
+    vectors for a generator), labels when they are real images."""
 
-    images: torch.Tensor
+    inputs: torch.Tensor
     labels: torch.Tensor | None
     source: str
 
@@ -86,14 +87,24 @@ def export_run(
     if parity_images < 1:
         raise ConfigError(f"--parity-images must be at least 1, got {parity_images}")
     run = RunDir.open(run_dir)
+    if run.data_info().features:
+        raise ConfigError(
+            f"{run.path} learned from table rows: kiln export and kiln serve take image models; "
+            "predict on a CSV of rows with `kiln predict RUN rows.csv`"
+        )
     path = output_path(run, fmt, quantize, output)
     model, epoch = load_model(run, which, "cpu")
     spec = runtime.spec_from_run(run, fmt, which, epoch, file=path.name)
     spec.quantize = quantize
     spec.tta_in_graph = fmt != "state_dict"
-    eager = Exportable(model, spec.tta).eval()
-    sample = validation_sample(run, parity_images if not quantize else max(parity_images, 2048))
-    log(f"Checking on {len(sample.images)} {sample.source}")
+    n = parity_images if not quantize else max(parity_images, 2048)
+    if spec.task in runtime.GENERATIVE:  # the generator/decoder: latent z in, images out
+        eager = runtime.Generates(model).eval()
+        sample = latent_sample(spec.latent, n)
+    else:
+        eager = Exportable(model, spec.tta).eval()
+        sample = validation_sample(run, n, spec)
+    log(f"Checking on {len(sample.inputs)} {sample.source}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
@@ -101,9 +112,9 @@ def export_run(
     try:
         started = time.perf_counter()
         write = {"onnx": write_onnx, "torchscript": write_torchscript, "state_dict": write_state}
-        write[fmt](eager, sample.images[:2], tmp_fp32 if quantize else tmp, spec)
+        write[fmt](eager, sample.inputs[:2], tmp_fp32 if quantize else tmp, spec)
         if quantize:
-            quantize_file(fmt, eager, sample.images[:2], tmp_fp32, tmp, spec)
+            quantize_file(fmt, eager, sample.inputs[:2], tmp_fp32, tmp, spec)
         log(f"Wrote {fmt}{' (int8, dynamic)' if quantize else ''} in "
             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
         exported = load_file(tmp, spec)
@@ -134,7 +145,7 @@ def output_path(run: RunDir, fmt: str, quantize: str | None, output: str | Path 
     return out
 
 
-def validation_sample(run: RunDir, n: int) -> Sample:
+def validation_sample(run: RunDir, n: int, spec: ExportSpec) -> Sample:
     """The first n validation images of the run's data, or random pixels when the data is gone."""
     from kiln import data as kdata
 
@@ -143,19 +154,25 @@ def validation_sample(run: RunDir, n: int) -> Sample:
         val = kdata.build(cfg.data).val
     except KilnError as exc:
         first = str(exc).splitlines()[0]
-        c, h, w = run.data_info().input_shape
-        images = torch.randint(0, 256, (n, c, h, w), generator=torch.Generator().manual_seed(0))
-        images = images.to(torch.uint8)
-        return Sample(images, None, f"random images (the run's data is unavailable: {first})")
+        shape = (n, *run.data_info().input_shape)
+        images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
+        source = f"random images (the run's data is unavailable: {first})"
+        return Sample(normalized(images.to(torch.uint8), spec), None, source)
     part = val.take(torch.arange(min(n, len(val))))
     source = f"validation images of {cfg.data.name}"
-    return Sample(part.head(len(part)), part.labels.clone(), source)
+    return Sample(normalized(part.head(len(part)), spec), part.labels.clone(), source)
+
+
+def latent_sample(latent: int, n: int) -> Sample:
+    """n latent vectors z ~ N(0, I), seed 0: what `kiln sample --seed 0` decodes."""
+    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(0))
+    return Sample(z, None, "latent vectors z ~ N(0, I), seed 0")
 
 
 def normalized(images: torch.Tensor, spec: ExportSpec) -> torch.Tensor:
     from kiln.predict import normalize
 
-    shape = (-1, 1, 1)
+    shape = (-1,) + (1,) * (images.dim() - 2)  # per channel, for images and volumes
     return normalize(
         images, torch.tensor(spec.input.mean).view(shape), torch.tensor(spec.input.std).view(shape)
     )
@@ -164,20 +181,19 @@ def normalized(images: torch.Tensor, spec: ExportSpec) -> torch.Tensor:
 # Writers ------------------------------------------------------------------------------------------
 
 
-def write_onnx(module: nn.Module, images: torch.Tensor, path: Path, spec: ExportSpec) -> None:
+def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, spec: ExportSpec) -> None:
     """torch.export-based exporter, batch dimension dynamic, checked by onnx.checker."""
     import onnx
 
-    example = (normalized(images, spec),)
     big = sum(p.numel() * p.element_size() for p in module.parameters()) > 1.5 * 2**30
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
             program = torch.onnx.export(
                 module,
-                example,
+                (example,),
                 input_names=[spec.input.name],
-                output_names=["logits"],
+                output_names=[spec.output.get("name", "logits")],
                 dynamic_shapes=({0: torch.export.Dim.DYNAMIC},),
                 dynamo=True,
                 verbose=False,
@@ -195,12 +211,12 @@ def write_onnx(module: nn.Module, images: torch.Tensor, path: Path, spec: Export
         raise ExportError(f"the ONNX file fails onnx.checker: {exc}") from None
 
 
-def write_torchscript(module: nn.Module, images: torch.Tensor, path: Path, spec) -> None:
+def write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, spec) -> None:
     """Traced; PyTorch deprecates TorchScript, but libtorch (C++) still runs it."""
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            traced = torch.jit.trace(module, normalized(images, spec), check_trace=False)
+            traced = torch.jit.trace(module, example, check_trace=False)
             torch.jit.save(traced, str(path))
     except Exception as exc:
         first = str(exc).strip().splitlines()[0]
@@ -210,7 +226,7 @@ def write_torchscript(module: nn.Module, images: torch.Tensor, path: Path, spec)
         ) from None
 
 
-def write_state(module: Exportable, images: torch.Tensor, path: Path, spec) -> None:
+def write_state(module: nn.Module, example: torch.Tensor, path: Path, spec) -> None:
     """Plain tensors (weights_only loadable); the sidecar's config rebuilds the model."""
     from kiln.engine import checkpoint
 
@@ -218,7 +234,7 @@ def write_state(module: Exportable, images: torch.Tensor, path: Path, spec) -> N
     checkpoint.save({"model": state}, path)
 
 
-def quantize_file(fmt: str, module: nn.Module, images, fp32: Path, out: Path, spec) -> None:
+def quantize_file(fmt: str, module: nn.Module, example, fp32: Path, out: Path, spec) -> None:
     """Dynamic int8: weights stored as int8, activations quantized on the fly per batch."""
     if fmt == "onnx":
         from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
@@ -233,7 +249,7 @@ def quantize_file(fmt: str, module: nn.Module, images, fp32: Path, out: Path, sp
     with warnings.catch_warnings():  # torch.ao.quantization is deprecated, still the eager API
         warnings.simplefilter("ignore")
         q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {nn.Linear}, torch.qint8)
-    write_torchscript(q, images, out, spec)
+    write_torchscript(q, example, out, spec)
 
 
 def load_file(path: Path, spec: ExportSpec) -> runtime.Servable:
@@ -249,17 +265,16 @@ def load_file(path: Path, spec: ExportSpec) -> runtime.Servable:
 def check_parity(
     eager: nn.Module, exported: runtime.Servable, sample: Sample, n: int, gate: bool
 ) -> Parity:
-    """Largest logit difference over n images, in batches of 64 and one image alone (batch
-    sizes the graph was not traced with), against the eager model."""
-    images = sample.images[:n]
-    x = normalized(images, exported.spec)
+    """Largest output difference over n inputs, in batches of 64 and one alone (batch sizes the
+    graph was not traced with), against the eager model."""
+    x = sample.inputs[:n]
     with torch.inference_mode():
         ref = eager(x).float()
     got = torch.cat([exported.logits(x[i : i + 64]) for i in range(0, len(x), 64)])
     single = exported.logits(x[:1])
     diff = max((got - ref).abs().max().item(), (single - ref[:1]).abs().max().item())
-    classify = exported.spec.task == "classify"
-    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item() if classify else None
+    scores = exported.spec.task in ("classify", "segment")  # class scores: labels must agree
+    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item() if scores else None
     parity = Parity(
         images=len(x), source=sample.source, max_abs_logit_diff=diff,
         tolerance=TOLERANCE if gate else None, top1_agreement=agree,
@@ -277,7 +292,7 @@ def compare_quantized(
     fp32: runtime.Servable, int8: runtime.Servable, fp32_file: Path, int8_file: Path, sample
 ) -> dict[str, Any]:
     """Size, batch-1 latency and accuracy of the int8 file against the fp32 one, same runtime."""
-    x = normalized(sample.images, fp32.spec)
+    x = sample.inputs
     report: dict[str, Any] = {
         "fp32_bytes": fp32_file.stat().st_size,
         "int8_bytes": int8_file.stat().st_size,

@@ -21,6 +21,27 @@ from kiln.errors import RunError
 from kiln.predict import ImageLike, answers, normalize, to_uint8
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # normalized float (N, C, H, W) -> (N, classes)
+GENERATIVE = ("vae", "gan")  # their exports take latent vectors z and give images
+
+
+class Generates(torch.nn.Module):
+    """The part of a VAE or GAN that makes images: z (N, latent) -> pixels in [0, 1]."""
+
+    def __init__(self, model: torch.nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.model.pixels(z)
+
+
+def eager_forward(model: torch.nn.Module, spec: ExportSpec) -> Logits:
+    """What the graph of an export of this model computes, run eagerly."""
+    from kiln.models.tta import infer
+
+    if spec.task in GENERATIVE:
+        return Generates(model)
+    return lambda x: infer(model, x, spec.tta)
 
 
 class Servable:
@@ -40,9 +61,24 @@ class Servable:
         return self.spec.classes
 
     @property
-    def input_shape(self) -> tuple[int, int, int]:
+    def input_shape(self) -> tuple[int, ...]:
+        """The image shape (C, H, W), (C, D, H, W) for volumes."""
         i = self.spec.input
-        return (i.channels, i.height, i.width)
+        return (i.channels, i.height, i.width) if i.depth is None else (
+            i.channels, i.depth, i.height, i.width)  # fmt: skip
+
+    def example(self, n: int = 1) -> torch.Tensor:
+        """Zeros shaped like the graph's input: images, or latent vectors for a generator."""
+        if self.spec.latent is not None:
+            return torch.zeros(n, self.spec.latent)
+        return torch.zeros(n, *self.input_shape)
+
+    def sample(self, n: int, seed: int = 0) -> torch.Tensor:
+        """A generator's n images as uint8 (n, C, H, W): the same draws as `kiln sample`."""
+        if self.spec.latent is None:
+            raise RunError(f"a task={self.spec.task} model does not generate images")
+        z = torch.randn(n, self.spec.latent, generator=torch.Generator().manual_seed(seed))
+        return (self.logits(z).clamp(0, 1) * 255).round().to(torch.uint8)
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         return normalize(to_uint8(image, self.input_shape), self.mean, self.std)
@@ -144,7 +180,6 @@ def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logits
     from kiln.config import RunConfig
     from kiln.engine import checkpoint
     from kiln.models import build_model, import_user_modules
-    from kiln.models.tta import infer
 
     cfg = RunConfig.model_validate(spec.config)
     import_user_modules(cfg.imports)
@@ -155,18 +190,19 @@ def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logits
     except (RuntimeError, KeyError) as exc:
         raise RunError(f"{model_file} does not match the model in its sidecar ({exc})") from None
     model.to(device).eval()
-    return (lambda x: infer(model, x.to(device), spec.tta)), f"torch ({device})"
+    forward = eager_forward(model, spec)
+    return (lambda x: forward(x.to(device))), f"torch ({device})"
 
 
 def _from_run(path: Path, device: str) -> Servable:
-    from kiln.models.tta import infer
     from kiln.predict import load_model
     from kiln.rundir import RunDir
 
     run = RunDir.open(path)
     model, epoch = load_model(run, "best", device)
     spec = spec_from_run(run, "run", "best", epoch, file=str(run.checkpoint("best")))
-    return Servable(spec, lambda x: infer(model, x.to(device), spec.tta), f"torch ({device})", path)
+    forward = eager_forward(model, spec)
+    return Servable(spec, lambda x: forward(x.to(device)), f"torch ({device})", path)
 
 
 # Specs --------------------------------------------------------------------------------------------
@@ -179,7 +215,7 @@ def data_info(spec: ExportSpec):
     return DataInfo(
         spec.config.get("data", {}).get("name", "export"),
         spec.classes, i.channels, i.height, i.width, i.mean, i.std,
-        target_mean=spec.target_mean, target_std=spec.target_std,
+        target_mean=spec.target_mean, target_std=spec.target_std, depth=i.depth,
     )  # fmt: skip
 
 
@@ -199,8 +235,11 @@ def spec_from_run(run, fmt: str, which: str, epoch: int | None, file: str) -> Ex
         classes=info.classes,
         target_mean=info.target_mean,
         target_std=info.target_std,
+        latent=cfg.model.kwargs().get("latent") if cfg.task in GENERATIVE else None,
         input=InputSpec(
             channels=info.channels,
+            depth=info.depth,
+            layout="NCHW" if info.depth is None else "NCDHW",
             height=info.height,
             width=info.width,
             color="L" if info.channels == 1 else "RGB",
@@ -223,6 +262,11 @@ def spec_from_run(run, fmt: str, which: str, epoch: int | None, file: str) -> Ex
 
 def output_spec(task: str, info) -> dict[str, Any]:
     """What the graph's output holds, in words a person integrating it needs."""
+    if task in GENERATIVE:
+        return {"name": "images", "shape": ["batch", *info.input_shape], "range": [0, 1]}
+    if task == "segment":
+        return {"name": "logits", "shape": ["batch", len(info.classes), *info.input_shape[1:]],
+                "softmax": False, "per": "pixel"}  # fmt: skip
     if task == "regress":
         return {"name": "standardized_targets", "shape": ["batch", len(info.classes)],
                 "to_units": "output * target_std + target_mean"}  # fmt: skip

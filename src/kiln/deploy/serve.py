@@ -7,24 +7,27 @@ sizes and counts are bounded (`Limits`); every bad request gets a 4xx JSON messa
 from __future__ import annotations
 
 import asyncio
+import base64
 import hmac
+import io
 import json
 import time
 from dataclasses import asdict
 from importlib.resources import files
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import torch
 from fastapi import FastAPI, Query, Request
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import HTMLResponse, JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse, Response
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
 from kiln.deploy.runtime import Servable
 from kiln.deploy.uploads import BadRequest, Limits, Upload, check_part_type, from_base64, read_image
+from kiln.errors import RunError
 
 # Schemas (they are the OpenAPI document at /docs) -------------------------------------------------
 
@@ -42,6 +45,13 @@ class Prediction(BaseModel):
     probability: float | None = None
     top_k: list[Score] | None = None
     values: dict[str, float] | None = Field(None, description="task=regress: target -> value")
+    mask_png: str | None = Field(
+        None, description="task=segment: base64 PNG, one class index per pixel, at the model's "
+        "input size (the image resized and center-cropped as for classification)",
+    )  # fmt: skip
+    classes: dict[str, float] | None = Field(
+        None, description="task=segment: share of the mask's pixels per class"
+    )
 
 
 class PredictResponse(BaseModel):
@@ -61,6 +71,12 @@ class PredictJSON(BaseModel):
 
 class Problem(BaseModel):
     detail: str
+
+
+class Samples(BaseModel):
+    images: list[str] = Field(description="base64 PNG files, one per image")
+    seed: int
+    model: str
 
 
 PREDICT_BODY = {
@@ -222,6 +238,11 @@ def create_app(
     """The FastAPI app; `serve` runs it under uvicorn, tests call it through httpx.
     `max_batch`: images per forward pass when requests queue up (1 turns batching off)."""
     spec = servable.spec
+    if spec.input.depth is not None:
+        raise RunError(
+            f"{servable.source} segments volumes (.npy, C x D x H x W); kiln serve takes image "
+            "uploads: predict on volumes with `kiln predict RUN volumes/ -o masks/`"
+        )
     title = f"Kiln: {spec.model.name} ({spec.model.run})"
     about = f"task {spec.task}, {len(servable.classes)} outputs; {spec.format}"
     about += f" via {servable.runtime}"
@@ -265,18 +286,66 @@ def create_app(
     )
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> PredictResponse:
         started = time.perf_counter()
+        if spec.latent is not None:
+            raise BadRequest(404, f"this model generates images (task={spec.task}): it takes no "
+                             "images to answer; GET /sample?n=16 for new ones")  # fmt: skip
         uploads, top_k = await read_uploads(request, limits, top_k)
         images = await run_in_threadpool(decode_all, servable, uploads, limits.max_pixels)
         outputs = await batcher.outputs(images)
-        rows = servable.answers(uploads, outputs, top_k)
+        rows = [http_answer(row) for row in servable.answers(uploads, outputs, top_k)]
         predictions = [{"file": u.name, **row} for u, row in zip(uploads, rows, strict=True)]
         elapsed = (time.perf_counter() - started) * 1000
         return PredictResponse(predictions=predictions, model=spec.model.name, elapsed_ms=elapsed)
+
+    if spec.latent is not None:
+        add_sampling(app, servable, limits)
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     if token:
         app.add_middleware(BearerToken, token=token)  # added last: runs first
     return app
+
+
+def add_sampling(app: FastAPI, servable: Servable, limits: Limits) -> None:
+    """GET /sample for a generator (task=vae|gan): n new images, the same as `kiln sample`."""
+    from kiln.sample import image_grid
+
+    @app.get(
+        "/sample",
+        responses={200: {"content": {"image/png": {}}, "description": "a PNG grid (format=png)"},
+                   **{k: v for k, v in ERRORS.items() if k in (401, 422)}},
+        response_model=Samples,
+        summary="n new images from the generator: one PNG grid, or JSON with a PNG per image",
+    )  # fmt: skip
+    async def sample(
+        n: int = Query(16, ge=1, le=limits.max_images),
+        seed: int = Query(0, ge=0, le=2**31 - 1),
+        format: Literal["png", "json"] = "png",
+    ):
+        images = await run_in_threadpool(servable.sample, n, seed)
+        if format == "png":
+            return Response(png_bytes(image_grid(images)), media_type="image/png")
+        encoded = [base64.b64encode(png_bytes(im)).decode("ascii") for im in images]
+        return Samples(images=encoded, seed=seed, model=servable.spec.model.name)
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """A uint8 (C, H, W) image (or an (H, W) mask) as PNG file bytes."""
+    from PIL import Image
+
+    array = image.numpy() if image.dim() == 2 else image.permute(1, 2, 0).numpy()
+    array = array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
+    buffer = io.BytesIO()
+    Image.fromarray(array).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def http_answer(row: dict[str, Any]) -> dict[str, Any]:
+    """A task's answer made fit for JSON over HTTP: a segmentation mask travels as a PNG."""
+    if "mask" not in row:
+        return row
+    mask = torch.tensor(row.pop("mask"), dtype=torch.uint8)
+    return {**row, "mask_png": base64.b64encode(png_bytes(mask)).decode("ascii")}
 
 
 def describe(error: dict[str, Any]) -> str:
@@ -375,7 +444,7 @@ def serve(
     from kiln.deploy.runtime import load_servable
 
     servable = load_servable(path)
-    servable.logits(torch.zeros(1, *servable.input_shape))  # first call pays the set-up
+    servable.logits(servable.example(1))  # first call pays the set-up
     app = create_app(servable, token=token, limits=limits, max_batch=max_batch)
     spec = servable.spec
     shown = f"[{host}]" if ":" in host else host

@@ -26,9 +26,10 @@ class InputSpec(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     name: str = "input"
-    layout: Literal["NCHW"] = "NCHW"
+    layout: Literal["NCHW", "NCDHW"] = "NCHW"
     dtype: Literal["float32"] = "float32"
     channels: int = Field(ge=1)
+    depth: int | None = Field(None, ge=1)  # volumes (N, C, D, H, W): .npy input, no image file
     height: int = Field(ge=1)
     width: int = Field(ge=1)
     color: Literal["L", "RGB"]
@@ -73,7 +74,8 @@ class ExportSpec(BaseModel):
     classes: list[str]  # the class names; for task=regress the target names
     target_mean: list[float] | None = None  # task=regress: outputs are standardized targets
     target_std: list[float] | None = None
-    input: InputSpec
+    latent: int | None = None  # task=vae|gan: the graph takes z (N, latent), gives images
+    input: InputSpec  # for a generator: the images it makes (channels, size)
     output: dict[str, Any] = Field(default_factory=lambda: {"name": "logits", "softmax": False})
     model: ModelSpec
     parity: Parity | None = None

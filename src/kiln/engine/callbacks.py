@@ -93,8 +93,9 @@ class ProgressBar(Callback):
 
 
 class TensorBoard(Callback):
-    """Scalars per epoch, a grid of sample inputs, the model graph, weight histograms and, once
-    training has finished, the run's hyperparameters against its final metrics (HPARAMS tab)."""
+    """Scalars per epoch, a grid of sample inputs, the model graph, weight histograms, the task's
+    per-epoch images (`task.epoch_images(trainer, epoch)` -> {tag: CHW image}, if it has them)
+    and, once training has finished, the run's hyperparameters against its final metrics."""
 
     HPARAMS_SUFFIX = ".hparams"  # the hparams file is rewritten when a finished run is extended
 
@@ -107,7 +108,8 @@ class TensorBoard(Callback):
         if trainer.start_epoch > 0:
             return  # a resumed run already logged these
         samples = trainer.data.train.head(64)
-        if samples.dtype == torch.uint8 and samples.shape[1] in (1, 3):  # images, not tables
+        image_like = samples.dim() == 4 and samples.shape[1] in (1, 3)  # not tables, volumes
+        if samples.dtype == torch.uint8 and image_like:
             self.writer.add_images("samples/train", samples, 0, dataformats="NCHW")
         example = trainer.normalize(samples[:2].to(trainer.device))
         # Tracing runs the model once: keep it from touching the RNG the training run depends on.
@@ -124,10 +126,15 @@ class TensorBoard(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         w = self.writer
-        for split in ("train", "val"):
-            w.add_scalar(f"loss/{split}", row[f"{split}_loss"], epoch)
-            w.add_scalar(f"{trainer.metric}/{split}", row[f"{split}_{trainer.metric}"], epoch)
+        for key, value in row.items():  # loss, the task's metric and any other value it logs
+            split, _, name = key.partition("_")
+            if split in ("train", "val") and name:
+                w.add_scalar(f"{name}/{split}", value, epoch)
         w.add_scalar("lr", row["lr"], epoch)
+        images = getattr(trainer.task, "epoch_images", None)  # e.g. a GAN's fixed-noise samples
+        if images is not None:
+            for tag, image in images(trainer, epoch).items():
+                w.add_image(tag, image, epoch)
         w.add_scalar("samples_per_s", row["samples_per_s"], epoch)
         for name, param in trainer.model.named_parameters():
             w.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)

@@ -43,8 +43,9 @@ def cpu_count() -> int:
 
 def set_threads() -> int:
     """One intra-op thread per available core (torch's default counts the machine's cores, which
-    oversubscribes a container that may use fewer)."""
-    threads = cpu_count()
+    oversubscribes a container that may use fewer), shared among the processes torchrun started
+    on this machine (LOCAL_WORLD_SIZE)."""
+    threads = max(1, cpu_count() // int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
     if torch.get_num_threads() != threads:
         torch.set_num_threads(threads)
     return threads

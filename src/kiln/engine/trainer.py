@@ -19,7 +19,7 @@ from torch import nn
 from kiln.config import RunConfig
 from kiln.data import DataBundle, DataInfo, Normalize, describe_path, make_loader
 from kiln.data.folder import default_workers
-from kiln.engine import checkpoint
+from kiln.engine import checkpoint, distributed
 from kiln.engine.callbacks import Callback
 from kiln.engine.device import autocast
 from kiln.engine.optim import build_optimizer, build_scheduler
@@ -115,8 +115,8 @@ class Trainer:
         self.channels_last = cfg.train.channels_last is True
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt)
-        # What steps and evaluates: the compiled model (torch.compile), sharing the weights.
-        self.net = torch.compile(self.model) if cfg.train.compile is True else self.model
+        self.main = distributed.is_main()  # rank 0 writes the files (always, with one process)
+        self.net = self.wrap()
 
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.normalize = Normalize(data.info.mean, data.info.std, device, self.channels_last)
@@ -129,7 +129,7 @@ class Trainer:
         steps = resolve_augment(cfg.data.augment)
         self.train_loader = make_loader(
             data.train,
-            cfg.data.batch_size,
+            distributed.per_rank_batch(cfg.data.batch_size),  # the global batch, split
             self.normalize,
             device,
             shuffle=True,
@@ -138,6 +138,7 @@ class Trainer:
             weights=sample_weights,
             workers=self.workers,
             placement=data.placement,
+            shard=distributed.shard(),
         )
         self.data_path = describe_path(self.train_loader, data.placement, steps)
         self.val_loader = self.loader(data.val)
@@ -163,7 +164,8 @@ class Trainer:
         self._reset_totals()
 
     def loader(self, split):
-        """An evaluation loader over any split, with the training normalization."""
+        """An evaluation loader over any split, with the training normalization (each process
+        evaluates its share; `evaluate_all` sums them)."""
         return make_loader(
             split,
             self.cfg.data.eval_batch_size,
@@ -171,7 +173,15 @@ class Trainer:
             self.device,
             workers=self.workers,
             placement=self.data.placement,
+            shard=distributed.shard(),
         )
+
+    def wrap(self) -> nn.Module:
+        """What steps and evaluates, sharing the model's weights: DistributedDataParallel when
+        several processes train, compiled when train.compile=true."""
+        self.trainable = [p.requires_grad for p in self.model.parameters()]
+        net = distributed.wrap(self.model, self.device)
+        return torch.compile(net) if self.cfg.train.compile is True else net
 
     # The loop ----------------------------------------------------------------------------------
     def fit(
@@ -187,18 +197,22 @@ class Trainer:
                 for epoch in range(self.start_epoch + 1, self.epochs + 1):
                     row = self.run_epoch(epoch)
                     self.end_epoch(epoch, row)
-                    if self.early_stop.should_stop:
-                        print(
-                            f"Early stopping: {self.early_stop.monitor} has not improved for "
-                            f"{self.early_stop.bad_epochs} epochs (best {self.early_stop.best:.4f} "
-                            f"at epoch {self.early_stop.best_epoch})"
-                        )
+                    if self.early_stop.should_stop:  # the same on every process: same values
+                        self.say_early_stop()
                         break
-                    if stop.requested:
+                    if distributed.any_rank(stop.requested):
                         self.interrupt(epoch, self.steps_per_epoch)
             finally:
                 self._call("on_fit_end")
         return self.history
+
+    def say_early_stop(self) -> None:
+        es = self.early_stop
+        if self.main:
+            print(
+                f"Early stopping: {es.monitor} has not improved for {es.bad_epochs} epochs "
+                f"(best {es.best:.4f} at epoch {es.best_epoch})"
+            )
 
     def run_epoch(self, epoch: int) -> dict[str, Any]:
         self._call("on_epoch_start", epoch)
@@ -217,19 +231,20 @@ class Trainer:
             self.seen += len(y)
             self.seconds = time.perf_counter() - started
             self._call("on_batch_end", epoch, step)
-            if self.stop.requested:
+            if distributed.any_rank(self.stop.requested):  # every process stops at this step
                 self.interrupt(epoch, step + 1, epoch_rng)
         train_seconds = time.perf_counter() - started
+        loss_sum, score_sum, seen = distributed.sum_across(self.loss_sum, self.score_sum, self.seen)
         val_loss, val_scores = self.evaluate_all(self.val_loader)
         row = {
             "epoch": epoch,
-            "train_loss": float(self.loss_sum) / self.seen,
-            **{f"train_{k}": v for k, v in self.summarize(self.score_sum, self.seen).items()},
+            "train_loss": float(loss_sum) / seen,
+            **{f"train_{k}": v for k, v in self.summarize(score_sum, seen).items()},
             "val_loss": val_loss,
             **{f"val_{k}": v for k, v in val_scores.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - started, 3),
-            "samples_per_s": round(self.seen / train_seconds, 1),
+            "samples_per_s": round(seen / train_seconds, 1),
         }
         self._reset_totals()
         return row
@@ -238,7 +253,10 @@ class Trainer:
         """model.freeze=backbone: only the head trains until model.unfreeze_epoch."""
         at = self.cfg.model.unfreeze_epoch
         set_backbone_trainable(self.model, at is not None and epoch >= at)
-        if epoch == at:
+        trainable = [p.requires_grad for p in self.model.parameters()]
+        if distributed.world_size() > 1 and trainable != self.trainable:
+            self.net = self.wrap()  # DDP averages the gradients of the parameters that train
+        if epoch == at and self.main:
             print(f"Epoch {epoch}: the backbone is unfrozen and trains from now on", flush=True)
 
     def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,6 +294,7 @@ class Trainer:
     def evaluate_all(self, loader) -> tuple[float, dict[str, float]]:
         """Mean loss and every value the task logs (its metric first) over a split."""
         self.model.eval()
+        distributed.broadcast_buffers(self.model)  # every process evaluates what rank 0 saves
         step_fn = getattr(self.task, "eval_step", None) or Trainer.eval_step
         loss_sum = torch.zeros((), device=self.device)
         score_sum = torch.zeros((), device=self.device)
@@ -283,6 +302,7 @@ class Trainer:
             loss, out = step_fn(self, x, y)
             loss_sum += loss
             score_sum = score_sum + self.task.score(out, y)
+        loss_sum, score_sum = distributed.sum_across(loss_sum, score_sum)  # the whole split
         n = max(loader.num_samples, 1)
         return float(loss_sum) / n, self.summarize(score_sum, n)
 
@@ -297,24 +317,31 @@ class Trainer:
         return {self.metric: finish(float(score_sum) / n)}
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
+        distributed.check_in_step(self.model, self.cfg.task)  # several processes, one model
         self.history.append(row)
         monitored = row[self.early_stop.monitor]
-        if self.early_stop.update(monitored, epoch):
+        if self.early_stop.update(monitored, epoch) and self.main:
             best = {
                 "model": self.model.state_dict(),
                 "epoch": epoch,
                 self.early_stop.monitor: monitored,
             }
             checkpoint.save(best, self.run.checkpoint("best"))
-        checkpoint.save(self.state(epoch, step=0, epoch_rng=None), self.run.checkpoint("last"))
-        self.run.write_metrics(self.history)
+        last = self.state(epoch, step=0, epoch_rng=None)  # on every process: it gathers RNGs
+        if self.main:
+            checkpoint.save(last, self.run.checkpoint("last"))
+            self.run.write_metrics(self.history)
         self._call("on_epoch_end", epoch, row)
 
     # Interrupt and resume ----------------------------------------------------------------------
     def interrupt(self, epoch: int, step: int, epoch_rng: torch.Tensor | None = None) -> None:
         """Save the exact position (mid-epoch when `epoch_rng` is given) and stop."""
         if epoch_rng is not None:
-            checkpoint.save(self.state(epoch - 1, step, epoch_rng), self.run.checkpoint("last"))
+            totals = distributed.sum_across(self.loss_sum, self.score_sum, self.seen)
+            self.loss_sum, self.score_sum, self.seen = totals  # rank 0 keeps the epoch's sums
+            state = self.state(epoch - 1, step, epoch_rng)
+            if self.main:
+                checkpoint.save(state, self.run.checkpoint("last"))
             where = f"during epoch {epoch} (batch {step}/{self.steps_per_epoch})"
         else:
             where = f"after epoch {epoch}"
@@ -325,6 +352,9 @@ class Trainer:
 
     def state(self, epochs_done: int, step: int, epoch_rng: torch.Tensor | None) -> dict[str, Any]:
         rng = checkpoint.rng_state(self.generator)
+        ranks = distributed.rank_rng_states()  # several processes: each one's own
+        if ranks is not None:
+            rng["ranks"] = ranks
         if epoch_rng is not None:
             rng["data"] = epoch_rng
         partial = None
@@ -365,13 +395,14 @@ class Trainer:
         if hasattr(self.task, "load_state_dict"):  # e.g. a GAN's second optimizer
             self.task.load_state_dict(state.get("task", {}))
         self.start_epoch, self.start_step = state["epoch"], state["step"]
-        if state["partial"]:
+        if state["partial"] and self.main:  # the sums over every process (ranks > 0 start at 0)
             p = state["partial"]
             score = p["score_sum"] if "score_sum" in p else p["correct"]  # older checkpoints
             self.loss_sum = p["loss_sum"].to(self.device)
             self.score_sum = score.to(self.device, torch.float32)
             self.seen, self.seconds = p["seen"], p["seconds"]
         checkpoint.restore_rng(state["rng"], self.generator)
+        distributed.restore_rank_rng(state["rng"].get("ranks"), self.cfg.train.seed)
 
     # Helpers -----------------------------------------------------------------------------------
     def running_stats(self) -> tuple[float, float, float]:
@@ -380,7 +411,7 @@ class Trainer:
         return (
             float(self.loss_sum) / n,
             self.summarize(self.score_sum, n)[self.metric],
-            self.seen / max(self.seconds, 1e-9),
+            self.seen * distributed.world_size() / max(self.seconds, 1e-9),  # every process
         )
 
     def _reset_totals(self) -> None:

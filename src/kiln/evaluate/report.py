@@ -27,11 +27,14 @@ CAPTIONS = {
     "predicted_vs_true": "Predicted against true value on the test split, one panel per target;"
     " the diagonal is a perfect answer.",
     "residuals": "Residual (predicted - true) against the predicted value on the test split.",
+    "segment_samples": "Test images, their true masks and the predicted masks (the middle slice "
+    "of a volume).",
 }
 # Per task: the heading of its figure section and the plots in it (RUN/plots/NAME.png).
 TASK_FIGURES = {
     "classify": ("Validation", ("confusion", "per_class", "samples", "mistakes")),
     "regress": ("Test predictions", ("predicted_vs_true", "residuals")),
+    "segment": ("Test predictions", ("segment_samples",)),
 }
 TEST_METRICS = (
     "accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
@@ -106,7 +109,7 @@ def write_report(
         f"plots from the {escape(checkpoint)} checkpoint.</p>",
         "<h2>Run</h2>",
         key_value_table(overview),
-        regress_section(test) if cfg.task == "regress" else test_section(test),
+        {"regress": regress_section, "segment": segment_section}.get(cfg.task, test_section)(test),
         "<h2>Training</h2>",
         figure(plots, "curves"),
         "<h3>Per epoch</h3>",
@@ -189,6 +192,9 @@ def run_overview(run, cfg, info, rows, best, test) -> list[tuple[str, str]]:
             items.append(("Val accuracy, best epoch", f"{best['val_acc']:.2%}"))
     if test is not None and "accuracy" in test:
         items.append(("Test accuracy", f"{test['accuracy']:.2%} ({test['samples']:,} images)"))
+    elif test is not None and "miou" in test:
+        items.append(("Test mean IoU, Dice", f"{test['miou']:.4f}, {test['mean_dice']:.4f} "
+                      f"({test['samples']:,} images)"))  # fmt: skip
     elif test is not None and "rmse" in test:
         items.append(("Test RMSE, R2", f"{test['rmse']:.4g}, {test['r2']:.4f} "
                       f"({test['samples']:,} samples)"))  # fmt: skip
@@ -266,6 +272,29 @@ def regress_section(test: dict[str, Any] | None) -> str:
          for t in test.get("per_target", [])),
     )  # fmt: skip
     return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per target</h3>\n{per_target}"
+
+
+def segment_section(test: dict[str, Any] | None) -> str:
+    """task=segment: mean IoU, mean Dice, pixel accuracy, then IoU and Dice per class."""
+    if test is None:
+        return test_section(test)
+    intro = (
+        f'<p class="sub">{test["samples"]:,} test images ({test["pixels"]:,} pixels), '
+        f"{escape(str(test.get('checkpoint')))} checkpoint (epoch {escape(str(test.get('epoch')))})"
+        "; IoU and Dice from the confusion of every pixel of the split.</p>"
+    )
+    keys = ("miou", "mean_dice", "pixel_acc")
+    overall = table(["metric", "value"], ([k, f"{test[k]:.4f}"] for k in keys))
+
+    def shown(v: float | None) -> str:
+        return "-" if v is None else f"{v:.4f}"  # a class absent from the split and never predicted
+
+    per_class = table(
+        ["class", "IoU", "Dice", "precision", "recall", "pixels"],
+        ([r["class"], shown(r["iou"]), shown(r["dice"]), shown(r["precision"]),
+          shown(r["recall"]), f"{r['pixels']:,}"] for r in test.get("per_class", [])),
+    )  # fmt: skip
+    return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per class</h3>\n{per_class}"
 
 
 EPOCH_COLUMNS = {

@@ -5,6 +5,7 @@ from kiln.models import (  # noqa: F401  (registers the built-in models and fami
     cnn,
     convnet,
     fastnet,
+    gan,
     lenet,
     mlp,
     resnet,
@@ -12,6 +13,8 @@ from kiln.models import (  # noqa: F401  (registers the built-in models and fami
     timm_models,
     torchvision_models,
     twolayer,
+    unet,
+    vae,
 )
 from kiln.models.build import Built, build_model, import_user_modules, prepare_model
 from kiln.models.registry import (

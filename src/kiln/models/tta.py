@@ -12,8 +12,11 @@ TTA = ("none", "flip")
 
 
 def infer(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Logits for a batch, averaged over the test-time augmentations `tta` names."""
+    """Logits for a batch, averaged over the test-time augmentations `tta` names. Dense outputs
+    (a score per pixel, e.g. task=segment) of the mirror image are mirrored back first."""
     logits = model(x)
     if tta == "flip":
-        logits = (logits + model(x.flip(3))) / 2
+        mirrored = model(x.flip(-1))
+        dense = mirrored.dim() == x.dim()  # (N, K, H, W) for (N, C, H, W): same layout
+        logits = (logits + (mirrored.flip(-1) if dense else mirrored)) / 2
     return logits

@@ -41,6 +41,8 @@ class ClassifyTask:
             )
         if data.train.labels.is_floating_point():
             raise ConfigError("the data has numeric targets (data.targets): set task=regress")
+        if data.train.labels.dim() > 1:
+            raise ConfigError("the data has a mask per image (a class per pixel): set task=segment")
         class_weights, _ = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         if class_weights is not None:
             class_weights = class_weights.to(device)
