@@ -420,8 +420,6 @@ def cmd_report(ns: argparse.Namespace) -> int:
     from kiln.rundir import RunDir
 
     run = RunDir.open(ns.run)  # a clear error before paying for the model and data
-    if run.load_config().task in ("vae", "gan"):
-        from kiln.evaluate.generate_report import make_generate_report as make_report
     path = make_report(run.path, checkpoint=ns.checkpoint)
     print(f"wrote plots to {run.path / 'plots'}")
     print(path)

@@ -51,14 +51,18 @@ def load_model(
     return model.to(device).eval(), state.get("epoch")
 
 
-def expand_paths(paths: Iterable[str | Path]) -> list[Path]:
-    """Files as given; folders expanded to the images inside them (recursively, sorted)."""
+def expand_paths(
+    paths: Iterable[str | Path], suffixes: Iterable[str] = IMAGE_SUFFIXES, kind: str = "images"
+) -> list[Path]:
+    """Files as given; folders expanded to the files inside them with one of `suffixes`
+    (recursively, sorted)."""
+    suffixes = tuple(suffixes)
     out: list[Path] = []
     for p in map(Path, paths):
         if p.is_dir():
-            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in IMAGE_SUFFIXES)
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in suffixes)
             if not found:
-                raise KilnError(f"folder {p} holds no images ({', '.join(IMAGE_SUFFIXES)})")
+                raise KilnError(f"folder {p} holds no {kind} ({', '.join(suffixes)})")
             out += found
         elif p.is_file():
             out.append(p)

@@ -149,19 +149,6 @@ def check_names(files: Sequence[Path]) -> None:
 
 def expand_inputs(paths: Sequence[str | Path], volumes: bool) -> list[Path]:
     """Files as given; folders expanded to their images (volumes: .npy files), sorted."""
-    if not volumes:
-        from kiln.predict import expand_paths
+    from kiln.predict import expand_paths
 
-        return expand_paths(paths)
-    out: list[Path] = []
-    for p in map(Path, paths):
-        if p.is_dir():
-            found = sorted(p.rglob(f"*{VOLUME}"))
-            if not found:
-                raise KilnError(f"folder {p} holds no volumes (.npy)")
-            out += found
-        elif p.is_file():
-            out.append(p)
-        else:
-            raise KilnError(f"{p} does not exist")
-    return out
+    return expand_paths(paths, (VOLUME,), "volumes") if volumes else expand_paths(paths)

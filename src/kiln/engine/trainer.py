@@ -263,7 +263,13 @@ class Trainer:
         with autocast(self.cfg.train.precision, self.device):
             logits = self.net(x)
             loss = self.task.train_loss(logits, y)
-            total = loss + self.l1_penalty() if self.cfg.optim.l1 else loss
+        self.optimize(loss)
+        return loss.detach(), logits.detach()
+
+    def optimize(self, loss: torch.Tensor) -> None:
+        """Backpropagate a batch's loss (plus optim.l1) and step the optimizer, the loss scaler
+        and the schedule; a task's own train_step calls it too."""
+        total = loss + self.l1_penalty() if self.cfg.optim.l1 else loss
         self.optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.train.grad_clip:
@@ -272,7 +278,6 @@ class Trainer:
         self.scaler.step(self.optimizer)
         self.scaler.update()
         self.scheduler.step()
-        return loss.detach(), logits.detach()
 
     def l1_penalty(self) -> torch.Tensor:
         return self.cfg.optim.l1 * sum(

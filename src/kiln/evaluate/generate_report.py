@@ -55,19 +55,10 @@ TEST_KEYS = {
 
 
 def make_generate_report(
-    run_dir: str | Path,
-    model: torch.nn.Module | None = None,
-    bundle: kdata.DataBundle | None = None,
-    device: str | torch.device = "cpu",
-    checkpoint: str = "best",
+    run: RunDir, model: torch.nn.Module, bundle, device, checkpoint: str = "best"
 ) -> Path:
-    """Plots, then the report: what the end of training and `kiln report` call."""
-    from kiln.predict import load_model
-
-    run = RunDir.open(run_dir)
-    if model is None:
-        model, _ = load_model(run, checkpoint, device)
-    plots = write_plots(run, model.eval(), bundle, device)
+    """Plots, then the report (the tasks' `report`: the end of training and `kiln report`)."""
+    plots = write_plots(run, model, bundle, device)
     return write_report(run, model, plots, checkpoint)
 
 

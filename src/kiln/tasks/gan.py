@@ -37,14 +37,14 @@ from kiln.evaluate.frechet import (
     feature_sums,
     load_classifier,
 )
-from kiln.tasks.generate import EvalMode, Pixels, fixed_noise, require_model
+from kiln.tasks.generate import EvalMode, GenerativeTask, Pixels, fixed_noise, require_model
 from kiln.tasks.registry import register_task
 
 BETAS = (0.5, 0.999)  # the DCGAN paper's Adam momentum
 
 
 @register_task("gan", "DCGAN (model=dcgan): Fréchet distance in a Kiln classifier's features")
-class GANTask:
+class GANTask(GenerativeTask):
     metric = "frechet"
     higher_is_better = False
 
@@ -175,14 +175,6 @@ class GANTask:
         return {"gan/fixed_noise": grid}
 
     # After training and `kiln eval` ------------------------------------------------------------
-    def after_fit(self, run, model, bundle, device) -> dict[str, str]:
-        if not run.load_config().run.report:
-            return {}
-        from kiln.evaluate.generate_report import make_generate_report
-
-        path = make_generate_report(run.path, model=model, bundle=bundle, device=device)
-        return {"Report": str(path)}
-
     @classmethod
     @torch.no_grad()
     def evaluate_loader(cls, model, loader, info, cfg) -> dict[str, Any]:

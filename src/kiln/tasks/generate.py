@@ -1,5 +1,5 @@
 """What the generative tasks (task=vae, task=gan) share: pixels back from normalized batches, the
-model check, fixed noise, and the optimizer step of Trainer.train_step for a loss of their own."""
+model check, fixed noise, and the report after training."""
 
 from __future__ import annotations
 
@@ -47,18 +47,20 @@ def fixed_noise(latent: int, seed: int, n: int = SAMPLES_PER_GRID) -> torch.Tens
     return torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
 
 
-def optimizer_step(trainer, loss: torch.Tensor) -> None:
-    """Backpropagate and step the trainer's optimizer, scaler and schedule, as Trainer.train_step
-    does (optim.l1 and train.grad_clip included)."""
-    total = loss + trainer.l1_penalty() if trainer.cfg.optim.l1 else loss
-    trainer.optimizer.zero_grad(set_to_none=True)
-    trainer.scaler.scale(total).backward()
-    if trainer.cfg.train.grad_clip:
-        trainer.scaler.unscale_(trainer.optimizer)
-        nn.utils.clip_grad_norm_(trainer.model.parameters(), trainer.cfg.train.grad_clip)
-    trainer.scaler.step(trainer.optimizer)
-    trainer.scaler.update()
-    trainer.scheduler.step()
+class GenerativeTask:
+    """What task=vae and task=gan share after training: their plots and report."""
+
+    def after_fit(self, run, model, bundle, device) -> dict[str, str]:
+        if not run.load_config().run.report:
+            return {}
+        return {"Report": str(self.report(run, model, bundle, device))}
+
+    @staticmethod
+    def report(run, model, bundle, device):
+        """The plots, then RUN/report.html (what `kiln report RUN` calls)."""
+        from kiln.evaluate.generate_report import make_generate_report
+
+        return make_generate_report(run, model.eval(), bundle, device)
 
 
 class EvalMode:

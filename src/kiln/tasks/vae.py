@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from kiln.engine.device import autocast
-from kiln.tasks.generate import EvalMode, Pixels, fixed_noise, optimizer_step, require_model
+from kiln.tasks.generate import EvalMode, GenerativeTask, Pixels, fixed_noise, require_model
 from kiln.tasks.registry import register_task
 
 
@@ -37,7 +37,7 @@ def vae_terms(
 
 
 @register_task("vae", "variational autoencoder (model=vae): reconstruction + beta x KL, ELBO")
-class VAETask:
+class VAETask(GenerativeTask):
     metric = "elbo"  # nats per image, higher is better (= -(recon + kl))
     higher_is_better = True
 
@@ -60,7 +60,7 @@ class VAETask:
             outputs = trainer.net(x)
         terms = vae_terms(*outputs, self.pixels(x))
         loss = self.loss(terms).mean()
-        optimizer_step(trainer, loss)
+        trainer.optimize(loss)
         return loss.detach(), terms.detach()
 
     def eval_step(self, trainer, x: torch.Tensor, y: torch.Tensor):
@@ -98,14 +98,6 @@ class VAETask:
         return {"vae/samples": image_grid(samples), "vae/reconstructions": image_grid(pairs, 8)}
 
     # After training and `kiln eval` ------------------------------------------------------------
-    def after_fit(self, run, model, bundle, device) -> dict[str, str]:
-        if not run.load_config().run.report:
-            return {}
-        from kiln.evaluate.generate_report import make_generate_report
-
-        path = make_generate_report(run.path, model=model, bundle=bundle, device=device)
-        return {"Report": str(path)}
-
     @classmethod
     @torch.no_grad()
     def evaluate_loader(cls, model, loader, info, cfg) -> dict[str, Any]:
