@@ -92,6 +92,19 @@ class ProgressBar(Callback):
             self.progress = None
 
 
+def after_existing_events(log_dir: Path) -> None:
+    """TensorBoard reads a run's event files in name order, and a name starts with the second it
+    was created in: a resumed run's file must sort after the earlier ones (same second, same
+    process: the tie would fall to a counter compared as text) for its purge_step to apply."""
+    seconds = [
+        int(p.name.split(".")[3])
+        for p in log_dir.glob("events.out.tfevents.*")
+        if p.name.split(".")[3].isdigit()
+    ]
+    while seconds and time.time() < max(seconds) + 1:
+        time.sleep(0.05)
+
+
 class TensorBoard(Callback):
     """Scalars per epoch, a grid of sample inputs, the model graph, weight histograms, the task's
     per-epoch images (`task.epoch_images(trainer, epoch)` -> {tag: CHW image}, if it has them)
@@ -102,6 +115,8 @@ class TensorBoard(Callback):
     def __init__(self, log_dir: str, purge_step: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
+        if purge_step is not None:
+            after_existing_events(Path(log_dir))
         self.writer = SummaryWriter(log_dir, purge_step=purge_step)
 
     def on_fit_start(self, trainer: Trainer) -> None:
