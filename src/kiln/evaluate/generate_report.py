@@ -21,15 +21,15 @@ from kiln import data as kdata
 from kiln.data import Normalize
 from kiln.evaluate.plots import best_row, read_metrics, save
 from kiln.evaluate.report import (
-    CSS,
     duration,
     epoch_table,
     key_value_table,
     read_eval,
     table,
     versions_table,
+    write_page,
 )  # fmt: skip
-from kiln.rundir import RunDir, write_text_atomic
+from kiln.rundir import RunDir
 from kiln.sample import display_scale, image_grid, save_png
 
 RECONSTRUCTIONS = 32  # test images shown over their reconstructions
@@ -193,17 +193,7 @@ def write_report(run: RunDir, model, plots: dict[str, Path], checkpoint: str) ->
         "<h2>Versions</h2>",
         versions_table(info),
     ]
-    page = (
-        '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
-        '<link rel="icon" href="data:,">\n'
-        f"<title>Kiln report: {escape(run.path.name)}</title>\n<style>{CSS}\n"
-        "img.pixels { image-rendering: pixelated; }</style>\n"
-        "</head>\n<body>\n" + "\n".join(part for part in body if part) + "\n</body>\n</html>\n"
-    )
-    path = run.path / "report.html"
-    write_text_atomic(path, page)
-    return path
+    return write_page(run, body, css="\nimg.pixels { image-rendering: pixelated; }")
 
 
 def overview(run, cfg, info, rows, best, model) -> list[tuple[str, str]]:

@@ -123,11 +123,16 @@ def write_report(
         "<h2>Versions</h2>",
         versions_table(info),
     ]
+    return write_page(run, body)
+
+
+def write_page(run: RunDir, body: list[str], css: str = "") -> Path:
+    """RUN/report.html: the body's non-empty parts in one self-contained page."""
     page = (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<link rel="icon" href="data:,">\n'  # no favicon request: the page makes none at all
-        f"<title>Kiln report: {escape(run.path.name)}</title>\n<style>{CSS}</style>\n"
+        f"<title>Kiln report: {escape(run.path.name)}</title>\n<style>{CSS}{css}</style>\n"
         "</head>\n<body>\n" + "\n".join(part for part in body if part) + "\n</body>\n</html>\n"
     )
     path = run.path / "report.html"
@@ -239,11 +244,7 @@ def table(header: list[str], rows: Iterable[list[str]], numeric_from: int = 1) -
 def test_section(test: dict[str, Any] | None) -> str:
     if test is None:
         return '<h2>Test</h2>\n<p class="sub">No eval-test.json in the run: run `kiln eval`.</p>'
-    epoch = test.get("epoch")
-    intro = (
-        f'<p class="sub">{test["samples"]:,} test images, {escape(str(test.get("checkpoint")))} '
-        f"checkpoint (epoch {escape(str(epoch))}).</p>"
-    )
+    intro = section_intro(test, f"{test['samples']:,} test images", "")
     overall = table(["metric", "value"], ([k, f"{test[k]:.4f}"] for k in TEST_METRICS if k in test))
     per_class = table(
         ["class", "precision", "recall", "F1", "support"],
@@ -256,15 +257,19 @@ def test_section(test: dict[str, Any] | None) -> str:
     return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per class</h3>\n{per_class}"
 
 
+def section_intro(test: dict[str, Any], what: str, note: str) -> str:
+    """The line under a Test heading: what was evaluated (Kiln's own words and numbers), with
+    which checkpoint."""
+    checkpoint, epoch = escape(str(test.get("checkpoint"))), escape(str(test.get("epoch")))
+    return f'<p class="sub">{what}, {checkpoint} checkpoint (epoch {epoch}){note}.</p>'
+
+
 def regress_section(test: dict[str, Any] | None) -> str:
     """task=regress: RMSE, MAE and R2 overall and per target, in the targets' units."""
     if test is None:
         return test_section(test)
-    intro = (
-        f'<p class="sub">{test["samples"]:,} test samples, '
-        f"{escape(str(test.get('checkpoint')))} checkpoint (epoch {escape(str(test.get('epoch')))})"
-        "; errors in the targets' own units.</p>"
-    )
+    what = f"{test['samples']:,} test samples"
+    intro = section_intro(test, what, "; errors in the targets' own units")
     overall = table(["metric", "value"], ([k, f"{test[k]:.4g}"] for k in ("rmse", "mae", "r2")))
     per_target = table(
         ["target", "RMSE", "MAE", "R2"],
@@ -278,11 +283,9 @@ def segment_section(test: dict[str, Any] | None) -> str:
     """task=segment: mean IoU, mean Dice, pixel accuracy, then IoU and Dice per class."""
     if test is None:
         return test_section(test)
-    intro = (
-        f'<p class="sub">{test["samples"]:,} test images ({test["pixels"]:,} pixels), '
-        f"{escape(str(test.get('checkpoint')))} checkpoint (epoch {escape(str(test.get('epoch')))})"
-        "; IoU and Dice from the confusion of every pixel of the split.</p>"
-    )
+    what = f"{test['samples']:,} test images ({test['pixels']:,} pixels)"
+    note = "; IoU and Dice from the confusion of every pixel of the split"
+    intro = section_intro(test, what, note)
     keys = ("miou", "mean_dice", "pixel_acc")
     overall = table(["metric", "value"], ([k, f"{test[k]:.4f}"] for k in keys))
 
