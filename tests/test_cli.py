@@ -10,6 +10,8 @@ import functools
 import json
 import re
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -21,8 +23,9 @@ from PIL import Image
 from kiln.config import RunConfig
 
 VERBS = (
-    ["train"], ["config"], ["config", "show"], ["list"], ["eval"], ["predict"], ["export"],
-    ["serve"],
+    ["train"], ["config"], ["config", "show"], ["list"], ["summary"], ["data"], ["data", "show"],
+    ["data", "stats"], ["data", "make"], ["eval"], ["report"], ["compare"], ["predict"],
+    ["sample"], ["export"], ["serve"], ["tune"],
 )  # fmt: skip
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "lenet", "cnn", "resnet18")
@@ -101,8 +104,29 @@ def ok(result) -> str:
 def test_help_lists_every_verb(cli):
     out = ok(cli("--help"))
     assert out.startswith("usage: kiln")
-    for verb in ("train", "config", "list", "eval", "predict"):
-        assert verb in out
+    listed = re.findall(r"^    ([a-z]+) ", out, flags=re.MULTILINE)
+    assert listed == list(dict.fromkeys(v[0] for v in VERBS))
+
+
+def test_help_and_config_errors_answer_without_importing_torch():
+    """`kiln --help` and a mistyped key answer at once: neither imports torch or Optuna (seconds
+    each). Run in a fresh interpreter, where nothing is imported yet."""
+    code = (
+        "import sys, kiln.cli\n"
+        "kiln.cli.build_parser()\n"
+        "code = kiln.cli.main(['train', 'epoch=3'])\n"
+        "print(code, sorted(m for m in ('torch', 'torchvision', 'optuna') if m in sys.modules))\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert "epoch: unknown key" in result.stderr
+    assert result.stdout.split() == ["2", "[]"], result.stdout + result.stderr
+
+
+def test_data_make_offers_every_maker():
+    from kiln.cli.data import MAKER_NAMES
+    from kiln.data.make import MAKERS
+
+    assert sorted(MAKER_NAMES) == sorted(MAKERS)
 
 
 @pytest.mark.parametrize("verb", VERBS, ids="-".join)

@@ -318,3 +318,42 @@ def test_cpu_threads_are_shared_among_local_processes(monkeypatch):
         assert set_threads() == max(1, cpu_count() // 2)
     finally:
         torch.set_num_threads(before)
+
+
+def _fake_gpus(monkeypatch, count: int) -> dict:
+    """torchrun's variables for the second of two processes on a machine with `count` GPUs, and
+    a process group that records what it was asked for instead of connecting (no GPU here)."""
+    asked: dict = {"groups": []}
+    for name, value in {"LOCAL_RANK": "1", "RANK": "1", "WORLD_SIZE": "2"}.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.setenv("LOCAL_WORLD_SIZE", "2")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: count)
+    monkeypatch.setattr(torch.cuda, "set_device", lambda d: asked.update(set_device=d))
+    monkeypatch.setattr(
+        torch.distributed,
+        "init_process_group",
+        lambda backend, timeout: asked.update(backend=backend, timeout=timeout),
+    )
+    monkeypatch.setattr(
+        torch.distributed, "new_group", lambda backend, timeout: asked["groups"].append(backend)
+    )
+    return asked
+
+
+def test_on_gpus_each_process_takes_its_own_gpu_with_nccl(monkeypatch):
+    asked = _fake_gpus(monkeypatch, count=2)
+    try:
+        device = distributed.setup(torch.device("cuda"), timeout_s=42)
+    finally:
+        distributed.teardown()
+    assert device == torch.device("cuda", 1)  # LOCAL_RANK picks the GPU
+    assert asked["set_device"] == device
+    assert asked["backend"] == "nccl" and asked["timeout"].total_seconds() == 42
+    assert asked["groups"] == ["gloo"]  # the stop flag and RNG states stay on the CPU
+
+
+def test_more_processes_than_gpus_is_a_config_error(monkeypatch):
+    asked = _fake_gpus(monkeypatch, count=1)
+    with pytest.raises(ConfigError, match="2 processes on this machine but only 1 GPU"):
+        distributed.setup(torch.device("cuda"), timeout_s=42)
+    assert "backend" not in asked  # refused before joining any group

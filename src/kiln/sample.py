@@ -1,4 +1,4 @@
-"""`kiln sample RUN`: new images from a trained VAE or GAN run, as one grid or one PNG each.
+"""New images from a trained VAE or GAN run, as one grid or one PNG each.
 
 `sample_images(run_dir, n, seed)` is the one function the CLI (and anything else that wants
 samples: a report, an export) calls: it rebuilds the model from the run directory, loads its
@@ -7,7 +7,6 @@ weights with torch.load(weights_only=True) and decodes n seeded draws of z ~ N(0
 
 from __future__ import annotations
 
-import argparse
 import math
 from pathlib import Path
 
@@ -16,10 +15,6 @@ import torch
 from kiln.errors import ConfigError, RunError
 
 GENERATIVE_TASKS = ("vae", "gan")
-EPILOG = """examples:
-  kiln sample runs/mnist-vae --n 64 -o grid.png        one 8x8 grid
-  kiln sample runs/mnist-gan --n 100 -o samples/       samples/sample_000.png ... sample_099.png
-  kiln sample runs/mnist-gan --seed 3 --checkpoint last"""
 
 
 def load_generative(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
@@ -113,30 +108,3 @@ def write_samples(images: torch.Tensor, output: str | Path) -> list[Path]:
         digits = max(3, len(str(len(images) - 1)))
         return [save_png(img, out / f"sample_{i:0{digits}d}.png") for i, img in enumerate(images)]
     return [save_png(image_grid(images), out)]
-
-
-def cmd_sample(ns: argparse.Namespace) -> int:
-    check_output(ns.output)  # before loading anything
-    paths = write_samples(sample_images(ns.run, ns.n, ns.seed, ns.checkpoint), ns.output)
-    if is_folder(ns.output):
-        print(f"wrote {len(paths)} images to {paths[0].parent}")
-    else:
-        print(f"wrote a grid of {ns.n} images to {paths[0]}")
-    return 0
-
-
-def add_parser(verbs) -> None:
-    """`kiln sample`, registered by kiln.cli."""
-    p = verbs.add_parser(
-        "sample",
-        help="new images from a trained VAE or GAN run",
-        description="Draw new images from a task=vae or task=gan run: a grid, or one PNG each.",
-        epilog=EPILOG,
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--n", type=int, default=64, help="how many images (default 64)")
-    p.add_argument("-o", "--output", default="grid.png", help="a .png grid, or a FOLDER/")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
-    p.add_argument("--checkpoint", default="best", choices=["best", "last"])
-    p.set_defaults(func=cmd_sample)

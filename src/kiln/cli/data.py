@@ -1,0 +1,134 @@
+"""`kiln data show|stats|make`: look at a dataset before training on it, or build one."""
+
+from __future__ import annotations
+
+import argparse
+import inspect
+import json
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from kiln.errors import KilnError
+
+# The names of kiln.data.make's makers, here so that `kiln --help` need not import torch
+# (tests/test_cli.py checks the two lists agree).
+MAKER_NAMES = ("mnist-rotation", "mnist-seg", "shapes3d")
+
+
+def data_config(ns: argparse.Namespace):
+    """DATA is a config file or a dataset name, followed by overrides."""
+    from kiln.api import resolve
+    from kiln.config import build_config
+
+    overrides = list(ns.overrides)
+    if ns.data.endswith((".yaml", ".yml")):
+        return resolve(build_config(ns.data, overrides))
+    return resolve(build_config(None, [f"data.name={ns.data}", *overrides]))
+
+
+def cmd_data_stats(ns: argparse.Namespace) -> int:
+    from kiln import data as kdata
+    from kiln.data.preview import data_stats
+
+    stats = data_stats(kdata.build(data_config(ns).data))
+    if ns.json:
+        print(json.dumps(stats))
+        return 0
+    console = Console()
+    counted = stats["counted"]  # images, or pixels for segmentation masks
+    table = Table("class", "train", "val", "test", title=f"{stats['dataset']}: {counted} per class")
+    for name in stats["classes"]:
+        table.add_row(name, *(str(stats["per_split"][s][name]) for s in ("train", "val", "test")))
+    totals = stats["totals"]
+    table.add_row("[bold]total", *(f"[bold]{totals[s]}" for s in ("train", "val", "test")))
+    console.print(table)
+    console.print(f"imbalance (largest / smallest training class): {stats['imbalance_ratio']:.2f}")
+    if stats["imbalanced"]:
+        console.print(
+            "[yellow]warning:[/] classes are imbalanced above 3:1; consider data.balance=weights "
+            "or data.balance=sampler"
+        )
+    axes = "(C, D, H, W)" if len(stats["input_shape"]) == 4 else "(C, H, W)"  # volumes: a depth
+    console.print(f"input shape {axes}: {tuple(stats['input_shape'])}")
+    console.print(
+        "sizes before resizing: " + ", ".join(f"{k} ({v})" for k, v in stats["sizes"].items())
+    )
+    console.print("modes: " + ", ".join(f"{k} ({v})" for k, v in stats["modes"].items()))
+    console.print(f"mean {stats['mean']}  std {stats['std']} (training split)")
+    if stats["skipped"]:
+        console.print(f"[yellow]{len(stats['skipped'])} bad file(s) skipped[/] (data.on_bad=skip)")
+    return 0
+
+
+def cmd_data_make(ns: argparse.Namespace) -> int:
+    from kiln.data import default_root
+    from kiln.data.make import MAKERS
+
+    root = Path(ns.data_root).expanduser() if ns.data_root else default_root()
+    out = Path(ns.output or f"data/{ns.name}")
+    maker = MAKERS[ns.name]
+    accepted = inspect.signature(maker).parameters
+    given = {k: getattr(ns, k) for k in ("train", "test", "max_angle", "size", "seed")}
+    options = {k: v for k, v in given.items() if v is not None}  # else the maker's defaults
+    for key in options:
+        if key not in accepted:
+            raise KilnError(f"--{key.replace('_', '-')} is not an option of {ns.name}")
+    made = maker(root, out, **options)
+    print(f"wrote {made}" + (f" and the images under {out / 'images'}" if made.is_file() else ""))
+    return 0
+
+
+def cmd_data_show(ns: argparse.Namespace) -> int:
+    from kiln import data as kdata
+    from kiln.data.preview import sample_grid
+    from kiln.engine.trainer import build_augment
+
+    cfg = data_config(ns)
+    bundle = kdata.build(cfg.data)
+    augment = build_augment(cfg.data.augment, bundle.info) if ns.augmented else None
+    if ns.augmented and augment is None:
+        raise KilnError(
+            "--augmented: data.augment is 'none'; set data.augment=light|standard|strong"
+        )
+    out = sample_grid(bundle, Path(ns.output), ns.n, augment)
+    print(f"wrote {out}")
+    return 0
+
+
+def add_parsers(verbs) -> None:
+    p = verbs.add_parser("data", help="look at a dataset: a grid of samples, or statistics")
+    sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    for name, func, doc in (
+        ("show", cmd_data_show, "write a labelled grid of training images"),
+        ("stats", cmd_data_stats, "images per class and split, imbalance, sizes, modes, mean/std"),
+    ):
+        q = sub.add_parser(name, help=doc, description=doc)
+        q.add_argument(
+            "data", metavar="DATA", help="a dataset name (e.g. mnist, folder) or a config"
+        )
+        q.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=images/")
+        q.set_defaults(func=func)
+        if name == "show":
+            q.add_argument("--n", type=int, default=64, help="how many images (default 64)")
+            q.add_argument("--augmented", action="store_true", help="as training sees them")
+            q.add_argument("-o", "--output", default="grid.png", help="PNG to write")
+        else:
+            q.add_argument("--json", action="store_true", help="print one JSON object")
+
+    q = sub.add_parser(
+        "make", help="build a derived dataset (mnist-rotation: rotated digits and their angles; "
+        "mnist-seg, shapes3d: segmentation images and volumes with masks)",
+        description="Build a dataset from a built-in one (or a synthetic one), as files.",
+    )  # fmt: skip
+    q.add_argument("name", choices=MAKER_NAMES)
+    q.add_argument("-o", "--output", help="folder to write (default data/NAME)")
+    q.add_argument("--data-root", help="where MNIST is (default $KILN_DATA or the cache)")
+    q.add_argument("--train", type=int, help="training images (mnist-rotation 12,000, "
+                   "mnist-seg 10,000, shapes3d 400)")  # fmt: skip
+    q.add_argument("--test", type=int, help="test images (2,000, 1,000, 100)")
+    q.add_argument("--max-angle", type=float, help="mnist-rotation: degrees (45)")
+    q.add_argument("--size", type=int, help="mnist-seg: canvas side (64); shapes3d: volume (32)")
+    q.add_argument("--seed", type=int, help="random seed (0)")
+    q.set_defaults(func=cmd_data_make)
