@@ -25,7 +25,7 @@ demo: $(VENV)/.installed
 	$(BIN)/kiln train
 
 test: $(VENV)/.dev-installed
-	$(BIN)/pytest
+	$(BIN)/pytest -n auto --dist loadfile  # one worker per core, a test file per worker
 
 lint: $(VENV)/.dev-installed
 	$(BIN)/ruff check src tests benchmarks

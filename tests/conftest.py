@@ -14,8 +14,25 @@ from pathlib import Path
 import pytest
 
 KILN = [sys.executable, "-m", "kiln.cli"]
-# Each `kiln` process spends seconds importing torch; running a few at once keeps the suite fast.
-WORKERS = min(4, (os.cpu_count() or 1) + 1)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """`make test` runs the suite in one pytest-xdist worker per core (`-n auto`). Each worker
+    takes its own share of the cores, and so do the `kiln` processes it starts (they inherit it):
+    torch then runs one thread per core it owns, instead of every worker's threads contending
+    for every core, which makes both many times slower."""
+    worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
+    count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if worker and count > 1 and hasattr(os, "sched_setaffinity"):
+        cores = sorted(os.sched_getaffinity(0))
+        index = int(worker.removeprefix("gw"))
+        os.sched_setaffinity(0, cores[index::count] or [cores[index % len(cores)]])
+
+
+def pool_workers() -> int:
+    """Each `kiln` process spends seconds importing torch: a few at once keep the suite fast."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return min(4, (cores or 1) + 1)
 
 
 def kiln_env(data_dir: Path) -> dict[str, str]:
@@ -41,8 +58,8 @@ class KilnPool:
     """Start `kiln` commands in the background (a few at a time) and collect their results later:
     `pool.submit(key, *args, cwd=..., data_dir=...)`, then `pool.result(key)`."""
 
-    def __init__(self, workers: int = WORKERS):
-        self._executor = ThreadPoolExecutor(max_workers=workers)
+    def __init__(self, workers: int | None = None):
+        self._executor = ThreadPoolExecutor(max_workers=workers or pool_workers())
         self._futures: dict[str, Future] = {}
 
     def submit(self, key: str, *args: str | Path, cwd: Path, data_dir: Path) -> None:

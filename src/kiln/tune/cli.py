@@ -21,7 +21,7 @@ Re-running the same command continues the study: only the missing trials run."""
 
 
 def cmd_tune(ns: argparse.Namespace) -> int:
-    from kiln.cli import split_config_args
+    from kiln.cli.train import split_config_args
     from kiln.config import build_config
 
     config, overrides = split_config_args(ns.args)
