@@ -2,6 +2,7 @@
 and the direct MNIST file reader."""
 
 import gzip
+import os
 
 import pytest
 import torch
@@ -32,6 +33,20 @@ def test_auto_settings_follow_the_device_and_the_model():
 def test_threads_match_the_cores_this_process_may_use():
     assert 1 <= cpu_count() <= (torch.get_num_threads() + 64)
     assert set_threads() == cpu_count() == torch.get_num_threads()
+
+
+@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
+def test_loader_workers_default_to_the_cores_this_process_may_use():
+    from kiln.data.folder import default_workers
+
+    before = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(before)})  # pinned to one core, as under `taskset -c 0`
+        assert default_workers(None) == 1
+        assert default_workers(3) == 3  # data.workers as set
+    finally:
+        os.sched_setaffinity(0, before)
+    assert default_workers(None) == min(4, cpu_count())
 
 
 def test_flip_tta_averages_the_image_and_its_mirror():

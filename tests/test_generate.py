@@ -252,3 +252,4 @@ def test_errors_say_what_to_do(runs: Path, tmp_path: Path, capsys):
     assert_clean_error(result, "task=vae run, not a classifier")
     result = kiln_cli(capsys, *train, "task=vae", "model=convnet")
     assert_clean_error(result, "model=vae")
+    assert not list(tmp_path.iterdir()), "a run that never started leaves no folder behind"

@@ -303,6 +303,8 @@ def test_config_mistakes_are_named(tmp_path, run_cli):
     }  # fmt: skip
     for needle, args in cases.items():
         assert_clean_error(run_cli("train", *args), needle)
+    runs = tmp_path / "runs"
+    assert not runs.exists() or not list(runs.iterdir()), "mistakes leave no run folder behind"
 
 
 def test_train_eval_predict_a_mask_folder(tmp_path, run_cli):

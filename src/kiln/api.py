@@ -223,22 +223,28 @@ def _fit(
     started = time.perf_counter()
     main = distributed.is_main()  # rank 0 alone prints, runs the callbacks and tests
     progress = progress and main
-    purge = resume_state["epoch"] + 1 if resume_state else None
-    cbs = [ProgressBar()] if progress else []
-    if main:
-        cbs += [TensorBoard(str(run.tb), purge), *(callbacks or [])]
-    trainer = Trainer(cfg, net, bundle, run, device, cbs)
-    if progress:
-        n = sum(p.numel() for p in net.parameters())
-        verb = "Resuming" if resume_state else "Training"
-        print(
-            f"{verb} {cfg.model.name} ({n:,} parameters) on {cfg.data.name} "
-            f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> {run.path}",
-            flush=True,
-        )
-        print(trainer.data_path, flush=True)
-    with distributed.peer_failures(cfg.train.dist_timeout):
-        history = trainer.fit(resume_state, reschedule)
+    try:
+        trainer = Trainer(cfg, net, bundle, run, device)  # checks the task, augment, balance
+        purge = resume_state["epoch"] + 1 if resume_state else None
+        trainer.callbacks += [ProgressBar()] if progress else []
+        if main:
+            trainer.callbacks += [TensorBoard(str(run.tb), purge), *(callbacks or [])]
+        if progress:
+            n = sum(p.numel() for p in net.parameters())
+            verb = "Resuming" if resume_state else "Training"
+            print(
+                f"{verb} {cfg.model.name} ({n:,} parameters) on {cfg.data.name} "
+                f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> "
+                f"{run.path}",
+                flush=True,
+            )
+            print(trainer.data_path, flush=True)
+        with distributed.peer_failures(cfg.train.dist_timeout):
+            history = trainer.fit(resume_state, reschedule)
+    except ConfigError:  # a mistake found while setting up or in the first step (model vs task)
+        if main and resume_state is None:
+            run.discard()  # no checkpoint was written: leave no half-made run folder behind
+        raise
     distributed.teardown()  # what follows is rank 0's alone
     if not main:
         return Run(path=run.path, config=cfg, history=history)

@@ -10,6 +10,7 @@ import io
 import json
 import os
 import platform
+import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
@@ -71,6 +72,12 @@ class RunDir:
                 continue
             return cls(path)
         raise RunError(f"too many runs named '{name}' in {base}; choose another run.name")
+
+    def discard(self) -> None:
+        """Remove a run folder that training never started in (a mistake in the config found
+        while setting up): a user would otherwise find a run with a config and no checkpoint."""
+        if not any(self.path.glob("checkpoints/*.pt")):
+            shutil.rmtree(self.path, ignore_errors=True)
 
     def write_config(self, cfg: RunConfig) -> None:
         write_text_atomic(self.config_path, cfg.to_yaml())

@@ -7,7 +7,6 @@ and listed in the run directory. The run's channels and size default to what mos
 
 from __future__ import annotations
 
-import os
 from collections import Counter
 from pathlib import Path
 
@@ -15,6 +14,7 @@ import torch
 
 from kiln.data.files import FileSplit
 from kiln.data.registry import RawDataset, register_dataset
+from kiln.engine.device import cpu_count
 from kiln.errors import ConfigError, DataError
 
 SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -105,4 +105,6 @@ def infer_size(samples: list, meta: dict) -> list[int]:
 
 
 def default_workers(workers: int | None) -> int:
-    return workers if workers is not None else min(4, os.cpu_count() or 1)
+    """data.workers, or one DataLoader worker per core this process may use (its CPU affinity and
+    cgroup quota: a container's, a pinned process's), at most 4."""
+    return workers if workers is not None else min(4, cpu_count())
