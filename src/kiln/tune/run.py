@@ -14,15 +14,8 @@ from kiln.config import RunConfig, build_config
 from kiln.errors import ConfigError, RunError
 from kiln.rundir import write_text_atomic
 from kiln.tune.storage import redact
-from kiln.tune.study import (
-    Settings,
-    TuneInterrupted,
-    command_line,
-    interrupted_message,
-    make_settings,
-    open_study,
-    run_worker,
-)
+from kiln.tune.study import Settings, make_settings, open_study
+from kiln.tune.worker import TuneInterrupted, command_line, interrupted_message, run_worker
 
 
 @dataclass
