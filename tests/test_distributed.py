@@ -357,3 +357,36 @@ def test_more_processes_than_gpus_is_a_config_error(monkeypatch):
     with pytest.raises(ConfigError, match="2 processes on this machine but only 1 GPU"):
         distributed.setup(torch.device("cuda"), timeout_s=42)
     assert "backend" not in asked  # refused before joining any group
+
+
+def test_ctrl_c_stops_every_process_saves_and_resumes(tmp_path):
+    """Ctrl-C in the terminal (SIGINT to the whole process group: kiln, torchrun and both ranks)
+    after epoch 1: exit 130, the resume command said once, a last.pt that resumes."""
+    cmd = [sys.executable, "-m", "kiln", "train", *TRAIN, "train.devices=2", "epochs=200",
+           f"run.dir={tmp_path}", "name=stopped"]  # fmt: skip
+    job = subprocess.Popen(cmd, env=kiln_env(tmp_path), cwd=tmp_path, text=True,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                           start_new_session=True)  # fmt: skip
+    run = tmp_path / "stopped"
+    try:
+        deadline = time.monotonic() + 180
+        while not (run / "metrics.csv").exists():  # epoch 1 is done
+            assert job.poll() is None, job.communicate()
+            assert time.monotonic() < deadline, "the 2-process run did not finish an epoch"
+            time.sleep(0.2)
+        os.killpg(job.pid, signal.SIGINT)
+        out, err = job.communicate(timeout=120)
+    finally:
+        if job.poll() is None:
+            os.killpg(job.pid, signal.SIGKILL)
+    assert job.returncode == 130, out + err
+    assert err.count(f"Resume with: kiln train --resume {run}") == 1, err
+    assert "Traceback" not in err, err
+    state = checkpoint.load(run / "checkpoints" / "last.pt")
+    assert state["epoch"] >= 1
+    resumed = run_kiln(
+        "train", "--resume", run, "train.devices=1", f"train.epochs={state['epoch'] + 1}",
+        cwd=tmp_path, data_dir=tmp_path,
+    )  # fmt: skip
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert [row["epoch"] for row in metrics(run)][-1] == state["epoch"] + 1

@@ -286,7 +286,7 @@ def launch(processes: int, argv: list[str]) -> int:
     from kiln.engine.device import cpu_count
 
     cmd = [
-        *(sys.executable, "-m", "torch.distributed.run", "--standalone"),
+        *(sys.executable, "-m", "kiln.engine.torchrun", "--standalone"),
         *(f"--nproc-per-node={processes}", "-m", "kiln", *argv),
     ]
     env = dict(os.environ)
