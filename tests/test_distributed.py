@@ -390,3 +390,17 @@ def test_ctrl_c_stops_every_process_saves_and_resumes(tmp_path):
     )  # fmt: skip
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert [row["epoch"] for row in metrics(run)][-1] == state["epoch"] + 1
+
+
+def test_unfreezing_the_backbone_rewraps_ddp_and_keeps_the_processes_in_step(tmp_path):
+    """model.freeze=backbone until epoch 2 in 2 processes: DDP is made again over the parameters
+    that now train (else the backbone's gradients would not be averaged and the per-epoch weight
+    check would stop the job)."""
+    result = run_kiln(
+        "train", *TRAIN, "train.devices=2", "model.freeze=backbone", "model.unfreeze_epoch=2",
+        f"run.dir={tmp_path}", "name=thawed", cwd=tmp_path, data_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.count("Epoch 2: the backbone is unfrozen") == 1, result.stdout
+    rows = metrics(tmp_path / "thawed")
+    assert rows[1]["val_acc"] > rows[0]["val_acc"]  # the whole network trains in epoch 2
