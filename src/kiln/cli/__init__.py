@@ -12,15 +12,14 @@ import argparse
 import os
 import sys
 
+from kiln import __version__
+from kiln.cli import data, evaluate, models, predict, train
+from kiln.deploy.cli import add_parsers as add_deploy
 from kiln.errors import KilnError
+from kiln.tune.cli import add_parsers as add_tune
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from kiln import __version__
-    from kiln.cli import data, evaluate, models, predict, train
-    from kiln.deploy.cli import add_parsers as add_deploy
-    from kiln.tune.cli import add_parsers as add_tune
-
     parser = argparse.ArgumentParser(
         prog="kiln", description="Kiln: train, evaluate, predict, export and serve with PyTorch."
     )
@@ -58,7 +57,3 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
-
-
-if __name__ == "__main__":
-    sys.exit(main())
