@@ -180,6 +180,21 @@ def test_mnist_rotation_angles_are_learned(cli, tmp_path: Path):
     assert test["samples"] == 500 and test["r2"] > 0.6, test  # the angle is read, roughly
 
 
+def test_numeric_targets_pass_through_batch_augmentation_unchanged():
+    """Image regression with data.augment on the in-memory path: the images move, the (N, T)
+    targets stay as they are (only segmentation masks move with their images)."""
+    from kiln.data import BatchAugment, MemoryLoader, Normalize, Split
+    from kiln.data.transforms import resolve_augment
+
+    images = torch.randint(0, 256, (16, 1, 8, 8), dtype=torch.uint8)
+    targets = torch.rand(16, 2) * 100
+    augment = BatchAugment(resolve_augment([{"translate": 0.25}, "flip"]))
+    loader = MemoryLoader(Split(images, targets), 8, Normalize([0.5], [0.25], "cpu"),
+                          augment=augment)  # fmt: skip
+    x, y = next(iter(loader))
+    assert x.shape == (8, 1, 8, 8) and torch.equal(y, targets[:8])
+
+
 def test_normalize_leaves_a_tables_rows_untouched():
     from kiln.data import Normalize
 

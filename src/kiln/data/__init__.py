@@ -18,6 +18,7 @@ from kiln.data.registry import (
     DataInfo,
     RawDataset,
     Split,
+    are_masks,
     default_root,
     get_dataset,
     register_dataset,
@@ -56,7 +57,7 @@ def stratified_split(train, fraction: float):
     g = torch.Generator().manual_seed(SPLIT_SEED)
     labels = train.labels
     # numeric targets (task=regress) or masks (task=segment): a plain random split
-    if labels.is_floating_point() or labels.dim() > 1:
+    if labels.is_floating_point() or are_masks(labels):
         held_index = torch.randperm(len(labels), generator=g)[: round(len(labels) * fraction)]
         keep = torch.ones(len(labels), dtype=torch.bool)
         keep[held_index] = False

@@ -11,7 +11,7 @@ from collections.abc import Iterator, Sequence
 import torch
 
 from kiln.data.batch_augment import BatchAugment
-from kiln.data.registry import Split
+from kiln.data.registry import Split, are_masks
 
 
 class Normalize:
@@ -133,7 +133,7 @@ class MemoryLoader:
             if self.augment is not None:
                 seed = self.epoch_seed + batch + (self.rank << 32)  # rank 0: as one process
                 g = torch.Generator(device=device).manual_seed(seed)
-                if y.dim() > 1:  # segmentation masks move with their images
+                if are_masks(y):  # segmentation masks move with their images
                     x, y = self.augment(x, g, masks=y)
                 else:
                     x = self.augment(x, g)

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kiln.data.registry import DataBundle
+from kiln.data.registry import DataBundle, are_masks
 
 IMBALANCE_WARNING = 3.0
 
@@ -15,7 +15,7 @@ IMBALANCE_WARNING = 3.0
 def data_stats(bundle: DataBundle) -> dict[str, Any]:
     """Images per class and split, imbalance, sizes and modes, normalization."""
     classes = bundle.info.classes
-    masks = bundle.train.labels.dim() > 1  # task=segment: pixels per class, not images
+    masks = are_masks(bundle.train.labels)  # task=segment: pixels per class, not images
     per_split = {}
     for name in ("train", "val", "test"):
         labels = getattr(bundle, name).labels
@@ -57,7 +57,8 @@ def sample_grid(
     import matplotlib.pyplot as plt
 
     train = bundle.train
-    if train.labels.dim() > 1:  # masks: shown as stored (training moves them with the images)
+    masks = are_masks(train.labels)
+    if masks:  # masks: shown as stored (training moves them with the images)
         augment = None
     n = max(1, min(n, len(train)))
     generator = torch.Generator().manual_seed(seed)
@@ -70,7 +71,7 @@ def sample_grid(
     torch.manual_seed(seed)
     for ax, index in zip(axes.flat, picks, strict=False):
         image = train.image(index)
-        if train.labels.dim() > 1:  # a mask, painted over its image (volumes: middle slice)
+        if masks:  # a mask, painted over its image (volumes: middle slice)
             draw_mask(ax, image, train.labels[index], bundle.info.classes)
             continue
         if augment is not None:

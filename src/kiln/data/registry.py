@@ -39,6 +39,12 @@ class Split:
         return self.images[:n]
 
 
+def are_masks(labels: torch.Tensor) -> bool:
+    """Segmentation masks (N, [D,] H, W) of class indices: not class labels (N,), and not
+    numeric targets (N, T), which are floats."""
+    return labels.dim() > 1 and not labels.is_floating_point()
+
+
 @dataclass
 class RawDataset:
     """What a loader returns: the given splits, before Kiln carves validation (when `val` is None).

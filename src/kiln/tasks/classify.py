@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from kiln.data.registry import are_masks
 from kiln.errors import ConfigError
 from kiln.tasks.registry import register_task
 
@@ -41,7 +42,7 @@ class ClassifyTask:
             )
         if data.train.labels.is_floating_point():
             raise ConfigError("the data has numeric targets (data.targets): set task=regress")
-        if data.train.labels.dim() > 1:
+        if are_masks(data.train.labels):
             raise ConfigError("the data has a mask per image (a class per pixel): set task=segment")
         class_weights, _ = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         if class_weights is not None:
