@@ -14,16 +14,12 @@ import argparse
 import csv
 import json
 import os
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from readme_block import cpu_name, write_block
+from readme_block import cpu_name, run_kiln, write_block
 
 REPO = Path(__file__).resolve().parents[1]
-KILN = [sys.executable, "-m", "kiln"]
 
 
 def train(devices: int, args: argparse.Namespace, work: Path) -> dict:
@@ -32,11 +28,7 @@ def train(devices: int, args: argparse.Namespace, work: Path) -> dict:
         f"model={args.model}", f"epochs={args.epochs}", f"batch={args.batch}", "device=cpu",
         "run.report=false", f"train.devices={devices}", f"run.dir={work}", f"name=n{devices}",
     ]  # fmt: skip
-    started = time.perf_counter()
-    out = subprocess.run([*KILN, "train", *overrides], cwd=work, capture_output=True, text=True)
-    wall = time.perf_counter() - started
-    if out.returncode != 0:
-        raise SystemExit(f"kiln train train.devices={devices} failed:\n{out.stderr}")
+    wall = run_kiln("train", *overrides, cwd=work)
     with open(work / f"n{devices}" / "metrics.csv") as f:
         rows = list(csv.DictReader(f))
     test = json.loads((work / f"n{devices}" / "eval-test.json").read_text())

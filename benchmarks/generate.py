@@ -16,26 +16,13 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
-from readme_block import cpu_name, write_block
+from readme_block import cpu_name, run_kiln, write_block
 
 REPO = Path(__file__).resolve().parents[1]
-KILN = [sys.executable, "-m", "kiln"]
-
-
-def kiln(*args, cwd: Path, cores: int | None) -> float:
-    """Run `kiln ARGS` (pinned to the first `cores` cores with taskset when given); seconds."""
-    pin = ["taskset", "-c", ",".join(map(str, range(cores)))] if cores else []
-    started = time.perf_counter()
-    out = subprocess.run([*pin, *KILN, *map(str, args)], cwd=cwd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"kiln {' '.join(map(str, args))} failed:\n{out.stderr}")
-    return time.perf_counter() - started
 
 
 def real_vs_real(classifier: Path, data_root: Path) -> float:
@@ -84,7 +71,8 @@ def main() -> None:
         work = (args.keep or Path(tmp)).resolve()
         work.mkdir(parents=True, exist_ok=True)
         runs = f"run.dir={work}"
-        run = lambda *a: kiln(*a, cwd=work, cores=args.cores)  # noqa: E731
+        cpus = ",".join(map(str, range(args.cores))) if args.cores else None  # the first cores
+        run = lambda *a: run_kiln(*a, cwd=work, cpus=cpus)  # noqa: E731
         clf_s = run("train", REPO / "recipes" / "mnist-fast.yaml", "name=mnist-classifier",
                     root, runs)  # fmt: skip
         clf = json.loads((work / "mnist-classifier" / "eval-test.json").read_text())

@@ -11,24 +11,12 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from readme_block import cpu_name, write_block
+from readme_block import cpu_name, run_kiln, write_block
 
 REPO = Path(__file__).resolve().parents[1]
-KILN = [sys.executable, "-m", "kiln"]
-
-
-def kiln(*args, cwd: Path) -> float:
-    started = time.perf_counter()
-    out = subprocess.run([*KILN, *map(str, args)], cwd=cwd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"kiln {' '.join(map(str, args))} failed:\n{out.stderr}")
-    return time.perf_counter() - started
 
 
 def linear_baseline() -> dict:
@@ -55,12 +43,13 @@ def main() -> None:
     rows = []
     with tempfile.TemporaryDirectory(prefix="kiln-regress-") as tmp:
         work = Path(tmp)
-        seconds = kiln("train", REPO / "recipes" / "diabetes.yaml", f"run.dir={work}", cwd=work)
+        seconds = run_kiln("train", REPO / "recipes" / "diabetes.yaml", f"run.dir={work}", cwd=work)
         test = json.loads((work / "diabetes" / "eval-test.json").read_text())
         rows.append(("diabetes.yaml (MLP 10-32-1)", test, seconds))
         rows.append(("LinearRegression, same split", linear_baseline(), None))
-        kiln("data", "make", "mnist-rotation", "--data-root", args.data_root.resolve(), cwd=work)
-        seconds = kiln("train", REPO / "recipes" / "mnist-rotation.yaml", f"run.dir={work}",
+        root = args.data_root.resolve()
+        run_kiln("data", "make", "mnist-rotation", "--data-root", root, cwd=work)
+        seconds = run_kiln("train", REPO / "recipes" / "mnist-rotation.yaml", f"run.dir={work}",
                        cwd=work)  # fmt: skip
         test = json.loads((work / "mnist-rotation" / "eval-test.json").read_text())
         rows.append(("mnist-rotation.yaml (convnet)", test, seconds))

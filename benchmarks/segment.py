@@ -13,27 +13,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 
-from readme_block import cpu_name, write_block
+from readme_block import cpu_name, run_kiln, write_block
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPES = {"mnist-seg": "mnist-seg.yaml", "shapes3d": "shapes3d.yaml"}
-
-
-def kiln(*args, cwd: Path, pin: int | None) -> float:
-    started = time.perf_counter()
-    command = [sys.executable, "-m", "kiln", *map(str, args)]
-    if pin is not None:
-        command = ["taskset", "-c", str(pin), *command]
-    out = subprocess.run(command, cwd=cwd, capture_output=True, text=True)
-    if out.returncode != 0:
-        raise SystemExit(f"kiln {' '.join(map(str, args))} failed:\n{out.stderr}")
-    return time.perf_counter() - started
 
 
 def main() -> None:
@@ -42,14 +28,15 @@ def main() -> None:
     parser.add_argument("--pin-core", type=int, help="run on this CPU core alone (taskset)")
     parser.add_argument("--write-readme", action="store_true")
     args = parser.parse_args()
+    cpus = None if args.pin_core is None else str(args.pin_core)
     rows = []
     with tempfile.TemporaryDirectory(prefix="kiln-segment-") as tmp:
         work = Path(tmp)
         for name, recipe in RECIPES.items():
-            kiln("data", "make", name, "--data-root", args.data_root.resolve(), cwd=work,
-                 pin=args.pin_core)  # fmt: skip
-            seconds = kiln("train", REPO / "recipes" / recipe, f"run.dir={work}", cwd=work,
-                           pin=args.pin_core)  # fmt: skip
+            run_kiln("data", "make", name, "--data-root", args.data_root.resolve(), cwd=work,
+                     cpus=cpus)  # fmt: skip
+            seconds = run_kiln("train", REPO / "recipes" / recipe, f"run.dir={work}", cwd=work,
+                               cpus=cpus)  # fmt: skip
             test = json.loads((work / name / "eval-test.json").read_text())
             foreground = [r["dice"] for r in test["per_class"][1:] if r["dice"] is not None]
             rows.append((recipe, test, sum(foreground) / len(foreground), seconds))

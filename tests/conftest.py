@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from collections.abc import Callable, Iterable
@@ -73,6 +74,19 @@ class KilnPool:
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+def interrupt_at(epoch: int, step: int):
+    """A training callback that sends this process a real SIGINT at batch `step` of `epoch`, as
+    Ctrl-C would (kiln.engine.callbacks is imported here, not when the suite starts)."""
+    from kiln.engine.callbacks import Callback
+
+    class InterruptAt(Callback):
+        def on_batch_end(self, trainer, at_epoch: int, at_step: int) -> None:
+            if (at_epoch, at_step) == (epoch, step):
+                os.kill(os.getpid(), signal.SIGINT)
+
+    return InterruptAt()
 
 
 def snapshot(root: Path) -> dict[str, tuple]:

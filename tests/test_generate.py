@@ -6,22 +6,19 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from conftest import assert_clean_error
+from conftest import assert_clean_error, interrupt_at
 from PIL import Image
 
 import kiln
 from kiln.cli import main
 from kiln.data.registry import DataInfo
 from kiln.engine import checkpoint
-from kiln.engine.callbacks import Callback
 from kiln.engine.trainer import TrainingInterrupted
 from kiln.evaluate.frechet import feature_sums, frechet_distance, mean_cov
 from kiln.models import create_model
@@ -170,21 +167,10 @@ def test_gan_run_scores_with_the_classifier_and_keeps_both_optimizers(runs: Path
     assert "frechet/val" in events.Tags()["scalars"]
 
 
-class InterruptAt(Callback):
-    """A real SIGINT at a given batch, as Ctrl-C would send."""
-
-    def __init__(self, epoch: int, step: int):
-        self.epoch, self.step = epoch, step
-
-    def on_batch_end(self, trainer, epoch, step):
-        if (epoch, step) == (self.epoch, self.step):
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 def test_gan_resumed_mid_epoch_ends_like_an_uninterrupted_run(runs: Path):
     cfg = gan_config(runs, "gan-interrupted")
     with pytest.raises(TrainingInterrupted):
-        kiln.train(cfg, progress=False, callbacks=[InterruptAt(2, 3)])
+        kiln.train(cfg, progress=False, callbacks=[interrupt_at(2, 3)])
     run = runs / "runs" / "gan-interrupted"
     kiln.train(resume=run, progress=False)
     done = checkpoint.load(run / "checkpoints" / "last.pt")

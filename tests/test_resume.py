@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import signal
 import subprocess
 import sys
@@ -12,10 +11,10 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import interrupt_at
 
 import kiln
 from kiln.engine import checkpoint
-from kiln.engine.callbacks import Callback
 from kiln.engine.trainer import TrainingInterrupted
 
 CONFIG = {
@@ -54,22 +53,11 @@ def reference(tmp_path_factory) -> Path:
     return kiln.train(run_config(tmp, "straight"), progress=False).path
 
 
-class InterruptAt(Callback):
-    """Sends this process a real SIGINT at a given batch, as Ctrl-C would."""
-
-    def __init__(self, epoch: int, step: int):
-        self.epoch, self.step = epoch, step
-
-    def on_batch_end(self, trainer, epoch, step):
-        if (epoch, step) == (self.epoch, self.step):
-            os.kill(os.getpid(), signal.SIGINT)
-
-
 @pytest.mark.parametrize("epoch,step", [(2, 10), (1, 0), (3, 40)])
 def test_ctrl_c_mid_epoch_then_resume_is_bitwise_identical(tmp_path, reference, epoch, step):
     cfg = run_config(tmp_path, "interrupted")
     with pytest.raises(TrainingInterrupted, match="Resume with: kiln train --resume"):
-        kiln.train(cfg, progress=False, callbacks=[InterruptAt(epoch, step)])
+        kiln.train(cfg, progress=False, callbacks=[interrupt_at(epoch, step)])
     run = tmp_path / "runs" / "interrupted"
     state = checkpoint.load(run / "checkpoints" / "last.pt")
     assert (state["epoch"], state["step"]) == (epoch - 1, step + 1)

@@ -7,10 +7,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
 from kiln.data.builtin import IMAGE_SUFFIXES
-from kiln.data.images import decode
+from kiln.data.images import UNREADABLE, decode
 from kiln.data.registry import DataInfo
 from kiln.engine import checkpoint
 from kiln.errors import KilnError, RunError
@@ -161,13 +161,7 @@ def to_uint8(image: ImageLike, input_shape: tuple[int, int, int]) -> torch.Tenso
         path = image if isinstance(image, (str, Path)) else None
         try:
             return decode(image, *input_shape)
-        except (
-            UnidentifiedImageError,
-            OSError,
-            SyntaxError,
-            ValueError,
-            Image.DecompressionBombError,
-        ) as exc:
+        except UNREADABLE as exc:
             raise KilnError(f"cannot read image {path or 'given'}: {exc}") from None
     if isinstance(image, torch.Tensor):
         tensor = image.unsqueeze(0) if image.dim() == 2 else image

@@ -17,15 +17,15 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from kiln.data.images import convert_mode, open_image
+from kiln.data.images import UNREADABLE, convert_mode, open_image
 from kiln.data.masks import VOLUME, read_volume
 from kiln.data.memory import Normalize
 from kiln.data.registry import DataInfo
 from kiln.errors import KilnError
 from kiln.evaluate.segment import display_image, middle, overlay, palette
-from kiln.tasks.segment import segment_logits
+from kiln.models.tta import infer
 
 Input = str | Path | Image.Image | torch.Tensor | np.ndarray
 
@@ -42,8 +42,7 @@ def read_input(item: Input, info: DataInfo) -> torch.Tensor:
             raise KilnError(f"{item}: this run segments volumes; pass .npy files (C, D, H, W)")
         try:
             image = open_image(Path(item)) if not isinstance(item, Image.Image) else item
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError,
-                Image.DecompressionBombError) as exc:  # fmt: skip
+        except UNREADABLE as exc:
             raise KilnError(f"cannot read image {item}: {exc}") from None
         array = np.asarray(convert_mode(image, info.channels), dtype=np.uint8)
         tensor = torch.from_numpy(array.reshape(*array.shape[:2], info.channels).copy())
@@ -96,7 +95,7 @@ class MaskPredictor:
         x = self.normalize(read_input(item, self.info).unsqueeze(0).to(self.device))
         if hasattr(self.model, "eval"):
             self.model.eval()
-        scores = segment_logits(self.model, x, self.tta)
+        scores = infer(self.model, x, self.tta)
         return scores.argmax(dim=1)[0].to(torch.uint8).cpu()
 
     def predict(self, images: Input | Sequence[Input]) -> torch.Tensor | list[torch.Tensor]:

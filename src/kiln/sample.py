@@ -57,18 +57,14 @@ def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
 
 def image_grid(images: torch.Tensor, columns: int | None = None, pad: int = 2) -> torch.Tensor:
     """(N, C, H, W) uint8 (or floats in [0, 1]) -> one (C, rows x H, columns x W) uint8 image,
-    `pad` white pixels between cells; square-ish by default."""
+    `pad` white pixels between cells; square-ish by default (torchvision's make_grid)."""
+    from torchvision.utils import make_grid
+
     if images.is_floating_point():
         images = to_uint8(images)
-    n, c, h, w = images.shape
-    columns = columns or math.ceil(math.sqrt(n))
-    rows = math.ceil(n / columns)
-    size = (c, rows * (h + pad) + pad, columns * (w + pad) + pad)
-    grid = torch.full(size, 255, dtype=torch.uint8)
-    for i, image in enumerate(images):
-        top, left = pad + (i // columns) * (h + pad), pad + (i % columns) * (w + pad)
-        grid[:, top : top + h, left : left + w] = image
-    return grid
+    columns = columns or math.ceil(math.sqrt(len(images)))
+    grid = make_grid(images, nrow=columns, padding=pad, pad_value=255)
+    return grid[: images.shape[1]]  # make_grid repeats one channel three times
 
 
 def display_scale(height: int) -> int:
@@ -79,9 +75,9 @@ def display_scale(height: int) -> int:
 def save_png(image: torch.Tensor, path: Path, scale: int = 1) -> Path:
     """A (C, H, W) uint8 image as a PNG (grey for one channel), enlarged `scale` times."""
     from PIL import Image
+    from torchvision.transforms.v2.functional import to_pil_image
 
-    array = image.permute(1, 2, 0).numpy()
-    picture = Image.fromarray(array[:, :, 0] if array.shape[2] == 1 else array)
+    picture = to_pil_image(image)
     if scale > 1:
         picture = picture.resize((picture.width * scale, picture.height * scale), Image.NEAREST)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -8,6 +8,7 @@ and listed in the run directory. The run's channels and size default to what mos
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -49,10 +50,8 @@ def from_scan(cfg, scan) -> RawDataset:
     problems, meta = verify_images(scan.samples, cfg.workers)
     problems = scan.problems + problems
     if problems and cfg.on_bad == "error":
-        listing = "\n".join(f"  - {p}" for p in problems[:200])
-        more = f"\n  ... and {len(problems) - 200} more" if len(problems) > 200 else ""
         raise DataError(
-            f"{len(problems)} problem(s) in the data, found before training:\n{listing}{more}\n"
+            f"{len(problems)} problem(s) in the data, found before training:{listing(problems)}\n"
             "Fix or remove these files, or set data.on_bad=skip to train on the rest "
             "(the skipped files are listed in the run directory)."
         )
@@ -60,8 +59,8 @@ def from_scan(cfg, scan) -> RawDataset:
     train = [s for s in good if s.split in (None, "train")]
     if not train:
         raise DataError("no readable training images were found")
-    channels = cfg.channels or infer_channels(train, meta)
-    height, width = cfg.size or infer_size(train, meta)
+    channels = cfg.channels or infer_channels(meta[s.path].mode for s in train)
+    height, width = cfg.size or infer_size((meta[s.path].height, meta[s.path].width) for s in train)
     index = {name: i for i, name in enumerate(scan.classes)}  # unused for numeric targets
 
     def split_of(samples: list) -> FileSplit | None:
@@ -91,16 +90,22 @@ def from_scan(cfg, scan) -> RawDataset:
     )
 
 
-def infer_channels(samples: list, meta: dict) -> int:
-    """1 when most training images are single-channel, else 3."""
-    single = sum(meta[s.path].mode in SINGLE_CHANNEL_MODES for s in samples)
-    return 1 if single * 2 > len(samples) else 3
+def listing(problems: list, most: int = 200) -> str:
+    """Problems as an indented list, one a line (the first `most`, then how many more)."""
+    lines = "".join(f"\n  - {p}" for p in problems[:most])
+    return lines + (f"\n  ... and {len(problems) - most} more" if len(problems) > most else "")
 
 
-def infer_size(samples: list, meta: dict) -> list[int]:
+def infer_channels(modes: Iterable[str]) -> int:
+    """1 when most training images (their PIL modes) are single-channel, else 3."""
+    modes = list(modes)
+    single = sum(mode in SINGLE_CHANNEL_MODES for mode in modes)
+    return 1 if single * 2 > len(modes) else 3
+
+
+def infer_size(sizes: Iterable[tuple[int, int]]) -> list[int]:
     """The most common (height, width) among the training images."""
-    counts = Counter((meta[s.path].height, meta[s.path].width) for s in samples)
-    (height, width), _ = counts.most_common(1)[0]
+    (height, width), _ = Counter(sizes).most_common(1)[0]
     return [height, width]
 
 

@@ -10,7 +10,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+# What PIL raises for a file that is not a readable image (not a bug): caught, and reported
+# with the file's name.
+UNREADABLE = (
+    UnidentifiedImageError, OSError, SyntaxError, ValueError, Image.DecompressionBombError,
+)  # fmt: skip
 
 
 def open_image(path: Path) -> Image.Image:
@@ -28,13 +34,16 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
     return image.convert("L" if channels == 1 else "RGB")
 
 
-def fit_size(image: Image.Image, height: int, width: int) -> Image.Image:
-    """Scale so the image covers (height, width), then center-crop: no distortion, no borders."""
+def fit_size(
+    image: Image.Image, height: int, width: int, resample=Image.Resampling.BILINEAR
+) -> Image.Image:
+    """Scale so the image covers (height, width), then center-crop: no distortion, no borders
+    (`resample` NEAREST for masks, whose values are class indices)."""
     if image.size == (width, height):
         return image
     scale = max(width / image.width, height / image.height)
     resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    image = image.resize(resized, Image.Resampling.BILINEAR, reducing_gap=None)
+    image = image.resize(resized, resample, reducing_gap=None)
     left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
     return image.crop((left, top, left + width, top + height))
 

@@ -12,7 +12,7 @@ recipes/shapes3d.yaml).
 from __future__ import annotations
 
 import csv
-import os
+import io
 from collections.abc import Callable
 from pathlib import Path
 
@@ -20,6 +20,7 @@ import numpy as np
 from PIL import Image
 
 from kiln.errors import ConfigError
+from kiln.rundir import write_text_atomic
 
 MAKERS: dict[str, Callable[..., Path]] = {}
 
@@ -61,12 +62,9 @@ def mnist_rotation(
             name = f"images/{split}/{i:05d}.png"
             rotated.save(out / name)
             rows.append((name, f"{angles[i]:.3f}", int(labels[i]), split))
-    tmp = out / f".labels.csv.{os.getpid()}.tmp"
-    with open(tmp, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(["file", "angle", "digit", "split"])
-        writer.writerows(rows)
-    os.replace(tmp, out / "labels.csv")  # the CSV appears last: its presence means complete
+    table = io.StringIO()
+    csv.writer(table).writerows([["file", "angle", "digit", "split"], *rows])
+    write_text_atomic(out / "labels.csv", table.getvalue())  # last: its presence means complete
     return out / "labels.csv"
 
 
@@ -177,7 +175,5 @@ def random_shapes(size: int, rng) -> tuple[np.ndarray, np.ndarray]:
 
 
 def write_classes(out: Path, names: list[str]) -> Path:
-    tmp = out / f".classes.txt.{os.getpid()}.tmp"
-    tmp.write_text("\n".join(names) + "\n")
-    os.replace(tmp, out / "classes.txt")
+    write_text_atomic(out / "classes.txt", "\n".join(names) + "\n")
     return out

@@ -32,14 +32,13 @@ from torch.utils.data import DataLoader, Dataset
 
 from kiln.data.batch_augment import IGNORE
 from kiln.data.builtin import IMAGE_SUFFIXES
-from kiln.data.images import convert_mode, fit_size, open_image
+from kiln.data.folder import default_workers, infer_channels, infer_size, listing
+from kiln.data.images import UNREADABLE, convert_mode, fit_size, open_image
 from kiln.data.registry import RawDataset, Split, register_dataset
-from kiln.engine.device import cpu_count
 from kiln.errors import ConfigError, DataError
 
 MASK_SUFFIXES = (".png", ".bmp", ".tif", ".tiff", ".gif")
 VOLUME = ".npy"
-SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 
 @register_dataset(
@@ -68,7 +67,7 @@ def load_seg_folder(cfg, root: Path) -> RawDataset:
         loaded, sizes, modes = load_volume_splits(pairs, cfg.channels, names, problems)
     else:
         channels, size, sizes, modes = image_format(train_pairs, pairs, cfg)
-        workers = cfg.workers if cfg.workers is not None else min(4, cpu_count())
+        workers = default_workers(cfg.workers)
         loaded = {s: load_images(v, channels, size, colours, names, problems, workers)
                   for s, v in pairs.items()}  # fmt: skip
     if problems and cfg.on_bad == "error":
@@ -89,11 +88,6 @@ def load_seg_folder(cfg, root: Path) -> RawDataset:
         train, test = stratified_split(train, cfg.test_fraction)
     return RawDataset(train, test, names, val=splits.get("val"), skipped=problems, sizes=sizes,
                       modes=modes)  # fmt: skip
-
-
-def listing(problems: list[str], most: int = 200) -> str:
-    lines = "".join(f"\n  - {p}" for p in problems[:most])
-    return lines + (f"\n  ... and {len(problems) - most} more" if len(problems) > most else "")
 
 
 def find_pairs(folder: Path, problems: list[str]) -> list[tuple[Path, Path]]:
@@ -164,9 +158,8 @@ def image_format(train_pairs, pairs, cfg) -> tuple[int, tuple[int, int], dict, d
         except (OSError, SyntaxError, ValueError):
             headers[image] = ("unreadable", 0, 0)  # load_images reports it
     train_heads = [headers[image] for image, _ in train_pairs]
-    single = sum(mode in SINGLE_CHANNEL_MODES for mode, _, _ in train_heads)
-    channels = cfg.channels or (1 if single * 2 > len(train_heads) else 3)
-    size = tuple(cfg.size or Counter((h, w) for _, h, w in train_heads).most_common(1)[0][0])
+    channels = cfg.channels or infer_channels(mode for mode, _, _ in train_heads)
+    size = tuple(cfg.size or infer_size((h, w) for _, h, w in train_heads))
     sizes = dict(Counter(f"{h}x{w}" for _, h, w in headers.values()).most_common())
     modes = dict(Counter(mode for mode, _, _ in headers.values()).most_common())
     return channels, size, sizes, modes
@@ -209,7 +202,7 @@ class PairSource(Dataset):
         height, width = self.size
         try:
             image, mask_image = open_image(image_path), open_image(mask_path)
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
+        except UNREADABLE as exc:
             return f"{image_path} or its mask {mask_path}: cannot be read ({exc})"
         if image.size != mask_image.size:
             return (
@@ -267,16 +260,11 @@ def bad_index(mask: np.ndarray, names: list[str] | None, path: Path) -> str | No
 
 
 def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The geometry of kiln.data.images.fit_size (cover, then center-crop), with nearest
-    neighbours so that class indices stay class indices."""
-    h, w = mask.shape
-    if (h, w) == (height, width):
+    """The image's geometry (fit_size: cover, then center-crop), with nearest neighbours so that
+    class indices stay class indices."""
+    if mask.shape == (height, width):
         return mask
-    scale = max(width / w, height / h)
-    resized = (max(width, round(w * scale)), max(height, round(h * scale)))
-    image = Image.fromarray(mask).resize(resized, Image.Resampling.NEAREST)
-    left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
-    return np.asarray(image.crop((left, top, left + width, top + height)))
+    return np.asarray(fit_size(Image.fromarray(mask), height, width, Image.Resampling.NEAREST))
 
 
 def read_volume(path: Path) -> np.ndarray:

@@ -23,10 +23,6 @@ def split_rows(x: torch.Tensor, y: torch.Tensor, fraction: float) -> tuple[Split
     return stratified_split(Split(x.view(len(x), -1, 1, 1), y), fraction)
 
 
-# scikit-learn's names for the diabetes table's columns (its feature_names), in order
-DIABETES_COLUMNS = ["age", "sex", "bmi", "bp", "s1", "s2", "s3", "s4", "s5", "s6"]
-
-
 @register_dataset(
     "diabetes",
     "scikit-learn's bundled diabetes table: 10 measurements, disease progression a year later "
@@ -39,7 +35,8 @@ def load_diabetes(cfg, root: Path) -> RawDataset:
     x = torch.tensor(table.data, dtype=torch.float32)
     y = torch.tensor(table.target, dtype=torch.float32).unsqueeze(1)
     train, test = split_rows(x, y, cfg.test_fraction)
-    return RawDataset(train=train, test=test, classes=["progression"], features=DIABETES_COLUMNS)
+    features = list(table.feature_names)  # age, sex, bmi, bp, s1 ... s6
+    return RawDataset(train=train, test=test, classes=["progression"], features=features)
 
 
 @register_dataset(

@@ -165,8 +165,9 @@ def validation_sample(run: RunDir, n: int, spec: ExportSpec) -> Sample:
 
 def latent_sample(latent: int, n: int) -> Sample:
     """n latent vectors z ~ N(0, I), seed 0: what `kiln sample --seed 0` decodes."""
-    z = torch.randn(n, latent, generator=torch.Generator().manual_seed(0))
-    return Sample(z, None, "latent vectors z ~ N(0, I), seed 0")
+    from kiln.tasks.generate import fixed_noise
+
+    return Sample(fixed_noise(latent, 0, n), None, "latent vectors z ~ N(0, I), seed 0")
 
 
 def normalized(images: torch.Tensor, spec: ExportSpec) -> torch.Tensor:

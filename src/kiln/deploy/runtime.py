@@ -75,10 +75,12 @@ class Servable:
 
     def sample(self, n: int, seed: int = 0) -> torch.Tensor:
         """A generator's n images as uint8 (n, C, H, W): the same draws as `kiln sample`."""
+        from kiln.sample import to_uint8 as pixels_to_uint8
+        from kiln.tasks.generate import fixed_noise
+
         if self.spec.latent is None:
             raise RunError(f"a task={self.spec.task} model does not generate images")
-        z = torch.randn(n, self.spec.latent, generator=torch.Generator().manual_seed(seed))
-        return (self.logits(z).clamp(0, 1) * 255).round().to(torch.uint8)
+        return pixels_to_uint8(self.logits(fixed_noise(self.spec.latent, seed, n)))
 
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         return normalize(to_uint8(image, self.input_shape), self.mean, self.std)

@@ -331,12 +331,10 @@ def add_sampling(app: FastAPI, servable: Servable, limits: Limits) -> None:
 
 def png_bytes(image: torch.Tensor) -> bytes:
     """A uint8 (C, H, W) image (or an (H, W) mask) as PNG file bytes."""
-    from PIL import Image
+    from torchvision.transforms.v2.functional import to_pil_image
 
-    array = image.numpy() if image.dim() == 2 else image.permute(1, 2, 0).numpy()
-    array = array[:, :, 0] if array.ndim == 3 and array.shape[2] == 1 else array
     buffer = io.BytesIO()
-    Image.fromarray(array).save(buffer, format="PNG")
+    to_pil_image(image).save(buffer, format="PNG")
     return buffer.getvalue()
 
 

@@ -8,7 +8,6 @@ inlines them all, like the classification report (kiln.evaluate.report, whose he
 
 from __future__ import annotations
 
-import base64
 import json
 from html import escape
 from pathlib import Path
@@ -19,12 +18,14 @@ from matplotlib.figure import Figure
 
 from kiln import data as kdata
 from kiln.data import Normalize
-from kiln.evaluate.plots import best_row, read_metrics, save
+from kiln.evaluate.plots import best_row, plot_splits, read_metrics, save
 from kiln.evaluate.report import (
     duration,
     epoch_table,
+    inline_png,
     key_value_table,
     read_eval,
+    section_intro,
     table,
     versions_table,
     write_page,
@@ -81,12 +82,11 @@ def write_plots(run: RunDir, model, bundle, device) -> dict[str, Path]:
     if cfg.task == "vae":
         bundle = bundle or kdata.build(cfg.data)
         info = run.data_info()
-        images = bundle.test.head(RECONSTRUCTIONS)
+        images = bundle.test.head(1000)  # the traversal's; the first ones are reconstructed
         x = Normalize(info.mean, info.std, device)(images.to(device))
-        grid = reconstruction_grid(model, images, x)
+        grid = reconstruction_grid(model, images[:RECONSTRUCTIONS], x[:RECONSTRUCTIONS])
         written["reconstructions"] = save_png(grid, out / "reconstructions.png", scale)
-        grid, dims = traversal_grid(model, Normalize(info.mean, info.std, device)(
-            bundle.test.head(1000).to(device)))  # fmt: skip
+        grid, dims = traversal_grid(model, x)
         written["traversal"] = save_png(grid, out / "traversal.png", scale)
         run.write_json("plots/traversal.json", {"dims": dims, "range": TRAVERSAL_RANGE})
     return written
@@ -94,14 +94,9 @@ def write_plots(run: RunDir, model, bundle, device) -> dict[str, Path]:
 
 def curves_figure(rows: list[dict[str, float]], panels) -> Figure:
     fig = Figure(figsize=(4 * len(panels), 3.4), layout="constrained")
-    epochs = [r["epoch"] for r in rows]
     for ax, (title, keys) in zip(fig.subplots(1, len(panels)), panels, strict=True):
         for key in keys:
-            for split, style in (("train", "-o"), ("val", "-s")):
-                column = f"{split}_{key}"
-                if all(column in r for r in rows):
-                    label = f"{split} {key}" if len(keys) > 1 else split
-                    ax.plot(epochs, [r[column] for r in rows], style, markersize=3, label=label)
+            plot_splits(ax, rows, key, named=len(keys) > 1)
         ax.set(title=title, xlabel="epoch")
         ax.grid(alpha=0.3)
         ax.xaxis.get_major_locator().set_params(integer=True)
@@ -113,11 +108,7 @@ def curves_figure(rows: list[dict[str, float]], panels) -> Figure:
 def frechet_figure(rows: list[dict[str, float]], best, classifier: str) -> Figure:
     fig = Figure(figsize=(7, 4), layout="constrained")
     ax = fig.subplots()
-    epochs = [r["epoch"] for r in rows]
-    for split, style in (("train", "-o"), ("val", "-s")):
-        if all(f"{split}_frechet" in r for r in rows):
-            values = [r[f"{split}_frechet"] for r in rows]
-            ax.plot(epochs, values, style, markersize=4, label=split)
+    plot_splits(ax, rows, "frechet", markersize=4)
     if best is not None and "val_frechet" in best:
         label = f"best: epoch {best['epoch']:.0f}, val {best['val_frechet']:.2f}"
         ax.plot([best["epoch"]], [best["val_frechet"]], "*", color="tab:red", markersize=12,
@@ -249,10 +240,7 @@ def frechet_caption(cfg) -> str:
 def test_section(task: str, test: dict[str, Any] | None) -> str:
     if test is None:
         return '<h2>Test</h2>\n<p class="sub">No eval-test.json in the run: run `kiln eval`.</p>'
-    intro = (
-        f'<p class="sub">{test["samples"]:,} test images, '
-        f"{escape(str(test.get('checkpoint')))} checkpoint (epoch {test.get('epoch')}).</p>"
-    )
+    intro = section_intro(test, f"{test['samples']:,} test images", "")
     if task == "vae":
         intro += (
             '<p class="sub">In nats per image: the ELBO (elbo) = -(recon + kl), higher is '
@@ -297,22 +285,18 @@ def epoch_grids(run: RunDir) -> list[str]:
     if not paths:
         return []
     cells = "".join(
-        f'<figure style="display:inline-block;margin:0.4rem">{img(p, "")}'
+        f'<figure style="display:inline-block;margin:0.4rem">{inline_png(p, "", "pixels")}'
         f"<figcaption>epoch {int(p.stem.rsplit('_', 1)[1])}</figcaption></figure>"
         for p in paths
     )
     return ["<h3>The same 64 noise vectors, epoch by epoch</h3>", f"<div>{cells}</div>"]
 
 
-def img(path: Path, alt: str) -> str:
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    return f'<img class="pixels" src="data:image/png;base64,{data}" alt="{escape(alt)}">'
-
-
 def figure(path: Path | None, caption: str) -> str:
     if path is None or not Path(path).is_file():
         return ""
-    return f"<figure>{img(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
+    shown = inline_png(path, caption, "pixels")
+    return f"<figure>{shown}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 # `kiln eval` ----------------------------------------------------------------------------------

@@ -141,15 +141,29 @@ def write_curves(run: RunDir) -> dict[str, Path]:
     return {"curves": save(curves_figure(rows, best, metric), out / "curves.png")}
 
 
-def save(fig: Figure, path: Path) -> Path:
+def save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write through a temporary file, so a reader never sees half a PNG."""
     tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=DPI, format="png")
+    fig.savefig(tmp, dpi=dpi, format="png")
     os.replace(tmp, path)
     return path
 
 
 # Training curves --------------------------------------------------------------------------------
+def plot_splits(
+    ax: Axes, rows: list[dict[str, float]], key: str, named: bool = False, markersize: int = 3
+) -> None:
+    """train_<key> and val_<key> per epoch (each where every row has it), labelled by split
+    (`named`: "train <key>", for panels with several keys)."""
+    epochs = [r["epoch"] for r in rows]
+    for split, style in (("train", "-o"), ("val", "-s")):
+        column = f"{split}_{key}"
+        if all(column in r for r in rows):
+            label = f"{split} {key}" if named else split
+            values = [r[column] for r in rows]
+            ax.plot(epochs, values, style, markersize=markersize, label=label)
+
+
 def curves_figure(
     rows: list[dict[str, float]], best: dict[str, float] | None, metric: str = "acc"
 ) -> Figure:
@@ -159,10 +173,7 @@ def curves_figure(
     epochs = [r["epoch"] for r in rows]
     named = "accuracy" if metric == "acc" else metric
     for ax, name, title in ((loss_ax, "loss", "loss"), (acc_ax, metric, named)):
-        for split, style in (("train", "-o"), ("val", "-s")):
-            key = f"{split}_{name}"
-            if all(key in r for r in rows):
-                ax.plot(epochs, [r[key] for r in rows], style, markersize=3, label=split)
+        plot_splits(ax, rows, name)
         ax.set_title(title)
     if all("lr" in r for r in rows):
         lr_ax.plot(epochs, [r["lr"] for r in rows], "-o", markersize=3, color="tab:green")

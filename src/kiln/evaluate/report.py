@@ -128,16 +128,27 @@ def write_report(
 
 def write_page(run: RunDir, body: list[str], css: str = "") -> Path:
     """RUN/report.html: the body's non-empty parts in one self-contained page."""
-    page = (
+    path = run.path / "report.html"
+    write_text_atomic(path, html_page(f"Kiln report: {run.path.name}", body, css))
+    return path
+
+
+def html_page(title: str, body: list[str], css: str = "") -> str:
+    """One self-contained HTML page (run reports, study reports): the body's non-empty parts."""
+    return (
         '<!DOCTYPE html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
         '<meta name="viewport" content="width=device-width, initial-scale=1">\n'
         '<link rel="icon" href="data:,">\n'  # no favicon request: the page makes none at all
-        f"<title>Kiln report: {escape(run.path.name)}</title>\n<style>{CSS}{css}</style>\n"
+        f"<title>{escape(title)}</title>\n<style>{CSS}{css}</style>\n"
         "</head>\n<body>\n" + "\n".join(part for part in body if part) + "\n</body>\n</html>\n"
     )
-    path = run.path / "report.html"
-    write_text_atomic(path, page)
-    return path
+
+
+def inline_png(path: str | Path, alt: str, css_class: str = "") -> str:
+    """An <img> with the PNG inlined as a data: URI, so the page needs no other file."""
+    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    attr = f' class="{css_class}"' if css_class else ""
+    return f'<img{attr} src="data:image/png;base64,{data}" alt="{escape(alt)}">'
 
 
 def model_summary(run: RunDir, model: torch.nn.Module | None) -> str:
@@ -330,12 +341,8 @@ def figure(plots: dict[str, Path], name: str) -> str:
     path = plots.get(name)
     if path is None or not Path(path).is_file():
         return ""
-    data = base64.b64encode(Path(path).read_bytes()).decode("ascii")
-    alt = escape(CAPTIONS.get(name, name))
-    return (
-        f'<figure><img src="data:image/png;base64,{data}" alt="{alt}">'
-        f"<figcaption>{alt}</figcaption></figure>"
-    )
+    caption = CAPTIONS.get(name, name)
+    return f"<figure>{inline_png(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 def versions_table(info: dict[str, Any]) -> str:

@@ -22,9 +22,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from kiln.data.batch_augment import IGNORE, per_sample_only
-from kiln.engine.device import autocast
 from kiln.errors import ConfigError
 from kiln.evaluate.segment import confusion_matrix, metrics_report, scores
+from kiln.models.tta import infer
 from kiln.tasks.registry import register_task
 
 SMOOTH = 1.0  # keeps the Dice of a class absent from both truth and prediction at 1, not 0/0
@@ -42,14 +42,6 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     overlap = (probs * target).sum(axes)
     sizes = probs.sum(axes) + target.sum(axes)
     return 1 - ((2 * overlap + SMOOTH) / (sizes + SMOOTH)).mean()
-
-
-def segment_logits(net: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
-    """Class scores per pixel; model.tta=flip adds the mirrored image's scores, mirrored back."""
-    logits = net(x)
-    if tta == "flip":
-        logits = (logits + net(x.flip(-1)).flip(-1)) / 2
-    return logits
 
 
 @register_task("segment", "a class per pixel (data.name=seg-folder, model=unet): Dice + CE, mIoU")
@@ -122,11 +114,6 @@ class SegmentTask:
         s = scores(score_sum.view(k, k))
         return {"miou": s["miou"], "dice": s["mean_dice"], "pixel_acc": s["pixel_acc"]}
 
-    def eval_step(self, trainer, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        with autocast(trainer.cfg.train.precision, trainer.device):
-            logits = segment_logits(trainer.net, x, self.tta)
-        return self.eval_loss(logits.float(), y), logits.float()
-
     def after_fit(self, run, model, bundle, device) -> dict[str, str]:
         """plots/curves.png and plots/segment_samples.png (test images, true and predicted),
         then report.html (run.report)."""
@@ -145,7 +132,7 @@ class SegmentTask:
         x = Normalize(info.mean, info.std, device)(images.to(device))
         model.eval()
         with torch.inference_mode():
-            pred = segment_logits(model, x, tta).argmax(dim=1).cpu()
+            pred = infer(model, x, tta).argmax(dim=1).cpu()
         samples = write_samples(run.path / "plots" / "segment_samples.png", images, masks, pred,
                                 info.classes)  # fmt: skip
         return [*write_curves(run).values(), samples]
@@ -178,7 +165,7 @@ class SegmentTask:
         confusion = torch.zeros(k, k, dtype=torch.float64)
         loss, n = 0.0, 0
         for x, y in loader:
-            logits = segment_logits(model, x, task.tta).float()
+            logits = infer(model, x, task.tta).float()
             loss += float(task.eval_loss(logits, y))
             confusion += confusion_matrix(logits.argmax(dim=1), y, k).cpu().double()
             n += len(y)

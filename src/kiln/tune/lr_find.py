@@ -242,7 +242,6 @@ def plot(result: LrFindResult, cfg: RunConfig, path: Path) -> Path:
     ax.set_title(f"LR range test: {cfg.model.name} on {cfg.data.name}, {cfg.optim.name}")
     ax.grid(alpha=0.3, which="both")
     ax.legend(fontsize=8)
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    tmp.replace(path)
-    return path
+    from kiln.evaluate.plots import save
+
+    return save(fig, path, dpi=110)

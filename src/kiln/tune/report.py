@@ -3,7 +3,6 @@ self-contained report.html, all read back from the study's storage (any worker c
 
 from __future__ import annotations
 
-import base64
 import csv
 import io
 import math
@@ -14,6 +13,7 @@ from typing import Any
 import yaml
 
 from kiln.config import RunConfig, build_config
+from kiln.evaluate.plots import save
 from kiln.rundir import write_text_atomic
 from kiln.tune.space import Param, decode
 from kiln.tune.storage import redact
@@ -129,13 +129,6 @@ def _figure(width: float = 7.0, height: float = 4.0, left: float = 0.1):
     return fig
 
 
-def _save(fig, path: Path) -> Path:
-    tmp = path.with_name(f".{path.name}.tmp")
-    fig.savefig(tmp, format="png", dpi=110, metadata={"Software": None})
-    tmp.replace(path)
-    return path
-
-
 def plot_history(study, s: Settings, path: Path) -> Path:
     """Each trial's value (pruned ones at their last epoch's value) and the best so far."""
     from matplotlib.ticker import MaxNLocator
@@ -164,7 +157,7 @@ def plot_history(study, s: Settings, path: Path) -> Path:
     ax.set_title(f"Optimization history ({s.direction} {s.metric})")
     ax.grid(alpha=0.3)
     ax.legend(loc="best", fontsize=8)
-    return _save(fig, path)
+    return save(fig, path, dpi=110)
 
 
 def importances(study) -> dict[str, float]:
@@ -193,7 +186,7 @@ def plot_importance(study, s: Settings, path: Path) -> Path:
         ax.text(0.5, 0.5, "needs at least two completed trials", ha="center", va="center")
         ax.set_axis_off()
     ax.set_title("Parameter importances")
-    return _save(fig, path)
+    return save(fig, path, dpi=110)
 
 
 def plot_epochs(study, s: Settings, path: Path) -> Path:
@@ -222,7 +215,7 @@ def plot_epochs(study, s: Settings, path: Path) -> Path:
     ax.set_ylabel(s.metric)
     ax.set_title("Each trial per epoch (grey: pruned)")
     ax.grid(alpha=0.3)
-    return _save(fig, path)
+    return save(fig, path, dpi=110)
 
 
 # The report ------------------------------------------------------------------------------------
@@ -259,7 +252,7 @@ def summary(study, s: Settings) -> dict[str, int]:
 
 
 def _html(study, s, rows, plots, best_path, path: Path) -> Path:
-    from kiln.evaluate.report import CSS, duration, key_value_table, table
+    from kiln.evaluate.report import duration, html_page, inline_png, key_value_table, table
 
     tally = summary(study, s)
     seconds = sum(float(r["seconds"] or 0) for r in rows)
@@ -291,24 +284,19 @@ def _html(study, s, rows, plots, best_path, path: Path) -> Path:
         "epochs": "The metric per epoch of every trial: what the pruner compared.",
     }
     figures = "".join(
-        f'<figure><img alt="{name}" src="data:image/png;base64,'
-        f'{base64.b64encode(p.read_bytes()).decode("ascii")}">'
-        f"<figcaption>{escape(captions[name])}</figcaption></figure>"
+        f"<figure>{inline_png(p, name)}<figcaption>{escape(captions[name])}</figcaption></figure>"
         for name, p in plots.items()
     )
-    page = f"""<!DOCTYPE html>
-<html lang="en"><head><meta charset="utf-8"><title>Kiln study: {escape(s.name)}</title>
-<style>{CSS}</style></head><body>
-<h1>Study {escape(s.name)}</h1>
-<p class="sub">kiln tune: {escape(s.direction)} {escape(s.metric)} over {len(s.params)}
-parameter(s)</p>
-<h2>Summary</h2>{key_value_table(overview)}
-<h2>Search space</h2>{key_value_table(space)}
-<h2>Plots</h2>{figures}
-<h2>Trials</h2>{table(header, cells, numeric_from=2)}
-</body></html>
-"""
-    write_text_atomic(path, page)
+    body = [
+        f"<h1>Study {escape(s.name)}</h1>",
+        f'<p class="sub">kiln tune: {escape(s.direction)} {escape(s.metric)} over '
+        f"{len(s.params)} parameter(s)</p>",
+        f"<h2>Summary</h2>{key_value_table(overview)}",
+        f"<h2>Search space</h2>{key_value_table(space)}",
+        f"<h2>Plots</h2>{figures}",
+        f"<h2>Trials</h2>{table(header, cells, numeric_from=2)}",
+    ]
+    write_text_atomic(path, html_page(f"Kiln study: {s.name}", body))
     return path
 
 
