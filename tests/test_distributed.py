@@ -144,7 +144,10 @@ try:
         distributed.sum_across(torch.ones(3))
 except RunError as exc:
     got["lost"] = str(exc)
-print(json.dumps(got))
+print(json.dumps(got), flush=True)
+# gloo's process group with a vanished peer can abort in its destructor at interpreter exit
+# ("terminate called without an active exception"): what this test checks is printed above
+os._exit(0)
 """
 
 
