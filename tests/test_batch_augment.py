@@ -6,10 +6,10 @@ import torch
 import torch.nn.functional as F
 
 from kiln import data as kdata
-from kiln.config import DataConfig, build_config
+from kiln.config import DataConfig, build_config, parse_size
 from kiln.data import MemoryLoader, Normalize, Split, WorkerLoader, describe_path, make_loader
 from kiln.data.batch_augment import BatchAugment, cutout, flip, random_crop, shift, translate
-from kiln.data.placement import parse_size, place
+from kiln.data.placement import place
 from kiln.data.transforms import resolve_augment
 from kiln.errors import ConfigError
 

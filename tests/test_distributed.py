@@ -20,9 +20,10 @@ import torch
 from conftest import KilnPool, kiln_env, run_kiln
 
 import kiln
+from kiln import checkpoint
 from kiln.data import MemoryLoader, Normalize, Split, WorkerLoader
 from kiln.data.memory import shard_length, shard_positions
-from kiln.engine import checkpoint, distributed
+from kiln.engine import distributed
 from kiln.errors import ConfigError
 from kiln.evaluate import evaluate_run
 from kiln.rundir import RunDir
@@ -313,7 +314,8 @@ def test_cli_checks_the_batch_split_once_before_starting_processes(cli):
 
 
 def test_cpu_threads_are_shared_among_local_processes(monkeypatch):
-    from kiln.engine.device import cpu_count, set_threads
+    from kiln.data.workers import cpu_count
+    from kiln.engine.device import set_threads
 
     before = torch.get_num_threads()
     try:

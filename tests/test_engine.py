@@ -8,8 +8,8 @@ import torch
 from torch import nn
 
 import kiln
+from kiln import checkpoint
 from kiln.config import OptimConfig, SchedConfig
-from kiln.engine import checkpoint
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.engine.trainer import EarlyStopping
 from kiln.errors import ConfigError, RunError

@@ -20,8 +20,8 @@ import kiln
 from kiln.deploy import export as export_mod
 from kiln.deploy.export import ExportError, export_run
 from kiln.deploy.runtime import load_servable
-from kiln.deploy.spec import ExportSpec, sidecar_path
 from kiln.errors import KilnError
+from kiln.infer.spec import ExportSpec, sidecar_path
 
 FORMATS = ("onnx", "torchscript", "state_dict")
 

@@ -9,10 +9,11 @@ import torch
 from torch import nn
 
 import kiln
+from kiln import checkpoint
 from kiln.data.builtin import read_idx
 from kiln.data.registry import DataInfo
-from kiln.engine import checkpoint
-from kiln.engine.device import cpu_count, set_threads, settle
+from kiln.data.workers import cpu_count
+from kiln.engine.device import set_threads, settle
 from kiln.errors import ConfigError, DataError
 from kiln.models import create_model
 from kiln.models.tta import infer
@@ -37,7 +38,7 @@ def test_threads_match_the_cores_this_process_may_use():
 
 @pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="needs CPU affinity (Linux)")
 def test_loader_workers_default_to_the_cores_this_process_may_use():
-    from kiln.data.folder import default_workers
+    from kiln.data.workers import default_workers
 
     before = os.sched_getaffinity(0)
     try:

@@ -16,9 +16,9 @@ from conftest import assert_clean_error, interrupt_at
 from PIL import Image
 
 import kiln
+from kiln import checkpoint
 from kiln.cli import main
 from kiln.data.registry import DataInfo
-from kiln.engine import checkpoint
 from kiln.engine.trainer import TrainingInterrupted
 from kiln.evaluate.frechet import feature_sums, frechet_distance, mean_cov
 from kiln.models import create_model

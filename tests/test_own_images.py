@@ -16,9 +16,9 @@ from PIL import Image
 from shared_data import require
 
 import kiln
+from kiln import checkpoint
 from kiln import data as kdata
 from kiln.config import DataConfig
-from kiln.engine import checkpoint
 from kiln.errors import DataError
 
 CLASSES = ["dark", "light", "stripes"]

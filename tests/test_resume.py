@@ -14,7 +14,7 @@ import torch
 from conftest import interrupt_at
 
 import kiln
-from kiln.engine import checkpoint
+from kiln import checkpoint
 from kiln.engine.trainer import TrainingInterrupted
 
 CONFIG = {

@@ -15,13 +15,13 @@ from PIL import Image
 from shared_data import require
 
 import kiln
+from kiln import checkpoint
 from kiln import data as kdata
 from kiln.config import build_config
 from kiln.data import MemoryLoader, Normalize, Split, channel_stats
 from kiln.data.batch_augment import IGNORE, BatchAugment
 from kiln.data.registry import DataInfo
 from kiln.data.transforms import resolve_augment
-from kiln.engine import checkpoint
 from kiln.engine.callbacks import Callback
 from kiln.engine.trainer import TrainingInterrupted
 from kiln.errors import ConfigError, DataError

@@ -10,9 +10,10 @@ from typing import Any
 
 from torch import nn
 
+from kiln import checkpoint
 from kiln import data as kdata
 from kiln.config import RunConfig, build_config
-from kiln.engine import checkpoint, distributed
+from kiln.engine import distributed
 from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard, show
 from kiln.engine.device import (
     check_precision,

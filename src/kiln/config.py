@@ -56,6 +56,18 @@ _Loader.add_implicit_resolver(
 )
 
 
+UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
+
+
+def parse_size(text: str, key: str = "data.memory") -> int:
+    """'2GB', '500 MB', '1.5g' -> bytes."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if match is None or unit not in UNITS:
+        raise ConfigError(f"{key}={text!r}: expected auto, true, false or a size like 2GB or 500MB")
+    return int(float(match.group(1)) * UNITS[unit])
+
+
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
@@ -99,8 +111,6 @@ class DataConfig(_Section):
     def _memory(cls, v: Any) -> Any:
         if isinstance(v, bool) or v == "auto":
             return v
-        from kiln.data.placement import parse_size
-
         try:
             parse_size(v)
         except ConfigError as exc:

@@ -9,10 +9,10 @@ from typing import Any
 import torch
 from PIL import Image
 
+from kiln import checkpoint
 from kiln.data.builtin import IMAGE_SUFFIXES
 from kiln.data.images import UNREADABLE, decode
 from kiln.data.registry import DataInfo
-from kiln.engine import checkpoint
 from kiln.errors import KilnError, RunError
 from kiln.models import build_model, import_user_modules
 from kiln.models.tta import infer

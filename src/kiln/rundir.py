@@ -8,7 +8,6 @@ from __future__ import annotations
 import csv
 import io
 import json
-import os
 import platform
 import shutil
 import subprocess
@@ -19,12 +18,7 @@ from typing import Any
 from kiln.config import RunConfig, build_config
 from kiln.data.registry import DataInfo
 from kiln.errors import ConfigError, RunError
-
-
-def write_text_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+from kiln.io import write_text_atomic
 
 
 class RunDir:

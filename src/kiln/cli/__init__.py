@@ -2,7 +2,7 @@
 
 One module per group of verbs, each with its `add_parsers(verbs)`: train.py (train, config),
 models.py (list, summary), data.py (data show|stats|make), evaluate.py (eval, report, compare),
-predict.py (predict, sample); kiln.deploy.cli (export, serve) and kiln.tune.cli (tune). Building
+predict.py (predict, sample), deploy.py (export, serve) and tune.py (tune). Building
 the parser imports no torch, so `kiln --help` and a config error answer at once.
 """
 
@@ -13,10 +13,8 @@ import os
 import sys
 
 from kiln import __version__
-from kiln.cli import data, evaluate, models, predict, train
-from kiln.deploy.cli import add_parsers as add_deploy
+from kiln.cli import data, deploy, evaluate, models, predict, train, tune
 from kiln.errors import KilnError
-from kiln.tune.cli import add_parsers as add_tune
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -31,8 +29,8 @@ def build_parser() -> argparse.ArgumentParser:
         data.add_parsers,  # data show|stats|make
         evaluate.add_parsers,  # eval, report, compare
         predict.add_parsers,  # predict, sample
-        add_deploy,  # export, serve
-        add_tune,  # tune
+        deploy.add_parsers,  # export, serve
+        tune.add_parsers,  # tune
     ):
         add_parsers(verbs)
     return parser

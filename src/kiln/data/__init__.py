@@ -80,7 +80,7 @@ def stratified_split(train, fraction: float):
 def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
     """The splits, normalization and DataInfo, with the images decoded into memory when
     data.memory allows it for training on `device` (see kiln.data.placement)."""
-    from kiln.data.folder import default_workers
+    from kiln.data.workers import default_workers
 
     entry = get_dataset(cfg.name)
     raw: RawDataset = entry.loader(cfg, resolve_root(cfg))

@@ -15,7 +15,6 @@ import torch
 
 from kiln.data.files import FileSplit
 from kiln.data.registry import RawDataset, register_dataset
-from kiln.engine.device import cpu_count
 from kiln.errors import ConfigError, DataError
 
 SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
@@ -107,9 +106,3 @@ def infer_size(sizes: Iterable[tuple[int, int]]) -> list[int]:
     """The most common (height, width) among the training images."""
     (height, width), _ = Counter(sizes).most_common(1)[0]
     return [height, width]
-
-
-def default_workers(workers: int | None) -> int:
-    """data.workers, or one DataLoader worker per core this process may use (its CPU affinity and
-    cgroup quota: a container's, a pinned process's), at most 4."""
-    return workers if workers is not None else min(4, cpu_count())

@@ -20,7 +20,7 @@ import numpy as np
 from PIL import Image
 
 from kiln.errors import ConfigError
-from kiln.rundir import write_text_atomic
+from kiln.io import write_text_atomic
 
 MAKERS: dict[str, Callable[..., Path]] = {}
 

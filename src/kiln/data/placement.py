@@ -11,16 +11,14 @@ batched by index, or decoded per sample by DataLoader workers. Decided once, sai
 from __future__ import annotations
 
 import os
-import re
 from dataclasses import dataclass
 
 import torch
 
-from kiln.errors import ConfigError
+from kiln.config import parse_size
 
 RAM_FRACTION = 0.25  # of the free RAM, for data.memory=auto
 DEVICE_FRACTION = 0.5  # of a GPU's free memory, for data.memory=auto
-UNITS = {"": 1, "b": 1, "k": 2**10, "kb": 2**10, "m": 2**20, "mb": 2**20, "g": 2**30, "gb": 2**30}
 
 
 @dataclass
@@ -28,15 +26,6 @@ class Placement:
     in_memory: bool  # batches are taken by index from a uint8 tensor
     store: torch.device  # where that tensor lives (the training device, or the CPU)
     reason: str  # the log line's "why"
-
-
-def parse_size(text: str, key: str = "data.memory") -> int:
-    """'2GB', '500 MB', '1.5g' -> bytes."""
-    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
-    unit = match.group(2).lower() if match else None
-    if match is None or unit not in UNITS:
-        raise ConfigError(f"{key}={text!r}: expected auto, true, false or a size like 2GB or 500MB")
-    return int(float(match.group(1)) * UNITS[unit])
 
 
 def free_ram() -> int:

@@ -20,8 +20,8 @@ import torch
 from torch import nn
 
 from kiln.deploy import runtime
-from kiln.deploy.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
 from kiln.errors import ConfigError, KilnError, RunError
+from kiln.infer.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
 from kiln.models.tta import infer
 from kiln.rundir import RunDir
 
@@ -229,7 +229,7 @@ def write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, spec
 
 def write_state(module: nn.Module, example: torch.Tensor, path: Path, spec) -> None:
     """Plain tensors (weights_only loadable); the sidecar's config rebuilds the model."""
-    from kiln.engine import checkpoint
+    from kiln import checkpoint
 
     state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
     checkpoint.save({"model": state}, path)

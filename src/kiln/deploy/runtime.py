@@ -16,8 +16,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from kiln.deploy.spec import ExportSpec, InputSpec, ModelSpec, find_export
 from kiln.errors import RunError
+from kiln.infer.spec import ExportSpec, InputSpec, ModelSpec, find_export
 from kiln.predict import ImageLike, answers, normalize, to_uint8
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # normalized float (N, C, H, W) -> (N, classes)
@@ -145,7 +145,7 @@ def onnx_session(model_file: Path):
         import onnxruntime as ort
     except ImportError:  # pragma: no cover - a dependency of kiln
         raise RunError("serving ONNX needs onnxruntime: pip install onnxruntime") from None
-    from kiln.engine.device import cpu_count
+    from kiln.data.workers import cpu_count
 
     options = ort.SessionOptions()
     options.intra_op_num_threads = cpu_count()
@@ -179,8 +179,8 @@ def _torchscript(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logit
 
 def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logits, str]:
     """Rebuild the model from the config in the sidecar, then load plain tensors into it."""
+    from kiln import checkpoint
     from kiln.config import RunConfig
-    from kiln.engine import checkpoint
     from kiln.models import build_model, import_user_modules
 
     cfg = RunConfig.model_validate(spec.config)

@@ -7,6 +7,7 @@ import os
 
 import torch
 
+from kiln.data.workers import cpu_count
 from kiln.errors import ConfigError
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -24,21 +25,6 @@ def resolve_device(name: str) -> torch.device:
     if name.startswith("mps") and not torch.backends.mps.is_available():
         raise ConfigError("train.device=mps, but MPS is not available here; use cpu or auto")
     return torch.device(name)
-
-
-def cpu_count() -> int:
-    """The cores this process may use: its CPU affinity, capped by a cgroup CPU quota."""
-    try:
-        cores = len(os.sched_getaffinity(0))
-    except AttributeError:
-        cores = os.cpu_count() or 1
-    try:
-        quota, period = open("/sys/fs/cgroup/cpu.max").read().split()
-        if quota != "max":
-            cores = min(cores, max(1, int(int(quota) / int(period))))
-    except (OSError, ValueError):
-        pass
-    return cores
 
 
 def set_threads() -> int:

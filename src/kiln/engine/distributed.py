@@ -283,7 +283,7 @@ def _lost_contact(exc: BaseException) -> bool:
 def launch(processes: int, argv: list[str]) -> int:
     """`kiln train ... train.devices=N`: the same command again under torchrun, N processes on
     this machine (--standalone picks a free port). Returns torchrun's exit code."""
-    from kiln.engine.device import cpu_count
+    from kiln.data.workers import cpu_count
 
     cmd = [
         *(sys.executable, "-m", "kiln.engine.torchrun", "--standalone"),

@@ -16,10 +16,11 @@ from typing import Any
 import torch
 from torch import nn
 
+from kiln import checkpoint
 from kiln.config import RunConfig
 from kiln.data import DataBundle, DataInfo, Normalize, describe_path, make_loader
-from kiln.data.folder import default_workers
-from kiln.engine import checkpoint, distributed
+from kiln.data.workers import default_workers
+from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
 from kiln.engine.device import autocast
 from kiln.engine.optim import build_optimizer, build_scheduler

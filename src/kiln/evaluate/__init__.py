@@ -6,10 +6,10 @@ from typing import Any
 
 import torch
 
+from kiln import checkpoint
 from kiln import data as kdata
 from kiln.data import Normalize, make_loader
-from kiln.data.folder import default_workers
-from kiln.engine import checkpoint
+from kiln.data.workers import default_workers
 from kiln.errors import ConfigError
 from kiln.models.tta import infer
 from kiln.rundir import RunDir

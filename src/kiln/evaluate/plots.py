@@ -18,7 +18,7 @@ from matplotlib.figure import Figure
 
 from kiln import data as kdata
 from kiln.data import Normalize, make_loader
-from kiln.data.folder import default_workers
+from kiln.data.workers import default_workers
 from kiln.errors import RunError
 from kiln.evaluate import collect_logits
 from kiln.rundir import RunDir

@@ -16,7 +16,8 @@ import torch
 from kiln import data as kdata
 from kiln.errors import KilnError, RunError
 from kiln.evaluate.plots import PLOTS, best_row, read_metrics, write_plots
-from kiln.rundir import RunDir, write_text_atomic
+from kiln.io import write_text_atomic
+from kiln.rundir import RunDir
 
 CAPTIONS = {
     "curves": "Loss, accuracy and learning rate per epoch; the dashed line marks the best epoch.",

@@ -21,7 +21,7 @@ import numpy as np
 
 from kiln.config import RunConfig
 from kiln.errors import ConfigError, RunError
-from kiln.rundir import write_text_atomic
+from kiln.io import write_text_atomic
 
 
 @dataclass
@@ -138,8 +138,8 @@ def _build(cfg: RunConfig):
     from kiln import data as kdata
     from kiln.api import resolve
     from kiln.data import Normalize, make_loader
-    from kiln.data.folder import default_workers
     from kiln.data.transforms import resolve_augment
+    from kiln.data.workers import default_workers
     from kiln.engine.device import (
         check_precision,
         resolve_device,

@@ -14,7 +14,7 @@ import yaml
 
 from kiln.config import RunConfig, build_config
 from kiln.evaluate.plots import save
-from kiln.rundir import write_text_atomic
+from kiln.io import write_text_atomic
 from kiln.tune.space import Param, decode
 from kiln.tune.storage import redact
 from kiln.tune.study import Settings, counts

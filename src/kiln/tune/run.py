@@ -12,7 +12,7 @@ from typing import Any
 
 from kiln.config import RunConfig, build_config
 from kiln.errors import ConfigError, RunError
-from kiln.rundir import write_text_atomic
+from kiln.io import write_text_atomic
 from kiln.tune.storage import redact
 from kiln.tune.study import Settings, make_settings, open_study
 from kiln.tune.worker import TuneInterrupted, command_line, interrupted_message, run_worker

@@ -82,7 +82,7 @@ class ExportSpec(BaseModel):
     config: dict[str, Any] = Field(default_factory=dict)  # the run's resolved config
 
     def write(self, path: Path) -> None:
-        from kiln.rundir import write_text_atomic
+        from kiln.io import write_text_atomic
 
         write_text_atomic(path, json.dumps(self.model_dump(), indent=2) + "\n")
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from kiln.cli.train import split_config_args
 from kiln.errors import KilnError
 
 EPILOG = """examples:
@@ -21,7 +22,6 @@ Re-running the same command continues the study: only the missing trials run."""
 
 
 def cmd_tune(ns: argparse.Namespace) -> int:
-    from kiln.cli.train import split_config_args
     from kiln.config import build_config
 
     config, overrides = split_config_args(ns.args)
