@@ -32,7 +32,7 @@ def real_vs_real(classifier: Path, data_root: Path) -> float:
 
     from kiln import data as kdata
     from kiln.config import build_config
-    from kiln.evaluate.frechet import distance_from_sums, feature_sums, load_classifier
+    from kiln.tasks.generate.frechet import distance_from_sums, feature_sums, load_classifier
 
     cfg = build_config(REPO / "recipes" / "mnist-gan.yaml", {"data.root": str(data_root)})
     bundle = kdata.build(cfg.data)

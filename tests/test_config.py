@@ -20,7 +20,16 @@ from kiln.config import (
 )
 from kiln.errors import ConfigError, KilnError
 
-SECTIONS = ("task", "data", "model", "optim", "sched", "train", "run", "tune", "gan")
+SECTIONS = (
+    "task",
+    "data",
+    "model",
+    "optim",
+    "sched",
+    "train",
+    "run",
+    "tune",
+)  # task sections (segment:, gan:) belong to the task
 
 
 def config_error(*overrides: str, source=None) -> str:

@@ -17,10 +17,9 @@ from test_segment import write_seg_folder
 
 import kiln
 from kiln.deploy.export import export_run
-from kiln.deploy.runtime import load_servable
 from kiln.deploy.serve import create_app
+from kiln.infer import load_servable, sample_images
 from kiln.models.tta import infer
-from kiln.sample import sample_images
 
 
 def png(data: bytes) -> np.ndarray:

@@ -24,8 +24,8 @@ from kiln import checkpoint
 from kiln.data import MemoryLoader, Normalize, Split, WorkerLoader
 from kiln.data.memory import shard_length, shard_positions
 from kiln.engine import distributed
+from kiln.engine.evaluate import evaluate_run
 from kiln.errors import ConfigError
-from kiln.evaluate import evaluate_run
 from kiln.rundir import RunDir
 
 # digits with the default convnet (BatchNorm, channels_last: both go through DDP), 2 epochs.

@@ -19,8 +19,8 @@ from PIL import Image
 import kiln
 from kiln.deploy import export as export_mod
 from kiln.deploy.export import ExportError, export_run
-from kiln.deploy.runtime import load_servable
 from kiln.errors import KilnError
+from kiln.infer import load_servable
 from kiln.infer.spec import ExportSpec, sidecar_path
 
 FORMATS = ("onnx", "torchscript", "state_dict")

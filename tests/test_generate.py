@@ -20,9 +20,9 @@ from kiln import checkpoint
 from kiln.cli import main
 from kiln.data.registry import DataInfo
 from kiln.engine.trainer import TrainingInterrupted
-from kiln.evaluate.frechet import feature_sums, frechet_distance, mean_cov
 from kiln.models import create_model
-from kiln.tasks.vae import VAETask, vae_terms
+from kiln.tasks.generate.frechet import feature_sums, frechet_distance, mean_cov
+from kiln.tasks.generate.vae import VAETask, vae_terms
 
 
 def info(channels: int, size: int) -> DataInfo:
@@ -154,7 +154,7 @@ def test_gan_run_scores_with_the_classifier_and_keeps_both_optimizers(runs: Path
     state = checkpoint.load(run / "checkpoints" / "last.pt")
     model = state["model"]
     for name in ("generator", "discriminator"):
-        opt = state["task"][name]
+        opt = state["optimizers"][name]
         assert opt["param_groups"][0]["betas"] == (0.5, 0.999)
         params = [k for k in model if k.startswith(f"{name}.") and "running" not in k
                   and "num_batches" not in k]  # fmt: skip
@@ -178,9 +178,9 @@ def test_gan_resumed_mid_epoch_ends_like_an_uninterrupted_run(runs: Path):
     for key, value in straight["model"].items():
         assert torch.equal(done["model"][key], value), key
     for name in ("generator", "discriminator"):
-        for index, moments in straight["task"][name]["state"].items():
+        for index, moments in straight["optimizers"][name]["state"].items():
             for k, v in moments.items():
-                assert torch.equal(done["task"][name]["state"][index][k], v), (name, index, k)
+                assert torch.equal(done["optimizers"][name]["state"][index][k], v), (name, index, k)
     assert [r["val_frechet"] for r in read_rows(run)] == [
         r["val_frechet"] for r in read_rows(runs / "runs" / "gan")
     ]

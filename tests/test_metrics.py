@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
 import torch
 from sklearn import metrics as skm
 
-from kiln.evaluate.metrics import classification_metrics, regression_metrics, top_k_for
+from kiln.tasks.classify.metrics import classification_metrics, top_k_for
 
 CLASSES = [f"c{i}" for i in range(7)]
 
@@ -97,45 +94,3 @@ def test_ece_of_one_bin_by_hand():
     probs = [[0.9, 0.05, 0.05]] * 4
     m = classification_metrics(logits_from_probs(probs), torch.tensor([0, 1, 0, 2]), list("abc"))
     assert m["ece"] == pytest.approx(0.4, abs=1e-5)
-
-
-def test_regression_single_target_matches_scikit_learn():
-    g = torch.Generator().manual_seed(1)
-    targets = torch.randn(50, generator=g) * 3 + 1
-    preds = targets + torch.randn(50, generator=g) * 0.5
-    m = regression_metrics(preds, targets)
-    t, p = targets.numpy(), preds.numpy()
-    assert m["samples"] == 50
-    assert m["rmse"] == pytest.approx(math.sqrt(skm.mean_squared_error(t, p)), abs=1e-5)
-    assert m["mae"] == pytest.approx(skm.mean_absolute_error(t, p), abs=1e-5)
-    assert m["r2"] == pytest.approx(skm.r2_score(t, p), abs=1e-5)
-    assert len(m["per_target"]) == 1 and m["per_target"][0]["rmse"] == m["rmse"]
-
-
-def test_regression_several_targets_per_column_and_averaged():
-    g = torch.Generator().manual_seed(2)
-    targets = torch.randn(40, 3, generator=g) * torch.tensor([1.0, 10.0, 0.1])
-    preds = targets + torch.randn(40, 3, generator=g) * torch.tensor([0.5, 2.0, 0.1])
-    m = regression_metrics(preds, targets, names=["x", "y", "z"])
-    t, p = targets.numpy(), preds.numpy()
-    rmse = np.sqrt(skm.mean_squared_error(t, p, multioutput="raw_values"))
-    mae = skm.mean_absolute_error(t, p, multioutput="raw_values")
-    r2 = skm.r2_score(t, p, multioutput="raw_values")
-    assert [row["target"] for row in m["per_target"]] == ["x", "y", "z"]
-    assert [row["rmse"] for row in m["per_target"]] == pytest.approx(rmse, abs=1e-5)
-    assert [row["mae"] for row in m["per_target"]] == pytest.approx(mae, abs=1e-5)
-    assert [row["r2"] for row in m["per_target"]] == pytest.approx(r2, abs=1e-5)
-    assert m["rmse"] == pytest.approx(rmse.mean(), abs=1e-5)
-    assert m["mae"] == pytest.approx(skm.mean_absolute_error(t, p), abs=1e-5)
-    assert m["r2"] == pytest.approx(skm.r2_score(t, p), abs=1e-5)
-
-
-def test_regression_perfect_predictions():
-    targets = torch.tensor([[1.0, 2.0], [3.0, 5.0], [4.0, -1.0]])
-    m = regression_metrics(targets.clone(), targets)
-    assert (m["rmse"], m["mae"], m["r2"]) == (0.0, 0.0, 1.0)
-
-
-def test_regression_rejects_mismatched_shapes():
-    with pytest.raises(ValueError, match="differ"):
-        regression_metrics(torch.zeros(4), torch.zeros(4, 2))

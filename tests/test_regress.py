@@ -115,8 +115,8 @@ def check_predict_export_serve(cli, run: Path, folder: Path) -> None:
     ONNX and a TorchScript export, and `kiln serve`'s /predict."""
     from fastapi.testclient import TestClient
 
-    from kiln.deploy.runtime import load_servable
     from kiln.deploy.serve import create_app
+    from kiln.infer import load_servable
 
     files = [folder / "img" / f"{i}.png" for i in range(6)]
     truth = [float(np.asarray(Image.open(f)).mean()) for f in files]

@@ -22,7 +22,7 @@ from conftest import assert_clean_error, run_kiln
 from PIL import Image
 
 import kiln
-from kiln.evaluate.report import make_report
+from kiln.engine.evaluate import report_run
 
 PLOTS = ("curves", "confusion", "samples", "mistakes", "per_class")
 REPO = Path(__file__).resolve().parents[1]
@@ -40,7 +40,7 @@ def report(tmp_path_factory: pytest.TempPathFactory) -> Path:
         "run": {"dir": str(tmp)},
     }
     run = kiln.train(config, progress=False)
-    return make_report(run.path)
+    return report_run(run.path)
 
 
 def png_size(data: bytes) -> tuple[int, int]:
@@ -152,7 +152,12 @@ def full_page_screenshot(driver) -> bytes:
 
 @pytest.mark.parametrize("k", [3, 25])
 def test_confusion_cell_numbers_only_for_few_classes(k: int):
-    from kiln.evaluate.plots import CELL_TEXT_LIMIT, Predictions, confusion_counts, confusion_figure
+    from kiln.tasks.classify.plots import (
+        CELL_TEXT_LIMIT,
+        Predictions,
+        confusion_counts,
+        confusion_figure,
+    )
 
     labels = torch.arange(4 * k) % k
     pred = Predictions(torch.arange(4 * k), labels, torch.randn(4 * k, k))

@@ -25,9 +25,9 @@ from kiln.data.transforms import resolve_augment
 from kiln.engine.callbacks import Callback
 from kiln.engine.trainer import TrainingInterrupted
 from kiln.errors import ConfigError, DataError
-from kiln.evaluate.segment import confusion_matrix, scores
 from kiln.models import create_model
 from kiln.tasks.segment import SegmentTask, dice_loss
+from kiln.tasks.segment.metrics import confusion_matrix, scores
 
 
 def info_for(channels=1, classes=3, depth=None, size=(32, 32)) -> DataInfo:

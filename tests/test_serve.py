@@ -21,9 +21,9 @@ from PIL import Image
 
 import kiln
 from kiln.deploy.export import export_run
-from kiln.deploy.runtime import load_servable
 from kiln.deploy.serve import create_app
 from kiln.deploy.uploads import Limits
+from kiln.infer import load_servable
 
 
 def png(array: np.ndarray, mode: str = "L") -> bytes:

@@ -16,8 +16,8 @@ from hypothesis import HealthCheck, given, settings  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import not_a_server_error  # noqa: E402
 
-from kiln.deploy.runtime import load_servable  # noqa: E402
 from kiln.deploy.serve import create_app  # noqa: E402
+from kiln.infer import load_servable  # noqa: E402
 
 TOKEN = {"Authorization": "Bearer t0ken"}
 

@@ -25,6 +25,9 @@ from kiln.errors import ConfigError
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 
+# Keys that moved into a task's own section: the error names the new one.
+MOVED = {"train.dice_weight": "segment.dice_weight", "train.ce_weight": "segment.ce_weight"}
+
 # Short names for the keys people type most.
 ALIASES = {
     "data": "data.name",
@@ -202,15 +205,6 @@ class EarlyStopConfig(_Section):
             )
         return v
 
-    @property
-    def mode(self) -> Literal["min", "max"]:
-        """Lower is better for losses and for metrics their task says so of (rmse, ...)."""
-        if self.monitor.endswith("loss"):
-            return "min"
-        from kiln.tasks import direction  # registered tasks know their metric's direction
-
-        return direction(self.monitor)
-
 
 class TrainConfig(_Section):
     epochs: int = Field(20, ge=1)
@@ -231,8 +225,6 @@ class TrainConfig(_Section):
     deterministic: bool = False
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
-    dice_weight: float = Field(1.0, ge=0.0, description="task=segment: weight of the Dice loss")
-    ce_weight: float = Field(1.0, ge=0.0, description="task=segment: weight of cross-entropy")
     early_stop: EarlyStopConfig = EarlyStopConfig()
     devices: Literal["auto"] | int = Field(
         1,
@@ -288,15 +280,11 @@ class TuneConfig(_Section):
     warmup_epochs: int = Field(0, ge=0, description="epochs of each trial never pruned")
 
 
-class GanConfig(_Section):
-    """task=gan: the run whose classifier features score the samples (kiln.evaluate.frechet)."""
-
-    frechet_classifier: str | None = Field(
-        None, description="a classify run on the same dataset, e.g. runs/mnist-classifier"
-    )
-
-
 class RunConfig(_Section):
+    """Every section below, plus the run's task's own section, named after the task (`segment:`,
+    `gan:`): its schema belongs to the task (kiln/tasks/<task>/), which checks it."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
     task: str = "classify"
     imports: list[str] = Field(
         default_factory=list, description="modules to import first: your own registered models"
@@ -308,7 +296,14 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     run: RunSection = RunSection()
     tune: TuneConfig = TuneConfig()
-    gan: GanConfig = GanConfig()
+
+    @model_validator(mode="after")
+    def _sections_only(self) -> RunConfig:
+        """Keys beyond the known ones can only be a task's section (checked with the task)."""
+        for key, value in (self.model_extra or {}).items():
+            if not isinstance(value, dict):
+                raise ValueError(f"{key}: unknown key; valid keys: {', '.join(_valid_keys(None))}")
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -367,7 +362,9 @@ def _format_errors(exc: ValidationError, source: str) -> str:
     for err in exc.errors():
         key = ".".join(str(p) for p in err["loc"])
         msg = err["msg"].removeprefix("Value error, ")
-        if err["type"] == "extra_forbidden":
+        if err["type"] == "extra_forbidden" and key in MOVED:
+            msg = f"moved to {MOVED[key]} (the task's own section); set {MOVED[key]} instead"
+        elif err["type"] == "extra_forbidden":
             section = key.rsplit(".", 1)[0] if "." in key else None
             valid = _valid_keys(section)
             msg = f"unknown key; valid keys here: {', '.join(valid)}"
@@ -408,6 +405,13 @@ def build_config(
         _set_dotted(tree, ALIASES.get(key, key), value)
     if overrides:
         label += " + overrides"
+    unknown = [
+        k for k, v in tree.items() if k not in RunConfig.model_fields and not isinstance(v, dict)
+    ]
+    if unknown:
+        valid = ", ".join(_valid_keys(None))
+        lines = "\n".join(f"  {key}: unknown key; valid keys here: {valid}" for key in unknown)
+        raise ConfigError(f"invalid config ({label}):\n{lines}")
     try:
         return RunConfig.model_validate(tree)
     except ValidationError as exc:

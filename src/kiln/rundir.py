@@ -13,12 +13,15 @@ import shutil
 import subprocess
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from kiln.config import RunConfig, build_config
 from kiln.data.registry import DataInfo
-from kiln.errors import ConfigError, RunError
+from kiln.errors import ConfigError, KilnError, RunError
 from kiln.io import write_text_atomic
+
+if TYPE_CHECKING:
+    import torch
 
 
 class RunDir:
@@ -128,6 +131,12 @@ class RunDir:
         except (OSError, json.JSONDecodeError) as exc:
             raise RunError(f"{self.info_path} is damaged ({exc})") from None
 
+    def monitored(self) -> tuple[str, str]:
+        """(the value that picked best.pt, 'min' or 'max'), as info.json records it."""
+        monitor = self.load_config().train.early_stop.monitor
+        mode = self.load_info().get("metric", {}).get("mode")
+        return monitor, mode or ("min" if monitor.endswith("loss") else "max")
+
     def data_info(self) -> DataInfo:
         try:
             return DataInfo.from_dict(self.load_info())
@@ -138,12 +147,45 @@ class RunDir:
         return str(self.path)
 
 
+def load_model(
+    run: RunDir,
+    which: str = "best",
+    device: str | torch.device = "cpu",
+    model: torch.nn.Module | None = None,
+):
+    """Rebuild the model from the saved config and load its weights (never unpickled code)."""
+    from kiln import checkpoint
+    from kiln.models import build_model, import_user_modules
+
+    if which not in ("best", "last"):
+        raise KilnError(f"--checkpoint must be 'best' or 'last', got '{which}'")
+    cfg = run.load_config()
+    if model is None:
+        if cfg.model.name == "custom":
+            raise RunError(
+                f"{run.path} was trained with a model passed in Python "
+                f"({cfg.model.kwargs().get('class')}); load it with "
+                "kiln.load(run_dir, model=YourModel())"
+            )
+        import_user_modules(cfg.imports)
+        model = build_model(cfg.model, run.data_info(), load=False).model
+    state = checkpoint.load(run.checkpoint(which), map_location=device)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError as exc:
+        first = str(exc).splitlines()[0]
+        raise RunError(
+            f"{run.checkpoint(which)} does not match the run's model ({first})"
+        ) from None
+    return model.to(device).eval(), state.get("epoch")
+
+
 def versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError, version
 
     import torch
 
-    from kiln import __version__
+    from kiln._version import __version__
 
     try:
         torchvision = version("torchvision")  # importing torchvision costs seconds

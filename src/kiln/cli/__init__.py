@@ -12,7 +12,7 @@ import argparse
 import os
 import sys
 
-from kiln import __version__
+from kiln._version import __version__
 from kiln.cli import data, deploy, evaluate, models, predict, train, tune
 from kiln.errors import KilnError
 

@@ -83,11 +83,15 @@ def cmd_data_make(ns: argparse.Namespace) -> int:
 def cmd_data_show(ns: argparse.Namespace) -> int:
     from kiln import data as kdata
     from kiln.data.preview import sample_grid
-    from kiln.engine.trainer import build_augment
+    from kiln.data.transforms import build_augment, resolve_augment
 
     cfg = data_config(ns)
     bundle = kdata.build(cfg.data)
-    augment = build_augment(cfg.data.augment, bundle.info) if ns.augmented else None
+    steps = resolve_augment(cfg.data.augment)
+    info = bundle.info
+    augment = None
+    if ns.augmented and steps:  # per sample, as a DataLoader worker would apply them
+        augment = build_augment(steps, (info.height, info.width), info.channels)
     if ns.augmented and augment is None:
         raise KilnError(
             "--augmented: data.augment is 'none'; set data.augment=light|standard|strong"

@@ -7,8 +7,6 @@ import argparse
 import json
 from pathlib import Path
 
-from kiln.errors import KilnError
-
 EPILOG_SAMPLE = """examples:
   kiln sample runs/mnist-vae --n 64 -o grid.png        one 8x8 grid
   kiln sample runs/mnist-gan --n 100 -o samples/       samples/sample_000.png ... sample_099.png
@@ -16,68 +14,31 @@ EPILOG_SAMPLE = """examples:
 
 
 def cmd_predict(ns: argparse.Namespace) -> int:
-    import kiln
-    from kiln.predict import expand_paths
+    """Answers for files: a run (its checkpoint) or an export (its own runtime) answers, as the
+    run's task says (classes, values, masks written to a folder, ...)."""
+    from kiln.infer import load_predictor
 
-    target = Path(ns.run)
-    if (target / "config.yaml").is_file() and run_task(target) == "segment":
-        return cmd_predict_masks(ns)
-    if ns.output or ns.overlay:
-        raise KilnError("-o/--output and --overlay write masks: they are for segmentation runs "
-                        "(task=segment)")  # fmt: skip
-    if target.is_file() or (target.is_dir() and not (target / "config.yaml").exists()):
-        from kiln.deploy.runtime import load_servable  # an export: its own runtime answers
-
-        predictor = load_servable(target)
-    else:
-        predictor = kiln.load(ns.run, ns.checkpoint)
-    files = expand_paths(ns.paths)
-    results = []
+    predictor = load_predictor(ns.run, ns.checkpoint)
+    task = predictor.task
     if predictor.info.features:  # a table run: CSV files of rows
-        for table in files:
+        results = []
+        for table in task.input_files(ns.paths, predictor.info):
             results += predictor.predict_table(table, top_k=ns.top_k)
     else:
-        for begin in range(0, len(files), 256):
-            results += predictor.predict(files[begin : begin + 256], top_k=ns.top_k)
+        files = task.input_files(ns.paths, predictor.info)
+        output = Path(ns.output) if ns.output else None
+        results = task.predict_files(predictor, files, output, ns.overlay, ns.top_k)
     if ns.json:
         print(json.dumps(results))
         return 0
     for r in results:
-        if "values" in r:  # task=regress
-            shown = "  ".join(f"{name} {value:.4g}" for name, value in r["values"].items())
-            if "line" in r:
-                shown = f"line {r['line']}: {shown}"
-        else:
-            shown = "  ".join(f"{t['label']} {t['probability']:.1%}" for t in r["top_k"])
-        print(f"{r['file']}: {shown}")
-    return 0
-
-
-def run_task(run_dir: Path) -> str:
-    from kiln.rundir import RunDir
-
-    return RunDir.open(run_dir).load_config().task
-
-
-def cmd_predict_masks(ns: argparse.Namespace) -> int:
-    """`kiln predict` of a segmentation run: a mask of class indices per image, in a folder."""
-    from kiln.predict_masks import MaskPredictor, expand_inputs
-
-    predictor = MaskPredictor.from_run(ns.run, ns.checkpoint)
-    files = expand_inputs(ns.paths, volumes=predictor.info.depth is not None)
-    out = Path(ns.output) if ns.output else Path(ns.run) / "predictions"
-    results = predictor.write(files, out, with_overlay=ns.overlay)
-    if ns.json:
-        print(json.dumps(results))
-        return 0
-    for r in results:
-        shares = ", ".join(f"{name} {share:.1%}" for name, share in list(r["classes"].items())[:4])
-        print(f"{r['file']} -> {r['mask']}  ({shares})")
+        print(task.show_answer(r))
     return 0
 
 
 def cmd_sample(ns: argparse.Namespace) -> int:
-    from kiln.sample import check_output, is_folder, sample_images, write_samples
+    from kiln.evaluate.images import check_output, is_folder, write_samples
+    from kiln.infer import sample_images
 
     check_output(ns.output)  # before loading anything
     paths = write_samples(sample_images(ns.run, ns.n, ns.seed, ns.checkpoint), ns.output)

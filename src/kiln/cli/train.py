@@ -8,7 +8,7 @@ import argparse
 from kiln.errors import KilnError
 
 EPILOG_TRAIN = """examples:
-  kiln train                                   digits + mlp, the defaults
+  kiln train                                   digits + convnet, the defaults
   kiln train recipes/mnist-cnn.yaml epochs=2   a recipe with an override
   kiln train data=fashion-mnist model=mlp model.hidden=[512,512] lr=3e-3
   kiln train --resume runs/mnist-cnn           continue an interrupted run

@@ -19,10 +19,9 @@ import numpy as np
 import torch
 from PIL import Image
 
+from kiln.data.images import IMAGE_SUFFIXES
 from kiln.data.registry import RawDataset, Split, register_dataset
 from kiln.errors import DataError
-
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 
 @register_dataset(

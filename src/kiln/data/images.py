@@ -6,11 +6,17 @@ exactly the preprocessing the model was trained with.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from kiln.errors import KilnError
+
+ImageLike = str | Path | Image.Image | torch.Tensor
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
 
 # What PIL raises for a file that is not a readable image (not a bug): caught, and reported
 # with the file's name.
@@ -55,3 +61,48 @@ def decode(image: Image.Image | Path | str, channels: int, height: int, width: i
     image = fit_size(convert_mode(image, channels), height, width)
     array = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def to_uint8(image: ImageLike, input_shape: tuple[int, int, int]) -> torch.Tensor:
+    """Any image -> uint8 (C, H, W) in the model's channels and size (tensors are checked)."""
+    if isinstance(image, (str, Path, Image.Image)):
+        path = image if isinstance(image, (str, Path)) else None
+        try:
+            return decode(image, *input_shape)
+        except UNREADABLE as exc:
+            raise KilnError(f"cannot read image {path or 'given'}: {exc}") from None
+    if isinstance(image, torch.Tensor):
+        tensor = image.unsqueeze(0) if image.dim() == 2 else image
+        if tuple(tensor.shape) != tuple(input_shape):
+            raise KilnError(
+                f"tensor of shape {tuple(tensor.shape)} does not match the run's input "
+                f"{tuple(input_shape)}; pass an image or a tensor of that shape"
+            )
+        return tensor
+    raise KilnError(f"cannot predict on {type(image).__name__}: pass a path, PIL image or tensor")
+
+
+def normalize(tensor: torch.Tensor, mean: torch.Tensor, std: torch.Tensor) -> torch.Tensor:
+    """uint8 pixels are scaled to [0, 1] first; float tensors are taken as already scaled."""
+    x = tensor.float() / 255.0 if tensor.dtype == torch.uint8 else tensor.float()
+    return (x - mean) / std
+
+
+def expand_paths(
+    paths: Iterable[str | Path], suffixes: Iterable[str] = IMAGE_SUFFIXES, kind: str = "images"
+) -> list[Path]:
+    """Files as given; folders expanded to the files inside them with one of `suffixes`
+    (recursively, sorted)."""
+    suffixes = tuple(suffixes)
+    out: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            found = sorted(f for f in p.rglob("*") if f.suffix.lower() in suffixes)
+            if not found:
+                raise KilnError(f"folder {p} holds no {kind} ({', '.join(suffixes)})")
+            out += found
+        elif p.is_file():
+            out.append(p)
+        else:
+            raise KilnError(f"{p} does not exist")
+    return out

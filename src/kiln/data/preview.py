@@ -93,7 +93,7 @@ def sample_grid(
 
 def draw_mask(ax, image: torch.Tensor, mask: torch.Tensor, classes: list[str]) -> None:
     """An image with its segmentation mask painted over it, titled with the classes in it."""
-    from kiln.evaluate.segment import display_image, middle, overlay, palette
+    from kiln.data.overlay import display_image, middle, overlay, palette
 
     ax.imshow(overlay(display_image(image), middle(mask), palette(len(classes))))
     found = [classes[k] for k in mask.unique().tolist() if 0 < k < len(classes)]

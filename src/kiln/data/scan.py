@@ -21,7 +21,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from kiln.data.builtin import IMAGE_SUFFIXES
+from kiln.data.images import IMAGE_SUFFIXES
 from kiln.errors import DataError
 
 SPLITS = ("train", "val", "test")

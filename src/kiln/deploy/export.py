@@ -19,11 +19,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from kiln.deploy import runtime
 from kiln.errors import ConfigError, KilnError, RunError
+from kiln.infer import Predictor, open_export, spec_from_run
 from kiln.infer.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
-from kiln.models.tta import infer
-from kiln.rundir import RunDir
+from kiln.rundir import RunDir, load_model
+from kiln.tasks import get_task
 
 TOLERANCE = 1e-4
 QUANTIZE = ("dynamic",)
@@ -31,17 +31,6 @@ QUANTIZE = ("dynamic",)
 
 class ExportError(KilnError):
     """The exported file does not answer like the model it came from."""
-
-
-class Exportable(nn.Module):
-    """The model plus its test-time augmentation, traced as one graph (logits out)."""
-
-    def __init__(self, model: nn.Module, tta: str):
-        super().__init__()
-        self.model, self.tta = model, tta
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return infer(self.model, x, self.tta)
 
 
 @dataclass
@@ -73,8 +62,6 @@ def export_run(
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export checkpoint `which` of a run; see the module docstring for the checks."""
-    from kiln.predict import load_model
-
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if quantize is not None and quantize not in QUANTIZE:
@@ -94,16 +81,13 @@ def export_run(
         )
     path = output_path(run, fmt, quantize, output)
     model, epoch = load_model(run, which, "cpu")
-    spec = runtime.spec_from_run(run, fmt, which, epoch, file=path.name)
+    spec = spec_from_run(run, fmt, which, epoch, file=path.name)
     spec.quantize = quantize
     spec.tta_in_graph = fmt != "state_dict"
     n = parity_images if not quantize else max(parity_images, 2048)
-    if spec.task in runtime.GENERATIVE:  # the generator/decoder: latent z in, images out
-        eager = runtime.Generates(model).eval()
-        sample = latent_sample(spec.latent, n)
-    else:
-        eager = Exportable(model, spec.tta).eval()
-        sample = validation_sample(run, n, spec)
+    task = get_task(spec.task)
+    eager = task.export_module(model, spec.tta).eval()  # what the graph computes
+    sample = Sample(*task.export_inputs(run, n, spec))  # inputs as the graph takes them
     log(f"Checking on {len(sample.inputs)} {sample.source}")
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -143,40 +127,6 @@ def output_path(run: RunDir, fmt: str, quantize: str | None, output: str | Path 
     if not out.name.endswith(SUFFIXES[fmt]):
         raise ConfigError(f"-o {output}: a {fmt} export's file name must end in {SUFFIXES[fmt]}")
     return out
-
-
-def validation_sample(run: RunDir, n: int, spec: ExportSpec) -> Sample:
-    """The first n validation images of the run's data, or random pixels when the data is gone."""
-    from kiln import data as kdata
-
-    cfg = run.load_config()
-    try:
-        val = kdata.build(cfg.data).val
-    except KilnError as exc:
-        first = str(exc).splitlines()[0]
-        shape = (n, *run.data_info().input_shape)
-        images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
-        source = f"random images (the run's data is unavailable: {first})"
-        return Sample(normalized(images.to(torch.uint8), spec), None, source)
-    part = val.take(torch.arange(min(n, len(val))))
-    source = f"validation images of {cfg.data.name}"
-    return Sample(normalized(part.head(len(part)), spec), part.labels.clone(), source)
-
-
-def latent_sample(latent: int, n: int) -> Sample:
-    """n latent vectors z ~ N(0, I), seed 0: what `kiln sample --seed 0` decodes."""
-    from kiln.tasks.generate import fixed_noise
-
-    return Sample(fixed_noise(latent, 0, n), None, "latent vectors z ~ N(0, I), seed 0")
-
-
-def normalized(images: torch.Tensor, spec: ExportSpec) -> torch.Tensor:
-    from kiln.predict import normalize
-
-    shape = (-1,) + (1,) * (images.dim() - 2)  # per channel, for images and volumes
-    return normalize(
-        images, torch.tensor(spec.input.mean).view(shape), torch.tensor(spec.input.std).view(shape)
-    )
 
 
 # Writers ------------------------------------------------------------------------------------------
@@ -253,9 +203,9 @@ def quantize_file(fmt: str, module: nn.Module, example, fp32: Path, out: Path, s
     write_torchscript(q, example, out, spec)
 
 
-def load_file(path: Path, spec: ExportSpec) -> runtime.Servable:
+def load_file(path: Path, spec: ExportSpec) -> Predictor:
     try:
-        return runtime.open_export(path, spec)
+        return open_export(path, spec)
     except RunError as exc:
         raise ExportError(f"the written file does not load back: {exc}") from None
 
@@ -264,7 +214,7 @@ def load_file(path: Path, spec: ExportSpec) -> runtime.Servable:
 
 
 def check_parity(
-    eager: nn.Module, exported: runtime.Servable, sample: Sample, n: int, gate: bool
+    eager: nn.Module, exported: Predictor, sample: Sample, n: int, gate: bool
 ) -> Parity:
     """Largest output difference over n inputs, in batches of 64 and one alone (batch sizes the
     graph was not traced with), against the eager model."""
@@ -274,8 +224,7 @@ def check_parity(
     got = torch.cat([exported.logits(x[i : i + 64]) for i in range(0, len(x), 64)])
     single = exported.logits(x[:1])
     diff = max((got - ref).abs().max().item(), (single - ref[:1]).abs().max().item())
-    scores = exported.spec.task in ("classify", "segment")  # class scores: labels must agree
-    agree = (got.argmax(1) == ref.argmax(1)).float().mean().item() if scores else None
+    agree = exported.task.agreement(ref, got)  # class scores: the top-1 answers must agree
     parity = Parity(
         images=len(x), source=sample.source, max_abs_logit_diff=diff,
         tolerance=TOLERANCE if gate else None, top1_agreement=agree,
@@ -290,7 +239,7 @@ def check_parity(
 
 
 def compare_quantized(
-    fp32: runtime.Servable, int8: runtime.Servable, fp32_file: Path, int8_file: Path, sample
+    fp32: Predictor, int8: Predictor, fp32_file: Path, int8_file: Path, sample
 ) -> dict[str, Any]:
     """Size, batch-1 latency and accuracy of the int8 file against the fp32 one, same runtime."""
     x = sample.inputs
@@ -301,14 +250,16 @@ def compare_quantized(
         "int8_latency_ms": latency_ms(int8, x[:1]),
         "images": len(x),
     }
-    if sample.labels is not None and fp32.spec.task == "classify":
+    if sample.labels is not None:
         for name, s in (("fp32", fp32), ("int8", int8)):
-            pred = torch.cat([s.logits(x[i : i + 256]) for i in range(0, len(x), 256)]).argmax(1)
-            report[f"{name}_accuracy"] = (pred == sample.labels).float().mean().item()
+            outputs = torch.cat([s.logits(x[i : i + 256]) for i in range(0, len(x), 256)])
+            accuracy = s.task.accuracy(outputs, sample.labels)  # None: the task has none
+            if accuracy is not None:
+                report[f"{name}_accuracy"] = accuracy
     return report
 
 
-def latency_ms(servable: runtime.Servable, x: torch.Tensor, seconds: float = 1.0) -> float:
+def latency_ms(servable: Predictor, x: torch.Tensor, seconds: float = 1.0) -> float:
     """Median wall time of one call, over at least 20 calls or `seconds`."""
     for _ in range(3):
         servable.logits(x)

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hmac
-import io
 import json
 import time
 from dataclasses import asdict
@@ -25,9 +24,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.concurrency import run_in_threadpool
 from starlette.exceptions import HTTPException
 
-from kiln.deploy.runtime import Servable
 from kiln.deploy.uploads import BadRequest, Limits, Upload, check_part_type, from_base64, read_image
 from kiln.errors import RunError
+from kiln.infer import Servable
 
 # Schemas (they are the OpenAPI document at /docs) -------------------------------------------------
 
@@ -38,8 +37,10 @@ class Score(BaseModel):
 
 
 class Prediction(BaseModel):
-    """A classifier answers label, probability and top_k; a regression model answers values."""
+    """A classifier answers label, probability and top_k; a regression model answers values;
+    other tasks answer their own fields (kept as they are)."""
 
+    model_config = ConfigDict(extra="allow")
     file: str
     label: str | None = None
     probability: float | None = None
@@ -286,18 +287,18 @@ def create_app(
     )
     async def predict(request: Request, top_k: int = Query(5, ge=1, le=1000)) -> PredictResponse:
         started = time.perf_counter()
-        if spec.latent is not None:
+        if servable.task.generates:
             raise BadRequest(404, f"this model generates images (task={spec.task}): it takes no "
                              "images to answer; GET /sample?n=16 for new ones")  # fmt: skip
         uploads, top_k = await read_uploads(request, limits, top_k)
         images = await run_in_threadpool(decode_all, servable, uploads, limits.max_pixels)
         outputs = await batcher.outputs(images)
-        rows = [http_answer(row) for row in servable.answers(uploads, outputs, top_k)]
+        rows = [servable.task.serve_answer(r) for r in servable.answers(uploads, outputs, top_k)]
         predictions = [{"file": u.name, **row} for u, row in zip(uploads, rows, strict=True)]
         elapsed = (time.perf_counter() - started) * 1000
         return PredictResponse(predictions=predictions, model=spec.model.name, elapsed_ms=elapsed)
 
-    if spec.latent is not None:
+    if servable.task.generates:
         add_sampling(app, servable, limits)
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
@@ -308,7 +309,7 @@ def create_app(
 
 def add_sampling(app: FastAPI, servable: Servable, limits: Limits) -> None:
     """GET /sample for a generator (task=vae|gan): n new images, the same as `kiln sample`."""
-    from kiln.sample import image_grid
+    from kiln.evaluate.images import image_grid, png_bytes
 
     @app.get(
         "/sample",
@@ -327,23 +328,6 @@ def add_sampling(app: FastAPI, servable: Servable, limits: Limits) -> None:
             return Response(png_bytes(image_grid(images)), media_type="image/png")
         encoded = [base64.b64encode(png_bytes(im)).decode("ascii") for im in images]
         return Samples(images=encoded, seed=seed, model=servable.spec.model.name)
-
-
-def png_bytes(image: torch.Tensor) -> bytes:
-    """A uint8 (C, H, W) image (or an (H, W) mask) as PNG file bytes."""
-    from torchvision.transforms.v2.functional import to_pil_image
-
-    buffer = io.BytesIO()
-    to_pil_image(image).save(buffer, format="PNG")
-    return buffer.getvalue()
-
-
-def http_answer(row: dict[str, Any]) -> dict[str, Any]:
-    """A task's answer made fit for JSON over HTTP: a segmentation mask travels as a PNG."""
-    if "mask" not in row:
-        return row
-    mask = torch.tensor(row.pop("mask"), dtype=torch.uint8)
-    return {**row, "mask_png": base64.b64encode(png_bytes(mask)).decode("ascii")}
 
 
 def describe(error: dict[str, Any]) -> str:
@@ -439,7 +423,7 @@ def serve(
     """Load, warm up, then run uvicorn until interrupted."""
     import uvicorn
 
-    from kiln.deploy.runtime import load_servable
+    from kiln.infer import load_servable
 
     servable = load_servable(path)
     servable.logits(servable.example(1))  # first call pays the set-up

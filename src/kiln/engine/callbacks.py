@@ -27,17 +27,13 @@ class Callback:
     def on_fit_end(self, trainer: Trainer) -> None: ...
 
 
-def show(metric: str, value: float) -> str:
-    """`acc 97.12%` for accuracy, `rmse 0.1234` for anything else."""
-    return f"{metric} {value:.2%}" if metric == "acc" else f"{metric} {value:.4f}"
-
-
-def format_row(row: dict[str, Any], epochs: int, metric: str = "acc") -> str:
-    """The one summary line per epoch, Keras style."""
+def format_row(row: dict[str, Any], epochs: int, task) -> str:
+    """The one summary line per epoch, Keras style (the task says how its metric reads)."""
+    m = task.metric
     return (
         f"Epoch {row['epoch']}/{epochs}  "
-        f"train loss {row['train_loss']:.4f} {show(metric, row[f'train_{metric}'])}  "
-        f"val loss {row['val_loss']:.4f} {show(metric, row[f'val_{metric}'])}  "
+        f"train loss {row['train_loss']:.4f} {task.show(row[f'train_{m}'])}  "
+        f"val loss {row['val_loss']:.4f} {task.show(row[f'val_{m}'])}  "
         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['samples_per_s']:,.0f} samples/s"
     )
 
@@ -75,12 +71,12 @@ class ProgressBar(Callback):
             return
         self.last = now
         loss, score, rate = trainer.running_stats()
-        stats = f"loss {loss:.4f} {show(trainer.metric, score)} {rate:,.0f} samples/s"
+        stats = f"loss {loss:.4f} {trainer.task.show(score)} {rate:,.0f} samples/s"
         self.progress.update(self.task, completed=step + 1, stats=stats)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         self._stop()
-        line = format_row(row, trainer.epochs, trainer.metric)
+        line = format_row(row, trainer.epochs, trainer.task)
         self.console.print(line, highlight=False, soft_wrap=True)
 
     def on_fit_end(self, trainer: Trainer) -> None:
@@ -107,7 +103,7 @@ def after_existing_events(log_dir: Path) -> None:
 
 class TensorBoard(Callback):
     """Scalars per epoch, a grid of sample inputs, the model graph, weight histograms, the task's
-    per-epoch images (`task.epoch_images(trainer, epoch)` -> {tag: CHW image}, if it has them)
+    per-epoch images (`task.epoch_images(ctx, epoch)` -> {tag: CHW image})
     and, once training has finished, the run's hyperparameters against its final metrics."""
 
     HPARAMS_SUFFIX = ".hparams"  # the hparams file is rewritten when a finished run is extended
@@ -146,10 +142,8 @@ class TensorBoard(Callback):
             if split in ("train", "val") and name:
                 w.add_scalar(f"{name}/{split}", value, epoch)
         w.add_scalar("lr", row["lr"], epoch)
-        images = getattr(trainer.task, "epoch_images", None)  # e.g. a GAN's fixed-noise samples
-        if images is not None:
-            for tag, image in images(trainer, epoch).items():
-                w.add_image(tag, image, epoch)
+        for tag, image in trainer.task.epoch_images(trainer.ctx, epoch).items():
+            w.add_image(tag, image, epoch)  # e.g. a GAN's fixed-noise samples
         w.add_scalar("samples_per_s", row["samples_per_s"], epoch)
         for name, param in trainer.model.named_parameters():
             w.add_histogram(f"weights/{name}", param.detach().float().cpu(), epoch)
@@ -172,7 +166,8 @@ class TensorBoard(Callback):
         from torch.utils.tensorboard.summary import hparams
 
         hp = flat_hparams(trainer.cfg.to_dict())
-        metrics = final_metrics(trainer.history)
+        es = trainer.early_stop
+        metrics = final_metrics(trainer.history, es.monitor, es.mode)
         step = trainer.history[-1]["epoch"]
         log_dir = self.writer.get_logdir()
         for old in Path(log_dir).glob(f"events.out.tfevents.*{self.HPARAMS_SUFFIX}"):
@@ -208,13 +203,17 @@ def flat_hparams(tree: dict[str, Any], prefix: str = "") -> dict[str, str | int 
     return flat
 
 
-def final_metrics(history: list[dict[str, Any]]) -> dict[str, float]:
-    """The numbers to compare runs by: best validation accuracy, and the last epoch's losses."""
+def final_metrics(
+    history: list[dict[str, Any]], monitor: str = "val_loss", mode: str = "min"
+) -> dict[str, float]:
+    """The numbers to compare runs by: the best value of the monitored metric (best_val_acc for
+    a classifier) and its epoch, and the last epoch's values."""
     last = history[-1]
     metrics: dict[str, float] = {}
-    if "val_acc" in last:
-        best = max(history, key=lambda row: row["val_acc"])
-        metrics["hparam/best_val_acc"] = float(best["val_acc"])
+    if monitor in last:
+        pick = min if mode == "min" else max
+        best = pick(history, key=lambda row: row[monitor])
+        metrics[f"hparam/best_{monitor}"] = float(best[monitor])
         metrics["hparam/best_epoch"] = float(best["epoch"])
     for key in last:
         if key.startswith(("train_", "val_")):

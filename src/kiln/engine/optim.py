@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
 from torch import nn
@@ -12,10 +13,11 @@ from kiln.models.transfer import head_parameters
 
 
 def build_optimizer(
-    cfg: OptimConfig, model: nn.Module, head_split: bool = False
+    cfg: OptimConfig, model: nn.Module, head_split: bool = False, **options: Any
 ) -> torch.optim.Optimizer:
     """`head_split`: two parameter groups, the head at optim.lr and the backbone at
-    optim.backbone_lr, holding frozen parameters too so that they train once unfrozen."""
+    optim.backbone_lr, holding frozen parameters too so that they train once unfrozen.
+    `options`: what a task sets differently from optim.* (Adam's `betas` for a GAN)."""
     if head_split or cfg.backbone_lr is not None:
         params = param_groups(model, cfg.lr, cfg.backbone_lr or cfg.lr)
         tensors = [p for group in params for p in group["params"]]
@@ -34,9 +36,9 @@ def build_optimizer(
             fused=fused,
         )
     if cfg.name == "adam":
-        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd, fused=fused)
+        return torch.optim.Adam(params, lr=cfg.lr, weight_decay=wd, fused=fused, **options)
     if cfg.name == "adamw":
-        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd, fused=fused)
+        return torch.optim.AdamW(params, lr=cfg.lr, weight_decay=wd, fused=fused, **options)
     if cfg.name == "rmsprop":
         return torch.optim.RMSprop(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=wd)
     if cfg.name == "adagrad":

@@ -1,14 +1,16 @@
-"""The training loop. Read it top to bottom: `fit` runs epochs, `train_epoch` runs batches.
+"""The training loop. Read it top to bottom: `fit` runs epochs, `run_epoch` runs batches.
 
-Everything a resumed run needs (weights, optimizer, schedule, RNG, early stopping, history and,
+What a batch does is the task's (`task.train_step(ctx, x, y)`, kiln/tasks/base.py): the trainer
+hands it a small StepContext (the network, the device, autocast and `optimize`) and builds,
+schedules and checkpoints the optimizers the task asks for (`task.optimizers`).
+
+Everything a resumed run needs (weights, optimizers, schedules, RNG, early stopping, history and,
 when interrupted mid-epoch, the position in the epoch) goes into `checkpoints/last.pt`, so that a
 resumed run ends with exactly the weights an uninterrupted one would.
 """
 
 from __future__ import annotations
 
-import signal
-import threading
 import time
 import warnings
 from typing import Any
@@ -18,86 +20,19 @@ from torch import nn
 
 from kiln import checkpoint
 from kiln.config import RunConfig
-from kiln.data import DataBundle, DataInfo, Normalize, describe_path, make_loader
+from kiln.data import DataBundle, Normalize, describe_path, make_loader
+from kiln.data.transforms import resolve_augment
 from kiln.data.workers import default_workers
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
-from kiln.engine.device import autocast
 from kiln.engine.optim import build_optimizer, build_scheduler
-from kiln.errors import ConfigError, KilnError
+from kiln.engine.stopping import EarlyStopping, StopRequest, TrainingInterrupted
+from kiln.errors import ConfigError
 from kiln.models.transfer import set_backbone_trainable
-from kiln.models.tta import infer
 from kiln.rundir import RunDir
-from kiln.tasks import get_task
-from kiln.tasks.classify import balance
+from kiln.tasks import StepContext, get_task
 
-
-def build_augment(steps: list, info: DataInfo) -> nn.Module | None:
-    """Per-sample training augmentation from the resolved `data.augment` steps (None if none)."""
-    if not steps or steps == "none":
-        return None
-    from kiln.data.transforms import build_augment as build
-    from kiln.data.transforms import resolve_augment
-
-    return build(resolve_augment(steps), (info.height, info.width), info.channels)
-
-
-class TrainingInterrupted(KilnError):
-    exit_code = 130
-
-
-class EarlyStopping:
-    """Tracks the monitored metric: the best value, its epoch, and epochs without improvement."""
-
-    def __init__(self, monitor: str, mode: str, patience: int | None):
-        self.monitor, self.mode, self.patience = monitor, mode, patience
-        self.best: float | None = None
-        self.best_epoch = 0
-        self.bad_epochs = 0
-
-    def update(self, value: float, epoch: int) -> bool:
-        """Record an epoch's value; True when it is a new best."""
-        better = self.best is None or (
-            value < self.best if self.mode == "min" else value > self.best
-        )
-        if better:
-            self.best, self.best_epoch, self.bad_epochs = value, epoch, 0
-        else:
-            self.bad_epochs += 1
-        return better
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience is not None and self.bad_epochs >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "best_epoch": self.best_epoch, "bad_epochs": self.bad_epochs}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.best_epoch = state["best"], state["best_epoch"]
-        self.bad_epochs = state["bad_epochs"]
-
-
-class StopRequest:
-    """First Ctrl-C asks the loop to stop at the next safe point; a second one stops at once."""
-
-    def __init__(self):
-        self.requested = False
-        self.previous = None
-
-    def __enter__(self) -> StopRequest:
-        if threading.current_thread() is threading.main_thread():
-            self.previous = signal.signal(signal.SIGINT, self._handle)
-        return self
-
-    def _handle(self, signum, frame) -> None:
-        if self.requested:
-            raise KeyboardInterrupt
-        self.requested = True
-
-    def __exit__(self, *exc) -> None:
-        if self.previous is not None:
-            signal.signal(signal.SIGINT, self.previous)
+__all__ = ["EarlyStopping", "Trainer", "TrainingInterrupted"]
 
 
 class Trainer:
@@ -117,16 +52,13 @@ class Trainer:
         fmt = torch.channels_last if self.channels_last else torch.contiguous_format
         self.model = model.to(device, memory_format=fmt)
         self.main = distributed.is_main()  # rank 0 writes the files (always, with one process)
-        self.net = self.wrap()
 
         self.generator = torch.Generator().manual_seed(cfg.train.seed)
         self.normalize = Normalize(data.info.mean, data.info.std, device, self.channels_last)
         self.workers = default_workers(cfg.data.workers)
-        _, sample_weights = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         self.task = get_task(cfg.task).build(cfg, data, device)
+        sample_weights = self.task.sample_weights(cfg, data)
         self.metric = self.task.metric  # rows log train_<metric> and val_<metric>
-        from kiln.data.transforms import resolve_augment
-
         steps = resolve_augment(cfg.data.augment)
         self.train_loader = make_loader(
             data.train,
@@ -146,10 +78,13 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
 
         self.freeze = cfg.model.freeze == "backbone"
-        self.optimizer = build_optimizer(cfg.optim, self.model, head_split=self.freeze)
-        self.scheduler = build_scheduler(
-            cfg.sched, self.optimizer, self.steps_per_epoch, self.epochs
-        )
+        self.optimizers, self.schedulers, self.trains = {}, {}, {}
+        for name, wanted in self.task.optimizers(self.model, cfg).items():
+            opt = build_optimizer(cfg.optim, wanted.module, self.freeze, **wanted.options)
+            self.optimizers[name], self.trains[name] = opt, wanted.module
+            self.schedulers[name] = build_scheduler(cfg.sched, opt, self.steps_per_epoch,
+                                                    self.epochs)  # fmt: skip
+        self.optimizer = next(iter(self.optimizers.values()))  # its lr is the one logged
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         es = cfg.train.early_stop
         logged = ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}")
@@ -158,11 +93,21 @@ class Trainer:
                 f"train.early_stop.monitor: task '{cfg.task}' logs {', '.join(logged)}, "
                 f"not '{es.monitor}'"
             )
-        self.early_stop = EarlyStopping(es.monitor, es.mode, es.patience)
+        self.early_stop = EarlyStopping(es.monitor, self.task.direction(es.monitor), es.patience)
+        self.net = self.wrap()
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0  # epochs already completed (non-zero when resuming)
         self.start_step = 0  # batches already done in the next epoch (mid-epoch resume)
         self._reset_totals()
+
+    @property
+    def ctx(self) -> StepContext:
+        """What the task's steps see of the trainer."""
+        return StepContext(
+            net=self.net, model=self.model, device=self.device,
+            precision=self.cfg.train.precision, tta=self.cfg.model.tta, optimize=self.optimize,
+            normalize=self.normalize, data=self.data, run_path=self.run.path,
+        )  # fmt: skip
 
     def loader(self, split):
         """An evaluation loader over any split, with the training normalization (each process
@@ -224,9 +169,9 @@ class Trainer:
         start, self.start_step = self.start_step, 0
         started = time.perf_counter() - self.seconds
         self.model.train()
-        step_fn = getattr(self.task, "train_step", None) or Trainer.train_step
+        ctx = self.ctx
         for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
-            loss, out = step_fn(self, x, y)
+            loss, out = self.task.train_step(ctx, x, y)
             self.loss_sum += loss * len(y)
             self.score_sum = self.score_sum + self.task.score(out, y)
             self.seen += len(y)
@@ -240,7 +185,7 @@ class Trainer:
         row = {
             "epoch": epoch,
             "train_loss": float(loss_sum) / seen,
-            **{f"train_{k}": v for k, v in self.summarize(score_sum, seen).items()},
+            **{f"train_{k}": v for k, v in self.task.summarize(score_sum, seen).items()},
             "val_loss": val_loss,
             **{f"val_{k}": v for k, v in val_scores.items()},
             "lr": self.optimizer.param_groups[0]["lr"],
@@ -260,36 +205,24 @@ class Trainer:
         if epoch == at and self.main:
             print(f"Epoch {epoch}: the backbone is unfrozen and trains from now on", flush=True)
 
-    def train_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        with autocast(self.cfg.train.precision, self.device):
-            logits = self.net(x)
-            loss = self.task.train_loss(logits, y)
-        self.optimize(loss)
-        return loss.detach(), logits.detach()
-
-    def optimize(self, loss: torch.Tensor) -> None:
-        """Backpropagate a batch's loss (plus optim.l1) and step the optimizer, the loss scaler
-        and the schedule; a task's own train_step calls it too."""
-        total = loss + self.l1_penalty() if self.cfg.optim.l1 else loss
-        self.optimizer.zero_grad(set_to_none=True)
+    def optimize(self, loss: torch.Tensor, name: str = "model") -> None:
+        """Backpropagate a batch's loss (plus optim.l1) and step optimizer `name`, the loss
+        scaler and its schedule: what a task's step calls, once per optimizer it uses."""
+        optimizer, module = self.optimizers[name], self.trains[name]
+        total = loss + self.l1_penalty(module) if self.cfg.optim.l1 else loss
+        optimizer.zero_grad(set_to_none=True)
         self.scaler.scale(total).backward()
         if self.cfg.train.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.train.grad_clip)
-        self.scaler.step(self.optimizer)
+            self.scaler.unscale_(optimizer)
+            nn.utils.clip_grad_norm_(module.parameters(), self.cfg.train.grad_clip)
+        self.scaler.step(optimizer)
         self.scaler.update()
-        self.scheduler.step()
+        self.schedulers[name].step()
 
-    def l1_penalty(self) -> torch.Tensor:
+    def l1_penalty(self, module: nn.Module) -> torch.Tensor:
         return self.cfg.optim.l1 * sum(
-            p.abs().sum() for p in self.model.parameters() if p.requires_grad
+            p.abs().sum() for p in module.parameters() if p.requires_grad
         )
-
-    def eval_step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, Any]:
-        """The summed loss of a batch and the outputs the task scores (tasks may replace it)."""
-        with autocast(self.cfg.train.precision, self.device):
-            logits = infer(self.net, x, self.cfg.model.tta)
-        return self.task.eval_loss(logits.float(), y), logits.float()
 
     def evaluate(self, loader) -> tuple[float, float]:
         """Mean loss and the task's metric over a split."""
@@ -301,26 +234,16 @@ class Trainer:
         """Mean loss and every value the task logs (its metric first) over a split."""
         self.model.eval()
         distributed.broadcast_buffers(self.model)  # every process evaluates what rank 0 saves
-        step_fn = getattr(self.task, "eval_step", None) or Trainer.eval_step
+        ctx = self.ctx
         loss_sum = torch.zeros((), device=self.device)
         score_sum = torch.zeros((), device=self.device)
         for x, y in loader:
-            loss, out = step_fn(self, x, y)
+            loss, out = self.task.eval_step(ctx, x, y)
             loss_sum += loss
             score_sum = score_sum + self.task.score(out, y)
         loss_sum, score_sum = distributed.sum_across(loss_sum, score_sum)  # the whole split
         n = max(loader.num_samples, 1)
-        return float(loss_sum) / n, self.summarize(score_sum, n)
-
-    def summarize(self, score_sum: torch.Tensor, n: int) -> dict[str, float]:
-        """The task's summed scores over n samples -> the values logged ({metric: value, ...}).
-        Tasks may define `summarize` (several values, e.g. a VAE's reconstruction and KL) or
-        `finish` (one value from the mean, e.g. MSE -> RMSE)."""
-        n = max(n, 1)
-        if hasattr(self.task, "summarize"):
-            return self.task.summarize(score_sum, n)
-        finish = getattr(self.task, "finish", float)
-        return {self.metric: finish(float(score_sum) / n)}
+        return float(loss_sum) / n, self.task.summarize(score_sum, n)
 
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         distributed.check_in_step(self.model, self.cfg.task)  # several processes, one model
@@ -373,8 +296,8 @@ class Trainer:
             }
         return {
             "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
+            "optimizers": {name: opt.state_dict() for name, opt in self.optimizers.items()},
+            "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": epochs_done,
             "step": step,
@@ -382,30 +305,31 @@ class Trainer:
             "rng": rng,
             "early_stop": self.early_stop.state_dict(),
             "history": self.history,
-            "task": self.task.state_dict() if hasattr(self.task, "state_dict") else {},
+            "task": self.task.state_dict(),
         }
 
     def load_state(self, state: dict[str, Any], reschedule: bool = False) -> None:
         self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        if reschedule:  # more epochs than planned: the schedule's horizon moves, replay to here
-            with warnings.catch_warnings():
-                warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
-                for _ in range(state["epoch"] * self.steps_per_epoch + state["step"]):
-                    self.scheduler.step()
-        else:
-            self.scheduler.load_state_dict(state["scheduler"])
+        for name, opt in self.optimizers.items():
+            opt.load_state_dict(state["optimizers"][name])
+        done = state["epoch"] * self.steps_per_epoch + state["step"]
+        for name, scheduler in self.schedulers.items():
+            if reschedule:  # more epochs than planned: the horizon moves, replay to here
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+                    for _ in range(done):
+                        scheduler.step()
+            else:
+                scheduler.load_state_dict(state["schedulers"][name])
         self.scaler.load_state_dict(state["scaler"])
         self.early_stop.load_state_dict(state["early_stop"])
         self.history = list(state["history"])
-        if hasattr(self.task, "load_state_dict"):  # e.g. a GAN's second optimizer
-            self.task.load_state_dict(state.get("task", {}))
+        self.task.load_state_dict(state.get("task", {}))
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         if state["partial"] and self.main:  # the sums over every process (ranks > 0 start at 0)
             p = state["partial"]
-            score = p["score_sum"] if "score_sum" in p else p["correct"]  # older checkpoints
             self.loss_sum = p["loss_sum"].to(self.device)
-            self.score_sum = score.to(self.device, torch.float32)
+            self.score_sum = p["score_sum"].to(self.device, torch.float32)
             self.seen, self.seconds = p["seen"], p["seconds"]
         checkpoint.restore_rng(state["rng"], self.generator)
         distributed.restore_rank_rng(state["rng"].get("ranks"), self.cfg.train.seed)
@@ -416,7 +340,7 @@ class Trainer:
         n = max(self.seen, 1)
         return (
             float(self.loss_sum) / n,
-            self.summarize(self.score_sum, n)[self.metric],
+            self.task.summarize(self.score_sum, n)[self.metric],
             self.seen * distributed.world_size() / max(self.seconds, 1e-9),  # every process
         )
 

@@ -13,7 +13,7 @@ import html
 import io
 import json
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
@@ -21,34 +21,52 @@ from typing import Any
 from kiln.errors import KilnError, RunError
 
 SUFFIXES = (".html", ".png")
-# (metrics.csv column, panel title) for each panel of the figure
-CURVES = (
-    ("train_loss", "train loss"),
-    ("val_loss", "validation loss"),
-    ("val_acc", "validation accuracy"),
-)
+LOSSES = (("train_loss", "train loss"), ("val_loss", "validation loss"))
 
 
 @dataclass
 class RunCurves:
-    """One run as `kiln compare` sees it: its epochs and the few facts the table needs."""
+    """One run as `kiln compare` sees it: its epochs and the few facts the table needs. Each run
+    is judged by its own monitored metric (config.yaml) and headline test figure (info.json says
+    which key of eval-test.json it is, and whether it reads as a percentage)."""
 
     name: str
     path: Path
     history: list[dict[str, float]]
     parameters: int | None = None
-    test_acc: float | None = None
+    test: dict[str, Any] = field(default_factory=dict)
+    monitor: str = "val_loss"
+    mode: str = "min"
+    metric: dict[str, Any] = field(default_factory=dict)  # name, test_key, percent
+
+    @property
+    def test_acc(self) -> float | None:
+        return self.test.get("accuracy")
+
+    @property
+    def test_value(self) -> float | None:
+        key = self.metric.get("test_key")
+        return self.test.get(key) if key else None
+
+    def fmt(self, value: float) -> str:
+        return f"{value:.2%}" if self.metric.get("percent") else f"{value:.4g}"
 
     def summary(self) -> dict[str, Any]:
-        """The table row: best validation accuracy and its epoch, final losses, test accuracy."""
+        """The table row: the best monitored value and its epoch, final losses, the test figure."""
         last = self.history[-1]
-        row: dict[str, Any] = {"run": self.name, "best_val_acc": None, "best_epoch": None}
+        row: dict[str, Any] = {"run": self.name, "monitor": self.monitor, "best": None,
+                               "best_epoch": None, "best_val_acc": None}  # fmt: skip
+        rows = [r for r in self.history if self.monitor in r]
+        if rows:
+            pick = min if self.mode == "min" else max
+            best = pick(rows, key=lambda r: r[self.monitor])
+            row["best"], row["best_epoch"] = best[self.monitor], int(best["epoch"])
         if "val_acc" in last:
-            best = max(self.history, key=lambda r: r["val_acc"])
-            row["best_val_acc"], row["best_epoch"] = best["val_acc"], int(best["epoch"])
+            row["best_val_acc"] = max(r["val_acc"] for r in self.history if "val_acc" in r)
         return row | {
             "final_train_loss": last.get("train_loss"),
             "final_val_loss": last.get("val_loss"),
+            "test": self.test_value,
             "test_acc": self.test_acc,
             "epochs": int(last.get("epoch", len(self.history))),
             "seconds": sum(r.get("seconds", 0.0) for r in self.history),
@@ -56,32 +74,45 @@ class RunCurves:
         }
 
 
-def _pct(v: float) -> str:
-    return f"{v:.2%}"
-
-
 def _duration(seconds: float) -> str:
     minutes, secs = divmod(round(seconds), 60)
     return f"{minutes}m {secs:02d}s" if minutes else f"{seconds:.1f}s"
 
 
-# (row key, column header, formatter) for the table, in both the terminal and HTML
-COLUMNS: tuple[tuple[str, str, Callable[[Any], str]], ...] = (
-    ("run", "run", str),
-    ("best_val_acc", "best val acc", _pct),
-    ("best_epoch", "best at", str),
-    ("final_train_loss", "train loss", lambda v: f"{v:.4f}"),
-    ("final_val_loss", "val loss", lambda v: f"{v:.4f}"),
-    ("test_acc", "test acc", _pct),
-    ("epochs", "epochs", str),
-    ("seconds", "time", _duration),
-    ("parameters", "params", lambda v: f"{v:,}"),
-)
+def columns(runs: Sequence[RunCurves]) -> list[tuple[str, str, Callable[[RunCurves, Any], str]]]:
+    """(row key, header, formatter) for the table, in the terminal and in HTML. Runs that share
+    a monitored metric get it in the header ("best val acc"); mixed runs name it per cell."""
+    monitors = {r.monitor for r in runs}
+    tests = {r.metric.get("test_key") for r in runs}
+    if len(monitors) == 1:
+        best_header = "best " + next(iter(monitors)).replace("_", " ")
+
+        def best_cell(run: RunCurves, v: Any) -> str:
+            return run.fmt(v)
+    else:
+        best_header = "best (monitored)"
+
+        def best_cell(run: RunCurves, v: Any) -> str:
+            return f"{run.monitor} {run.fmt(v)}"
+
+    test_header = f"test {next(iter(tests))}" if len(tests) == 1 and None not in tests else "test"
+    return [
+        ("run", "run", lambda r, v: str(v)),
+        ("best", best_header, best_cell),
+        ("best_epoch", "best at", lambda r, v: str(v)),
+        ("final_train_loss", "train loss", lambda r, v: f"{v:.4f}"),
+        ("final_val_loss", "val loss", lambda r, v: f"{v:.4f}"),
+        ("test", test_header, lambda r, v: r.fmt(v)),
+        ("epochs", "epochs", lambda r, v: str(v)),
+        ("seconds", "time", lambda r, v: _duration(v)),
+        ("parameters", "params", lambda r, v: f"{v:,}"),
+    ]
 
 
-def format_row(row: dict[str, Any]) -> list[str]:
+def format_row(run: RunCurves, cols) -> list[str]:
     """A table row as text; missing values (no test evaluation yet, say) as '-'."""
-    return ["-" if row.get(key) is None else fmt(row[key]) for key, _, fmt in COLUMNS]
+    row = run.summary()
+    return ["-" if row.get(key) is None else fmt(run, row[key]) for key, _, fmt in cols]
 
 
 def rich_table(runs: Sequence[RunCurves], width: int):
@@ -92,16 +123,17 @@ def rich_table(runs: Sequence[RunCurves], width: int):
     from rich.table import Table
 
     title = "final metrics (losses: last epoch)"
-    rows = [format_row(r.summary()) for r in runs]
+    cols = columns(runs)
+    rows = [format_row(r, cols) for r in runs]
     wide = Table(title=title, box=box.SIMPLE_HEAD)
-    for key, header, _ in COLUMNS:
+    for key, header, _ in cols:
         wide.add_column(header, justify="left" if key == "run" else "right", no_wrap=True)
     for row in rows:
         wide.add_row(*row)
     if Console(width=10_000).measure(wide).maximum <= width:
         return wide
     tall = Table("", *(row[0] for row in rows), title=title, box=box.SIMPLE_HEAD)
-    for i, (_, header, _) in enumerate(COLUMNS[1:], start=1):
+    for i, (_, header, _) in enumerate(cols[1:], start=1):
         tall.add_row(header, *(row[i] for row in rows))
     for column in tall.columns[1:]:
         column.justify = "right"
@@ -124,12 +156,19 @@ def load_run(path: str | Path) -> RunCurves:
         raise RunError(f"{metrics} is damaged ({exc}); it should hold one row per epoch") from None
     if not history:
         raise RunError(f"{metrics} has no epochs yet; train the run for at least one epoch")
+    info = _read_json(path / "info.json")
+    metric = info.get("metric") if isinstance(info.get("metric"), dict) else {}
+    early_stop = _read_config(path).get("train", {}).get("early_stop", {})
+    monitor = early_stop.get("monitor", metric.get("monitor", "val_loss"))
     return RunCurves(
         name=path.name,
         path=path,
         history=history,
-        parameters=_read_json(path / "info.json").get("parameters"),
-        test_acc=_read_json(path / "eval-test.json").get("accuracy"),
+        parameters=info.get("parameters"),
+        test=_read_json(path / "eval-test.json"),
+        monitor=monitor,
+        mode=metric.get("mode") or ("min" if monitor.endswith("loss") else "max"),
+        metric=metric,
     )
 
 
@@ -138,6 +177,17 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (OSError, ValueError):
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    """config.yaml as plain data (only read, never validated: runs of any version compare)."""
+    import yaml
+
+    try:
+        data = yaml.safe_load((path / "config.yaml").read_text())
+    except (OSError, yaml.YAMLError):
         return {}
     return data if isinstance(data, dict) else {}
 
@@ -159,25 +209,31 @@ def load_runs(paths: Sequence[str | Path]) -> list[RunCurves]:
 
 
 def curves_figure(runs: Sequence[RunCurves]):
-    """Train loss, validation loss and validation accuracy per epoch, one colour per run."""
+    """Train loss, validation loss and each run's own monitored metric per epoch, one colour per
+    run (runs monitoring different metrics get a panel each)."""
     from matplotlib.figure import Figure
-    from matplotlib.ticker import MaxNLocator
+    from matplotlib.ticker import MaxNLocator, PercentFormatter
 
-    fig = Figure(figsize=(15, 4.5), layout="constrained")
-    axes = fig.subplots(1, len(CURVES))
+    monitored = list(dict.fromkeys(r.monitor for r in runs if not r.monitor.endswith("loss")))
+    panels = [*LOSSES, *((m, f"{'validation' if m.startswith('val_') else 'training'} "
+                          f"{m.split('_', 1)[1]}") for m in monitored)]  # fmt: skip
+    fig = Figure(figsize=(5 * len(panels), 4.5), layout="constrained")
+    axes = fig.subplots(1, len(panels), squeeze=False)[0]
     markers = max(len(r.history) for r in runs) <= 30  # dots help read a 5-epoch curve
-    for ax, (column, title) in zip(axes, CURVES, strict=True):
+    for ax, (column, title) in zip(axes, panels, strict=True):
+        percent = False
         for i, run in enumerate(runs):
             points = [(r["epoch"], r[column]) for r in run.history if column in r]
             if points:
                 x, y = zip(*points, strict=True)
                 marker = "o" if markers else None
                 ax.plot(x, y, color=f"C{i % 10}", label=run.name, marker=marker, markersize=3)
+                percent = percent or (run.monitor == column and run.metric.get("percent", False))
         ax.set_title(title)
         ax.set_xlabel("epoch")
         ax.grid(alpha=0.3)
-        if column.endswith("acc"):
-            ax.yaxis.set_major_formatter(lambda v, _: f"{v:.0%}")
+        if percent:
+            ax.yaxis.set_major_formatter(PercentFormatter(1.0))
         ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes[0].legend(fontsize="small")
     return fig
@@ -192,9 +248,10 @@ def figure_png(fig) -> bytes:
 def html_page(runs: Sequence[RunCurves], png: bytes) -> str:
     """One self-contained page: no external files or URLs, every run-supplied text escaped."""
     e = html.escape
-    head = "".join(f"<th>{e(title)}</th>" for _, title, _ in COLUMNS)
+    cols = columns(runs)
+    head = "".join(f"<th>{e(title)}</th>" for _, title, _ in cols)
     body = "".join(
-        "<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in format_row(r.summary())) + "</tr>"
+        "<tr>" + "".join(f"<td>{e(cell)}</td>" for cell in format_row(r, cols)) + "</tr>"
         for r in runs
     )
     sources = "".join(f"<li><code>{e(str(r.path))}</code></li>" for r in runs)
@@ -213,9 +270,9 @@ img {{ max-width: 100%; }}
 </style></head><body>
 <h1>Compare {len(runs)} runs</h1>
 <table><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>
-<p class="note">Best val acc: the highest validation accuracy of any epoch, reached at epoch
-"best at"; train and val loss: the last epoch's; test acc: the best checkpoint's (eval-test.json);
-time: the sum of the epochs' seconds.</p>
+<p class="note">Best: the best value of the metric each run monitored (its best checkpoint), reached
+at epoch "best at"; train and val loss: the last epoch's; test: the best checkpoint's headline
+figure (eval-test.json); time: the sum of the epochs' seconds.</p>
 <img alt="learning curves" src="data:image/png;base64,{image}">
 <p class="note">Runs:</p><ul class="note">{sources}</ul>
 <p class="note">Written by kiln compare, {e(when)}.</p>

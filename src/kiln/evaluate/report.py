@@ -1,46 +1,27 @@
 """RUN/report.html: one self-contained page per run (images inlined, inline CSS, no scripts), so it
-opens offline, survives being mailed or archived, and never changes under the reader."""
+opens offline, survives being mailed or archived, and never changes under the reader.
+
+The page's frame is the same for every task (`write_run_report`: the run's overview, the test
+section, training curves and the table of epochs, the model, the config, the versions); each task
+supplies its own test section, figures and rows (kiln/tasks/<task>/report.py)."""
 
 from __future__ import annotations
 
 import base64
-import json
 import platform
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from html import escape
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from kiln import data as kdata
 from kiln.errors import KilnError, RunError
-from kiln.evaluate.plots import PLOTS, best_row, read_metrics, write_plots
+from kiln.evaluate.plots import best_row, read_metrics
 from kiln.io import write_text_atomic
 from kiln.rundir import RunDir
 
-CAPTIONS = {
-    "curves": "Loss, accuracy and learning rate per epoch; the dashed line marks the best epoch.",
-    "confusion": "Confusion matrix on the validation split, each row normalized to 1.",
-    "per_class": "Precision, recall and F1 per class on the validation split.",
-    "samples": "Validation images with the predicted class and its probability; wrong in red.",
-    "mistakes": "The validation images with the highest loss: predicted and true class.",
-    "predicted_vs_true": "Predicted against true value on the test split, one panel per target;"
-    " the diagonal is a perfect answer.",
-    "residuals": "Residual (predicted - true) against the predicted value on the test split.",
-    "segment_samples": "Test images, their true masks and the predicted masks (the middle slice "
-    "of a volume).",
-}
-# Per task: the heading of its figure section and the plots in it (RUN/plots/NAME.png).
-TASK_FIGURES = {
-    "classify": ("Validation", ("confusion", "per_class", "samples", "mistakes")),
-    "regress": ("Test predictions", ("predicted_vs_true", "residuals")),
-    "segment": ("Test predictions", ("segment_samples",)),
-}
-TEST_METRICS = (
-    "accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",
-    "precision_weighted", "recall_weighted", "f1_weighted",
-)  # fmt: skip
+CURVES_CAPTION = "Loss, {metric} and learning rate per epoch; the dashed line marks the best epoch."
 CSS = """
 body { font: 15px/1.5 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif; color: #1f2328;
        max-width: 1100px; margin: 2rem auto; padding: 0 1rem; background: #fff; }
@@ -61,70 +42,54 @@ img { max-width: 100%; height: auto; border: 1px solid #eaeef2; }
 """
 
 
-def make_report(
-    run_dir: str | Path,
-    model: torch.nn.Module | None = None,
-    bundle: kdata.DataBundle | None = None,
-    device: str | torch.device = "cpu",
+def write_run_report(
+    run: RunDir,
+    model: torch.nn.Module | None,
+    plots: dict[str, Path],
+    *,
+    test_section: str,
     checkpoint: str = "best",
+    headline: str = "",
+    overview: Sequence[tuple[str, str]] = (),
+    training: Sequence[tuple[str, str]] | None = None,
+    sections: Sequence[str] = (),
+    model_text: str | None = None,
+    subtitle: str = "Kiln run report",
+    css: str = "",
 ) -> Path:
-    """Plots, then the report: what `kiln report` and the end of training call."""
-    from kiln.predict import load_model
-    from kiln.tasks import get_task
-
-    run = RunDir.open(run_dir)
-    if model is None:
-        model, _ = load_model(run, checkpoint, device)
-    task = get_task(run.load_config().task)
-    if hasattr(task, "report"):  # tasks other than classify make their own plots
-        if bundle is None:
-            bundle = kdata.build(run.load_config().data)
-        return task.report(run, model, bundle, device)
-    plots = write_plots(run.path, model, bundle, device, checkpoint)
-    return write_report(run.path, model=model, plots=plots, checkpoint=checkpoint)
-
-
-def write_report(
-    run_dir: str | Path,
-    model: torch.nn.Module | None = None,
-    plots: dict[str, Path] | None = None,
-    checkpoint: str = "best",
-) -> Path:
-    """Write RUN/report.html (and RUN/summary.txt) from the run directory and the given plots
-    (default: whatever RUN/plots/ holds)."""
-    run = RunDir.open(run_dir)
+    """RUN/report.html (and RUN/summary.txt). `overview`: the task's rows after "Best epoch";
+    `training`: (plot name, caption) above the epoch table (default: the curves); `sections`:
+    the task's HTML after it; `model_text`: the Model section (default: the layer table)."""
     cfg, info = run.load_config(), run.load_info()
     rows = read_metrics(run)
-    heading, names = TASK_FIGURES.get(cfg.task, ("Plots", ()))
-    if plots is None:
-        found = {name: run.path / "plots" / f"{name}.png" for name in (*PLOTS, *names)}
-        plots = {name: path for name, path in found.items() if path.is_file()}
-    summary = model_summary(run, model)
-    write_text_atomic(run.path / "summary.txt", summary + "\n")
-    test = read_eval(run, "test")
-    best = best_row(rows, cfg.train.early_stop.monitor, cfg.train.early_stop.mode)
-    overview = run_overview(run, cfg, info, rows, best, test)
+    if model_text is None:
+        model_text = model_summary(run, model)
+        write_text_atomic(run.path / "summary.txt", model_text + "\n")
+    best = best_row(rows, *run.monitored())
+    items = run_overview(run, cfg, info, rows, best, list(overview), headline)
+    if training is None:
+        metric = cfg.train.early_stop.monitor.split("_", 1)[-1]
+        training = [("curves", CURVES_CAPTION.format(metric=metric))]
     body = [
         f"<h1>{escape(run.path.name)}</h1>",
-        f'<p class="sub">Kiln run report, {escape(str(info.get("created", "")))}; '
+        f'<p class="sub">{escape(subtitle)}, {escape(str(info.get("created", "")))}; '
         f"plots from the {escape(checkpoint)} checkpoint.</p>",
         "<h2>Run</h2>",
-        key_value_table(overview),
-        {"regress": regress_section, "segment": segment_section}.get(cfg.task, test_section)(test),
+        key_value_table(items),
+        test_section,
         "<h2>Training</h2>",
-        figure(plots, "curves"),
+        *(figure(plots.get(name), caption) for name, caption in training),
         "<h3>Per epoch</h3>",
         epoch_table(rows),
-        f"<h2>{escape(heading)}</h2>",
-        *(figure(plots, name) for name in names),
+        *sections,
         "<h2>Model</h2>",
-        f"<pre>{escape(summary)}</pre>",
+        f"<pre>{escape(model_text)}</pre>",
         "<h2>Config</h2>",
         f"<pre>{escape(run.config_path.read_text())}</pre>",
         "<h2>Versions</h2>",
         versions_table(info),
     ]
-    return write_page(run, body)
+    return write_page(run, body, css)
 
 
 def write_page(run: RunDir, body: list[str], css: str = "") -> Path:
@@ -173,19 +138,8 @@ def model_summary(run: RunDir, model: torch.nn.Module | None) -> str:
         return f"(no model summary: {exc})"
 
 
-def read_eval(run: RunDir, split: str) -> dict[str, Any] | None:
-    path = run.path / f"eval-{split}.json"
-    if not path.is_file():
-        return None
-    try:
-        return json.loads(path.read_text())
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunError(
-            f"{path} is damaged ({exc}); rewrite it with `kiln eval {run.path}`"
-        ) from None
-
-
-def run_overview(run, cfg, info, rows, best, test) -> list[tuple[str, str]]:
+def run_overview(run, cfg, info, rows, best, extra, headline: str = "") -> list[tuple[str, str]]:
+    """The Run table: what was trained on what, how long, the best epoch, then the task's rows."""
     classes = info.get("classes", [])
     shape = "x".join(map(str, info.get("input_shape", [])))
     samples = info.get("samples", {})
@@ -205,22 +159,34 @@ def run_overview(run, cfg, info, rows, best, test) -> list[tuple[str, str]]:
     if best is not None:
         monitor = cfg.train.early_stop.monitor
         items.append(("Best epoch", f"{best['epoch']:.0f} (by {monitor} = {best[monitor]:.4f})"))
-        if "val_acc" in best:
-            items.append(("Val accuracy, best epoch", f"{best['val_acc']:.2%}"))
-    if test is not None and "accuracy" in test:
-        items.append(("Test accuracy", f"{test['accuracy']:.2%} ({test['samples']:,} images)"))
-    elif test is not None and "miou" in test:
-        items.append(("Test mean IoU, Dice", f"{test['miou']:.4f}, {test['mean_dice']:.4f} "
-                      f"({test['samples']:,} images)"))  # fmt: skip
-    elif test is not None and "rmse" in test:
-        items.append(("Test RMSE, R2", f"{test['rmse']:.4g}, {test['r2']:.4f} "
-                      f"({test['samples']:,} samples)"))  # fmt: skip
+    items += extra
+    if headline and not any(key.startswith("Test") for key, _ in extra):
+        items.append(("Test", headline))
     items += [
         ("Seed", str(info.get("seed"))),
         ("Git commit", str(info.get("git_commit") or "not a git checkout")),
         ("Command", str(info.get("command") or "")),
     ]
     return items
+
+
+def metrics_section(test: dict[str, Any] | None) -> str:
+    """A Test section listing every number of eval-test.json (tasks with nothing better)."""
+    if test is None:
+        return no_test_section()
+    intro = section_intro(test, f"{test['samples']:,} test samples", "")
+    cells = (
+        [key, f"{value:.4f}" if isinstance(value, float) else str(value)]
+        for key, value in test.items()
+        if key not in ("run", "split", "checkpoint", "epoch", "samples")
+        and isinstance(value, (int, float))
+        and not isinstance(value, bool)
+    )
+    return f"<h2>Test</h2>\n{intro}\n{table(['metric', 'value'], cells)}"
+
+
+def no_test_section() -> str:
+    return '<h2>Test</h2>\n<p class="sub">No eval-test.json in the run: run `kiln eval`.</p>'
 
 
 def duration(seconds: float) -> str:
@@ -253,63 +219,11 @@ def table(header: list[str], rows: Iterable[list[str]], numeric_from: int = 1) -
     return f'<div class="scroll"><table><tr>{head}</tr>{body}</table></div>'
 
 
-def test_section(test: dict[str, Any] | None) -> str:
-    if test is None:
-        return '<h2>Test</h2>\n<p class="sub">No eval-test.json in the run: run `kiln eval`.</p>'
-    intro = section_intro(test, f"{test['samples']:,} test images", "")
-    overall = table(["metric", "value"], ([k, f"{test[k]:.4f}"] for k in TEST_METRICS if k in test))
-    per_class = table(
-        ["class", "precision", "recall", "F1", "support"],
-        (
-            [r["class"], f"{r['precision']:.4f}", f"{r['recall']:.4f}", f"{r['f1']:.4f}",
-             f"{r['support']:,}"]
-            for r in test.get("per_class", [])
-        ),
-    )  # fmt: skip
-    return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per class</h3>\n{per_class}"
-
-
 def section_intro(test: dict[str, Any], what: str, note: str) -> str:
     """The line under a Test heading: what was evaluated (Kiln's own words and numbers), with
     which checkpoint."""
     checkpoint, epoch = escape(str(test.get("checkpoint"))), escape(str(test.get("epoch")))
     return f'<p class="sub">{what}, {checkpoint} checkpoint (epoch {epoch}){note}.</p>'
-
-
-def regress_section(test: dict[str, Any] | None) -> str:
-    """task=regress: RMSE, MAE and R2 overall and per target, in the targets' units."""
-    if test is None:
-        return test_section(test)
-    what = f"{test['samples']:,} test samples"
-    intro = section_intro(test, what, "; errors in the targets' own units")
-    overall = table(["metric", "value"], ([k, f"{test[k]:.4g}"] for k in ("rmse", "mae", "r2")))
-    per_target = table(
-        ["target", "RMSE", "MAE", "R2"],
-        ([t["target"], f"{t['rmse']:.4g}", f"{t['mae']:.4g}", f"{t['r2']:.4f}"]
-         for t in test.get("per_target", [])),
-    )  # fmt: skip
-    return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per target</h3>\n{per_target}"
-
-
-def segment_section(test: dict[str, Any] | None) -> str:
-    """task=segment: mean IoU, mean Dice, pixel accuracy, then IoU and Dice per class."""
-    if test is None:
-        return test_section(test)
-    what = f"{test['samples']:,} test images ({test['pixels']:,} pixels)"
-    note = "; IoU and Dice from the confusion of every pixel of the split"
-    intro = section_intro(test, what, note)
-    keys = ("miou", "mean_dice", "pixel_acc")
-    overall = table(["metric", "value"], ([k, f"{test[k]:.4f}"] for k in keys))
-
-    def shown(v: float | None) -> str:
-        return "-" if v is None else f"{v:.4f}"  # a class absent from the split and never predicted
-
-    per_class = table(
-        ["class", "IoU", "Dice", "precision", "recall", "pixels"],
-        ([r["class"], shown(r["iou"]), shown(r["dice"]), shown(r["precision"]),
-          shown(r["recall"]), f"{r['pixels']:,}"] for r in test.get("per_class", [])),
-    )  # fmt: skip
-    return f"<h2>Test</h2>\n{intro}\n{overall}\n<h3>Per class</h3>\n{per_class}"
 
 
 EPOCH_COLUMNS = {
@@ -337,13 +251,12 @@ def epoch_table(rows: list[dict[str, float]]) -> str:
     return table(columns, cells, numeric_from=0)
 
 
-def figure(plots: dict[str, Path], name: str) -> str:
-    """An <img> with the PNG inlined as a data: URI, so the page needs no other file."""
-    path = plots.get(name)
+def figure(path: Path | None, caption: str, css_class: str = "") -> str:
+    """A figure with the PNG inlined as a data: URI, so the page needs no other file."""
     if path is None or not Path(path).is_file():
         return ""
-    caption = CAPTIONS.get(name, name)
-    return f"<figure>{inline_png(path, caption)}<figcaption>{escape(caption)}</figcaption></figure>"
+    shown = inline_png(path, caption, css_class)
+    return f"<figure>{shown}<figcaption>{escape(caption)}</figcaption></figure>"
 
 
 def versions_table(info: dict[str, Any]) -> str:
@@ -352,7 +265,7 @@ def versions_table(info: dict[str, Any]) -> str:
     import numpy
     import torchvision
 
-    from kiln import __version__
+    from kiln._version import __version__
 
     now = {
         "python": platform.python_version(),

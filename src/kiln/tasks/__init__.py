@@ -1,23 +1,31 @@
-"""Tasks: what is learned (loss) and how it is scored (metrics). `get_task(cfg.task)` is the door
-in; `register_task` adds one (see registry.py)."""
+"""Tasks: everything that differs between kinds of learning, one package each, behind the `Task`
+class (base.py). `get_task(cfg.task)` is the door in; `@register_task` adds one."""
 
 from __future__ import annotations
 
-from kiln.tasks.classify import ClassifyTask
-from kiln.tasks.gan import GANTask
-from kiln.tasks.registry import TASKS, direction, get_task, register_task
-from kiln.tasks.regress import RegressTask
-from kiln.tasks.segment import SegmentTask
-from kiln.tasks.vae import VAETask
+# The built-in tasks register on import, in this order.
+# isort: off
+from kiln.tasks import classify, generate, regress, segment  # noqa: E402,F401
+from kiln.tasks.base import Optimizes, StepContext, Task
+from kiln.tasks.registry import (
+    TASKS,
+    direction,
+    generative_names,
+    get_task,
+    register_task,
+    task_for_model,
+)
+
+# isort: on
 
 __all__ = [
     "TASKS",
-    "ClassifyTask",
-    "GANTask",
-    "RegressTask",
-    "SegmentTask",
-    "VAETask",
+    "Optimizes",
+    "StepContext",
+    "Task",
     "direction",
+    "generative_names",
     "get_task",
     "register_task",
+    "task_for_model",
 ]

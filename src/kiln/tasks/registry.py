@@ -1,33 +1,5 @@
-"""Task registry: what is learned (the loss) and how it is scored (one headline metric).
-
-A task is one class with one decorator; `task=NAME` in a config picks it, `kiln list tasks` shows
-it. The trainer only calls the methods below, so a new task needs no change to the loop:
-
-    @register_task("mytask", "what it learns")
-    class MyTask:
-        metric = "acc"              # logged as train_acc / val_acc, monitored as val_acc
-        higher_is_better = True
-
-        @classmethod
-        def build(cls, cfg, data, device): ...      # -> an instance, from the run's config
-        def train_loss(self, outputs, targets): ... # mean over the batch, to backpropagate
-        def eval_loss(self, outputs, targets): ...  # sum over the batch
-        def score(self, outputs, targets): ...      # sum over the batch of the per-sample metric
-
-Optional, for tasks that need more than "outputs = model(inputs)":
-
-        def finish(self, mean): ...                 # mean score -> the metric (MSE -> RMSE)
-        def summarize(self, score_sum, n): ...      # summed scores (any shape) -> {metric: v, ...}
-                                                    # every key is logged as train_/val_<key>
-        def train_step(self, trainer, x, y): ...    # -> (mean loss, outputs for score); replaces
-                                                    # Trainer.train_step (e.g. a GAN's two steps)
-        def eval_step(self, trainer, x, y): ...     # -> (summed loss, outputs for score)
-        def state_dict(self) / load_state_dict(s)   # extra state kept in last.pt (resume)
-        def after_fit(self, run, model, bundle, device): ...  # plots/report -> {label: path}
-        def report(run, model, bundle, device): ...  # `kiln report RUN` -> report.html's path
-        def evaluate(outputs, targets, info): ...   # kiln eval's metrics from collected outputs
-        def evaluate_loader(model, loader, info, cfg): ...  # the same, streaming over a loader
-"""
+"""Task registry: a task is one class (a `Task`, kiln/tasks/base.py) with one decorator;
+`task=NAME` in a config picks it and `kiln list tasks` shows it."""
 
 from __future__ import annotations
 
@@ -35,37 +7,58 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from kiln.errors import ConfigError
+from kiln.tasks.base import Task
 
 
 @dataclass
 class TaskEntry:
     name: str
-    cls: type
+    cls: type[Task]
     description: str
 
 
 TASKS: dict[str, TaskEntry] = {}
 
 
-def register_task(name: str, description: str = "") -> Callable[[type], type]:
-    def wrap(cls: type) -> type:
-        for attr in ("metric", "higher_is_better", "build", "score"):  # losses may be set in init
-            if not hasattr(cls, attr):
+def register_task(name: str, description: str = "") -> Callable[[type], type[Task]]:
+    """`@register_task("name")` on a Task subclass. A plain class (with at least `metric` and
+    `score`) gets the Task defaults for everything it does not define."""
+
+    def wrap(cls: type) -> type[Task]:
+        for attr in ("metric", "score"):
+            if attr not in {k for c in cls.__mro__ if c is not Task for k in vars(c)}:
                 raise TypeError(f"task '{name}' ({cls.__name__}) lacks '{attr}'")
+        if not issubclass(cls, Task):
+            cls = type(cls.__name__, (cls, Task), {"__module__": cls.__module__,
+                                                   "__doc__": cls.__doc__})  # fmt: skip
         cls.name = name
-        TASKS[name] = TaskEntry(name, cls, description or (cls.__doc__ or "").split("\n")[0])
+        cls.description = description or (cls.__doc__ or "").strip().split("\n")[0]
+        TASKS[name] = TaskEntry(name, cls, cls.description)
         return cls
 
     return wrap
 
 
-def get_task(name: str) -> type:
+def get_task(name: str) -> type[Task]:
     if name not in TASKS:
         raise ConfigError(
             f"task: unknown task '{name}'; available: {', '.join(sorted(TASKS))} "
             "(your own: @kiln.tasks.register_task in a module listed under `imports:`)"
         )
     return TASKS[name].cls
+
+
+def task_for_model(model: str) -> str | None:
+    """The task a registered model is made for (model=unet -> segment), if one claims it."""
+    for entry in TASKS.values():
+        if model in entry.cls.models:
+            return entry.name
+    return None
+
+
+def generative_names() -> list[str]:
+    """The tasks whose predictions start from noise (kiln sample), in registration order."""
+    return [name for name, entry in TASKS.items() if entry.cls.generates]
 
 
 def direction(monitor: str) -> str:

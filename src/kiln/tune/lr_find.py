@@ -53,17 +53,14 @@ def lr_find(
 ) -> LrFindResult:
     """Sweep, suggest, and write lr_find.png / .csv / .json into `output` (default
     RUN_DIR/NAME-lr-find, where NAME is run.name or DATA-MODEL)."""
-    import torch
 
     if not 0 < start < end:
         raise ConfigError(f"--start-lr and --end-lr need 0 < start < end, got {start} and {end}")
     if steps < 10:
         raise ConfigError(f"--steps must be at least 10 for a usable curve, got {steps}")
-    net, optimizer, task, batches, cfg, device = _build(cfg)
+    net, optimizer, task, batches, cfg, ctx = _build(cfg)
     folder = Path(output) if output else _default_folder(cfg)
     ratios = [g["lr"] / cfg.optim.lr for g in optimizer.param_groups]  # backbone_lr keeps its ratio
-    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
-    from kiln.engine.device import autocast
 
     lrs, losses = [], []
     avg, best, stopped = 0.0, math.inf, f"reached {end:g}"
@@ -72,15 +69,7 @@ def lr_find(
         x, y = next(batches)
         for group, ratio in zip(optimizer.param_groups, ratios, strict=True):
             group["lr"] = float(lr) * ratio
-        with autocast(cfg.train.precision, device):
-            loss = task.train_loss(net(x), y)
-        optimizer.zero_grad(set_to_none=True)
-        scaler.scale(loss).backward()
-        if cfg.train.grad_clip:
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_(net.parameters(), cfg.train.grad_clip)
-        scaler.step(optimizer)
-        scaler.update()
+        loss, _ = task.train_step(ctx, x, y)  # the task's own step: its loss, one update
         value = float(loss.detach())
         if not math.isfinite(value):
             stopped = f"loss became {value} at lr {lr:.2e}"
@@ -132,61 +121,58 @@ def suggest(lrs: list[float], smoothed: list[float]) -> tuple[float, float]:
 
 
 def _build(cfg: RunConfig):
-    """Data, model, optimizer and loss exactly as `kiln train` builds them, without a run."""
+    """Data, model, task and optimizer exactly as `kiln train` builds them, without a run."""
     import torch
 
-    from kiln import data as kdata
-    from kiln.api import resolve
     from kiln.data import Normalize, make_loader
     from kiln.data.transforms import resolve_augment
     from kiln.data.workers import default_workers
-    from kiln.engine.device import (
-        check_precision,
-        resolve_device,
-        seed_everything,
-        set_threads,
-        settle,
-    )
     from kiln.engine.optim import build_optimizer
-    from kiln.models import build_model
-    from kiln.tasks import get_task
-    from kiln.tasks.classify import balance
+    from kiln.engine.setup import prepare, resolve
+    from kiln.tasks import StepContext, get_task
 
-    cfg = resolve(cfg)
-    task_cls = get_task(cfg.task)
-    if hasattr(task_cls, "train_step"):
-        raise ConfigError(
-            f"--lr-find: task '{cfg.task}' trains with a step of its own (more than one loss); "
-            "the range test needs a task with one training loss, such as classify or regress"
-        )
-    device = resolve_device(cfg.train.device)
-    check_precision(cfg.train.precision, device)
-    set_threads()
-    bundle = kdata.build(cfg.data, device)
-    seed_everything(cfg.train.seed, cfg.train.deterministic)
-    net = build_model(cfg.model, bundle.info).model
-    tree = cfg.to_dict()
-    tree["train"] = settle(tree["train"], device, net)
-    cfg = RunConfig.model_validate(tree)
+    ready = prepare(resolve(cfg), distributed_run=False)
+    cfg, bundle, device = ready.cfg, ready.bundle, ready.device
     channels_last = cfg.train.channels_last is True
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    net = net.to(device, memory_format=fmt)
-    task = task_cls.build(cfg, bundle, device)
-    _, weights = balance(cfg.data.balance, bundle.train.labels, bundle.info.num_classes)
+    net = ready.model.to(device, memory_format=fmt)
+    task = get_task(cfg.task).build(cfg, bundle, device)
+    wanted = task.optimizers(net, cfg)
+    if len(wanted) != 1:
+        raise ConfigError(
+            f"--lr-find: task '{cfg.task}' trains with {len(wanted)} optimizers "
+            f"({', '.join(wanted)}); the range test sweeps one, as classify, regress or vae have"
+        )
+    ((name, spec),) = wanted.items()
+    optimizer = build_optimizer(cfg.optim, spec.module, cfg.model.freeze == "backbone",
+                                **spec.options)  # fmt: skip
+    scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
+
+    def optimize(loss: torch.Tensor, _: str = name) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        scaler.scale(loss).backward()
+        if cfg.train.grad_clip:
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(spec.module.parameters(), cfg.train.grad_clip)
+        scaler.step(optimizer)
+        scaler.update()
+
+    normalize = Normalize(bundle.info.mean, bundle.info.std, device, channels_last)
     loader = make_loader(
         bundle.train,
         cfg.data.batch_size,
-        Normalize(bundle.info.mean, bundle.info.std, device, channels_last),
+        normalize,
         device,
         shuffle=True,
         generator=torch.Generator().manual_seed(cfg.train.seed),
         augment=resolve_augment(cfg.data.augment),
-        weights=weights,
+        weights=task.sample_weights(cfg, bundle),
         workers=default_workers(cfg.data.workers),
         placement=bundle.placement,
     )
-    optimizer = build_optimizer(cfg.optim, net, head_split=cfg.model.freeze == "backbone")
-    return net, optimizer, task, _forever(loader), cfg, device
+    ctx = StepContext(net=net, model=net, device=device, precision=cfg.train.precision,
+                      optimize=optimize, normalize=normalize, data=bundle)  # fmt: skip
+    return net, optimizer, task, _forever(loader), cfg, ctx
 
 
 def _forever(loader):

@@ -96,7 +96,7 @@ def _cell(value: Any) -> Any:
 
 def best_config(study, s: Settings, cfg: RunConfig) -> RunConfig:
     """The study's config with the best trial's values, every default filled in."""
-    from kiln.api import resolve
+    from kiln.engine.setup import resolve
 
     tree = cfg.to_dict()
     tree["run"]["name"] = f"{s.name}-best"

@@ -154,7 +154,7 @@ def _bounds(where: str, kind: str, value: Any) -> tuple[Any, Any]:
 def check_space(base: dict[str, Any], params: list[Param]) -> None:
     """Build the config once per sample value of each key (the rest as in `base`): a typo in a
     key or a value the config cannot take fails now, in a second, rather than in trial 7."""
-    from kiln.api import resolve
+    from kiln.engine.setup import resolve
 
     for param in params:
         for value in param.samples():

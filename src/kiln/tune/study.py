@@ -158,7 +158,7 @@ def open_study(
     """Create the study, or load it to continue; a study of another config is refused."""
     import optuna
 
-    from kiln.api import resolve
+    from kiln.engine.setup import resolve
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)  # Kiln prints one line per trial
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)

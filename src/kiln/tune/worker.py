@@ -77,7 +77,7 @@ class Objective:
         import optuna
         import torch
 
-        from kiln.api import train
+        from kiln.engine.run import train
 
         trial.set_user_attr("worker", kstorage.worker_id())  # before others may look at it
         self.lock.release()

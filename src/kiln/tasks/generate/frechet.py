@@ -105,8 +105,7 @@ def load_classifier(
     run_dir: str | Path | None, shape: tuple[int, int, int], dataset: str, device
 ) -> ClassifierFeatures:
     """The feature extractor of classifier run `run_dir`, checked against the data it scores."""
-    from kiln.predict import load_model
-    from kiln.rundir import RunDir
+    from kiln.rundir import RunDir, load_model
 
     key = "gan.frechet_classifier"
     if not run_dir:

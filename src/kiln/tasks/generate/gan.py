@@ -4,14 +4,13 @@ Each batch takes two steps, as in the DCGAN paper and PyTorch's DCGAN tutorial:
   1. the discriminator: BCE(D(real), 1) + BCE(D(G(z)), 0), on real images and detached samples;
   2. the generator: BCE(D(G(z)), 1) (the non-saturating loss), on the same samples.
 Each network has its own Adam optimizer (lr = optim.lr, betas (0.5, 0.999), optim.weight_decay),
-owned by this task; their states go into checkpoints/last.pt under "task", so a resumed run
-continues exactly. The trainer's own optimizer never steps: it only carries the learning rate
-schedule (sched.*, `none` in the recipe), which both Adams follow, and the logged lr. The two
+declared by `optimizers()`: the trainer builds both, schedules both with sched.* (`none` in the
+recipe) and keeps their states in checkpoints/last.pt, so a resumed run continues exactly. The two
 networks are called directly: train.compile does not apply; train.grad_clip and optim.l1 are
 refused rather than ignored.
 
 The metric, `frechet`, is the Fréchet distance between real and generated images in the features
-of a Kiln classifier trained on the same dataset (gan.frechet_classifier; kiln.evaluate.frechet):
+of a Kiln classifier trained on the same dataset (gan.frechet_classifier; frechet.py):
 not FID, lower is better. val_frechet compares the validation split with as many samples drawn
 from a fixed seed; train_frechet compares each epoch's training batches with the samples the
 generator made for them as it trained. loss is the generator's; loss_d the discriminator's, and
@@ -23,40 +22,59 @@ the training ones; the Fréchet distance needs only the generator.
 
 from __future__ import annotations
 
-import warnings
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
 
-from kiln.engine.device import autocast
 from kiln.errors import ConfigError
-from kiln.evaluate.frechet import (
+from kiln.tasks.base import Optimizes, StepContext
+from kiln.tasks.generate.common import EvalMode, GenerativeTask, Pixels, fixed_noise
+from kiln.tasks.generate.frechet import (
     ClassifierFeatures,
     distance_from_sums,
     feature_sums,
     load_classifier,
 )
-from kiln.tasks.generate import EvalMode, GenerativeTask, Pixels, fixed_noise, require_model
 from kiln.tasks.registry import register_task
 
 BETAS = (0.5, 0.999)  # the DCGAN paper's Adam momentum
+
+
+class GanOptions(BaseModel):
+    """task=gan's own config section (`gan:`): the run whose classifier features score the
+    samples (frechet.py)."""
+
+    model_config = ConfigDict(extra="forbid")
+    frechet_classifier: str | None = Field(
+        None, description="a classify run on the same dataset, e.g. runs/mnist-classifier"
+    )
 
 
 @register_task("gan", "DCGAN (model=dcgan): Fréchet distance in a Kiln classifier's features")
 class GANTask(GenerativeTask):
     metric = "frechet"
     higher_is_better = False
+    models = ("dcgan",)
+    Options = GanOptions
+    CURVES = (
+        ("generator loss", ["loss"]),
+        ("discriminator loss", ["loss_d"]),
+        ("D: mean probability 'real'", ["d_real", "d_fake"]),
+    )
+    TEST_KEYS = ("frechet", "loss", "loss_d", "d_real", "d_fake", "feature_dim")
 
-    def __init__(self, features: ClassifierFeatures, pixels: Pixels, seed: int = 0):
+    def __init__(self, features: ClassifierFeatures, pixels: Pixels, seed: int = 0,
+                 classifier: str | None = None):  # fmt: skip
         self.features, self.pixels, self.seed = features, pixels, seed
-        self.optimizers: dict[str, torch.optim.Optimizer] = {}
-        self.pending: dict[str, Any] = {}  # optimizer states from a checkpoint, until they exist
+        self.classifier = classifier
         self.eval_noise: torch.Generator | None = None
 
     @classmethod
-    def build(cls, cfg, data, device) -> GANTask:
-        require_model(cfg, "gan", "dcgan")
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
         if cfg.optim.name != "adam":
             raise ConfigError(
                 f"optim.name={cfg.optim.name}: task=gan trains both networks with Adam "
@@ -67,71 +85,44 @@ class GANTask(GenerativeTask):
         for key, value in (("train.grad_clip", cfg.train.grad_clip), ("optim.l1", cfg.optim.l1)):
             if value:
                 raise ConfigError(f"{key}={value}: task=gan does not use it; leave it unset")
+
+    @classmethod
+    def build(cls, cfg, data, device) -> GANTask:
         info = data.info
-        features = load_classifier(cfg.gan.frechet_classifier, info.input_shape, info.name, device)
-        return cls(features, Pixels(info.mean, info.std, device), cfg.train.seed)
+        classifier = cls.options(cfg).frechet_classifier
+        features = load_classifier(classifier, info.input_shape, info.name, device)
+        return cls(features, Pixels(info.mean, info.std, device), cfg.train.seed, classifier)
 
-    # The two optimizers ------------------------------------------------------------------------
-    def ensure_optimizers(self, trainer) -> dict[str, torch.optim.Optimizer]:
-        if not self.optimizers:
-            model, optim = trainer.model, trainer.cfg.optim
-            lr = trainer.optimizer.param_groups[0]["lr"]  # the schedule's current value
-            for name in ("generator", "discriminator"):
-                params = list(getattr(model, name).parameters())
-                self.optimizers[name] = torch.optim.Adam(
-                    params, lr=lr, betas=BETAS, weight_decay=optim.weight_decay
-                )
-                if name in self.pending:
-                    self.optimizers[name].load_state_dict(self.pending.pop(name))
-        return self.optimizers
-
-    def state_dict(self) -> dict[str, Any]:
-        return {name: opt.state_dict() for name, opt in self.optimizers.items()} or self.pending
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.pending = dict(state)
-        self.optimizers = {}
-
-    def follow_schedule(self, trainer) -> None:
-        """Step the trainer's schedule and give both optimizers its learning rate."""
-        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": by design
-            warnings.simplefilter("ignore", UserWarning)
-            trainer.scheduler.step()
-        lr = trainer.optimizer.param_groups[0]["lr"]
-        for opt in self.optimizers.values():
-            for group in opt.param_groups:
-                group["lr"] = lr
+    def optimizers(self, model, cfg) -> dict[str, Optimizes]:
+        """One Adam per network, betas (0.5, 0.999)."""
+        return {name: Optimizes(getattr(model, name), {"betas": BETAS})
+                for name in ("generator", "discriminator")}  # fmt: skip
 
     # Training and evaluation (the trainer calls these) -----------------------------------------
-    def train_step(self, trainer, x: torch.Tensor, y: torch.Tensor):
-        model, opts = trainer.model, self.ensure_optimizers(trainer)
+    def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor):
+        model = ctx.model
         real = self.pixels(x) * 2 - 1  # the generator's range, [-1, 1]
         z = torch.randn(len(x), model.latent, device=x.device)
-        with autocast(trainer.cfg.train.precision, trainer.device):
+        with ctx.autocast():
             fake = model.generator(z)
             d_real = model.discriminator(real).float()
             d_fake = model.discriminator(fake.detach()).float()
         loss_d = bce(d_real, 1.0) + bce(d_fake, 0.0)  # per image
-        opts["discriminator"].zero_grad(set_to_none=True)
-        loss_d.mean().backward()
-        opts["discriminator"].step()
+        ctx.step(loss_d.mean(), "discriminator")
 
-        with autocast(trainer.cfg.train.precision, trainer.device):
+        with ctx.autocast():
             d_gen = model.discriminator(fake).float()
         loss_g = bce(d_gen, 1.0).mean()
-        opts["generator"].zero_grad(set_to_none=True)
-        loss_g.backward()
-        opts["generator"].step()
-        self.follow_schedule(trainer)
+        ctx.step(loss_g, "generator")
         return loss_g.detach(), self.outputs(real, fake.detach(), loss_d, d_real, d_fake)
 
-    def eval_step(self, trainer, x: torch.Tensor, y: torch.Tensor):
+    def eval_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor):
         if self.eval_noise is None:  # each evaluation draws the same noise (summarize resets it)
             self.eval_noise = torch.Generator().manual_seed(self.seed)
-        model = trainer.model
+        model = ctx.model
         z = torch.randn(len(x), model.latent, generator=self.eval_noise).to(x.device)
         real = self.pixels(x) * 2 - 1
-        with autocast(trainer.cfg.train.precision, trainer.device):
+        with ctx.autocast():
             fake = model.generator(z)
             d_real = model.discriminator(real).float()
             d_fake = model.discriminator(fake).float()
@@ -162,45 +153,59 @@ class GANTask(GenerativeTask):
         return dict(zip(keys, (frechet, loss_d, d_real, d_fake), strict=True))
 
     @torch.no_grad()
-    def epoch_images(self, trainer, epoch: int) -> dict[str, torch.Tensor]:
+    def epoch_images(self, ctx: StepContext, epoch: int) -> dict[str, torch.Tensor]:
         """The fixed-noise grid of this epoch, for TensorBoard and as plots/samples_epoch_N.png."""
-        from kiln.sample import display_scale, image_grid, save_png
+        from kiln.evaluate.images import display_scale, image_grid, save_png
 
-        model = trainer.model
+        model = ctx.model
         with EvalMode(model):
-            z = fixed_noise(model.latent, self.seed).to(trainer.device)
+            z = fixed_noise(model.latent, self.seed).to(ctx.device)
             grid = image_grid((model.generate(z) + 1) / 2)
-        path = trainer.run.path / "plots" / f"samples_epoch_{epoch:03d}.png"
-        save_png(grid, path, display_scale(trainer.data.info.height))
+        if ctx.run_path is not None:
+            path = ctx.run_path / "plots" / f"samples_epoch_{epoch:03d}.png"
+            save_png(grid, path, display_scale(ctx.data.info.height))
         return {"gan/fixed_noise": grid}
 
     # After training and `kiln eval` ------------------------------------------------------------
-    @classmethod
     @torch.no_grad()
-    def evaluate_loader(cls, model, loader, info, cfg) -> dict[str, Any]:
+    def evaluate(self, ctx: StepContext, loader, info) -> dict[str, Any]:
         """The Fréchet distance (and the discriminator's view) on a split, with as many samples
         drawn from seed train.seed; the classifier is gan.frechet_classifier."""
-        device = next(model.parameters()).device
-        features = load_classifier(cfg.gan.frechet_classifier, info.input_shape, info.name, device)
-        task = cls(features, Pixels(info.mean, info.std, device), cfg.train.seed)
-        shim = _EvalTrainer(model.eval(), cfg, device)
-        sums = torch.zeros((), dtype=torch.float64, device=device)
+        ctx.model.eval()
+        sums = torch.zeros((), dtype=torch.float64, device=ctx.device)
         for x, y in loader:
-            loss, out = task.eval_step(shim, x, y)
-            sums = sums + torch.cat([task.score(out, y), loss.double().view(1)])
+            loss, out = self.eval_step(ctx, x, y)
+            sums = sums + torch.cat([self.score(out, y), loss.double().view(1)])
         n = loader.num_samples
-        values = task.summarize(sums[:-1], n)
+        values = self.summarize(sums[:-1], n)
         return {
             "samples": n, **values, "loss": float(sums[-1]) / max(n, 1),
-            "classifier": str(cfg.gan.frechet_classifier), "feature_dim": features.dim,
+            "classifier": str(self.classifier), "feature_dim": self.features.dim,
         }  # fmt: skip
 
+    def extra_plots(self, run, model, bundle, device, out: Path) -> dict[str, Path]:
+        from kiln.tasks.generate.report import frechet_plot
 
-class _EvalTrainer:
-    """What eval_step reads from a trainer, for `kiln eval` (no trainer there)."""
+        return frechet_plot(run, out, str(self.classifier))
 
-    def __init__(self, model, cfg, device):
-        self.model, self.cfg, self.device = model, cfg, device
+    def report_parts(self, run, plots: dict[str, Path]) -> dict[str, Any]:
+        from kiln.tasks.generate.report import epoch_grids, frechet_caption
+
+        note = (
+            '<p class="sub">frechet: the Fréchet distance in the classifier\'s features (lower '
+            "is better); loss: the generator's; loss_d: the discriminator's; d_real, d_fake: its "
+            "mean probability that real, generated images are real.</p>"
+        )
+        return {
+            "overview": [("Fréchet features", f"classifier run {self.classifier}")],
+            "training": [("frechet", frechet_caption(self.classifier))],
+            "sections": epoch_grids(run), "test_note": note,
+        }  # fmt: skip
+
+    @classmethod
+    def eval_note(cls, result: dict[str, Any]) -> str:
+        return (f"Fréchet distance in the features of classifier {result['classifier']} "
+                "(lower is better; not FID)")  # fmt: skip
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:

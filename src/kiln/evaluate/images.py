@@ -1,53 +1,15 @@
-"""New images from a trained VAE or GAN run, as one grid or one PNG each.
-
-`sample_images(run_dir, n, seed)` is the one function the CLI (and anything else that wants
-samples: a report, an export) calls: it rebuilds the model from the run directory, loads its
-weights with torch.load(weights_only=True) and decodes n seeded draws of z ~ N(0, I).
-"""
+"""Pictures as files: uint8 pixels, grids (torchvision's make_grid) and PNGs, for `kiln sample`,
+the reports, TensorBoard, segmentation masks over HTTP and GET /sample."""
 
 from __future__ import annotations
 
+import io
 import math
 from pathlib import Path
 
 import torch
 
-from kiln.errors import ConfigError, RunError
-
-GENERATIVE_TASKS = ("vae", "gan")
-
-
-def load_generative(run_dir: str | Path, which: str = "best", device: str | torch.device = "cpu"):
-    """The run's model with its weights, in evaluation mode, and its config."""
-    from kiln.predict import load_model
-    from kiln.rundir import RunDir
-
-    run = RunDir.open(run_dir)
-    cfg = run.load_config()
-    if cfg.task not in GENERATIVE_TASKS:
-        raise RunError(
-            f"{run.path} is a task={cfg.task} run; kiln sample draws new images from "
-            f"task=vae or task=gan runs"
-        )
-    model, _ = load_model(run, which, device)
-    if not hasattr(model, "sample"):
-        raise RunError(f"the model of {run.path} ({cfg.model.name}) has no sample(n) method")
-    return model, cfg
-
-
-def sample_images(
-    run_dir: str | Path,
-    n: int = 64,
-    seed: int = 0,
-    checkpoint: str = "best",
-    device: str | torch.device = "cpu",
-) -> torch.Tensor:
-    """n generated images as uint8 (n, C, H, W); the same seed gives the same images."""
-    if n < 1:
-        raise ConfigError(f"--n must be at least 1, got {n}")
-    model, _ = load_generative(run_dir, checkpoint, device)
-    pixels = model.sample(n, generator=torch.Generator().manual_seed(seed))
-    return to_uint8(pixels)
+from kiln.errors import ConfigError
 
 
 def to_uint8(pixels: torch.Tensor) -> torch.Tensor:
@@ -104,3 +66,12 @@ def write_samples(images: torch.Tensor, output: str | Path) -> list[Path]:
         digits = max(3, len(str(len(images) - 1)))
         return [save_png(img, out / f"sample_{i:0{digits}d}.png") for i, img in enumerate(images)]
     return [save_png(image_grid(images), out)]
+
+
+def png_bytes(image: torch.Tensor) -> bytes:
+    """A uint8 (C, H, W) image (or an (H, W) mask) as PNG file bytes."""
+    from torchvision.transforms.v2.functional import to_pil_image
+
+    buffer = io.BytesIO()
+    to_pil_image(image).save(buffer, format="PNG")
+    return buffer.getvalue()

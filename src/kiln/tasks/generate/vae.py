@@ -16,13 +16,15 @@ so the ELBO is comparable between such runs, not with binarized-MNIST likelihood
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from kiln.engine.device import autocast
-from kiln.tasks.generate import EvalMode, GenerativeTask, Pixels, fixed_noise, require_model
+from kiln.evaluate.images import image_grid
+from kiln.tasks.base import StepContext
+from kiln.tasks.generate.common import EvalMode, GenerativeTask, Pixels, fixed_noise
 from kiln.tasks.registry import register_task
 
 
@@ -40,13 +42,20 @@ def vae_terms(
 class VAETask(GenerativeTask):
     metric = "elbo"  # nats per image, higher is better (= -(recon + kl))
     higher_is_better = True
+    models = ("vae",)
+    CURVES = (
+        ("loss: recon + beta x KL (nats per image)", ["loss"]),
+        ("ELBO, nats per image (higher is better)", ["elbo"]),
+        ("reconstruction term (nats)", ["recon"]),
+        ("KL term (nats)", ["kl"]),
+    )
+    TEST_KEYS = ("elbo", "recon", "kl", "loss", "beta")
 
     def __init__(self, beta: float, pixels: Pixels, seed: int = 0):
         self.beta, self.pixels, self.seed = beta, pixels, seed
 
     @classmethod
     def build(cls, cfg, data, device) -> VAETask:
-        require_model(cfg, "vae", "vae")
         beta = float(cfg.model.kwargs().get("beta", 1.0))
         return cls(beta, Pixels(data.info.mean, data.info.std, device), cfg.train.seed)
 
@@ -55,17 +64,17 @@ class VAETask(GenerativeTask):
         """Per image: recon + beta x kl."""
         return terms[:, 0] + self.beta * terms[:, 1]
 
-    def train_step(self, trainer, x: torch.Tensor, y: torch.Tensor):
-        with autocast(trainer.cfg.train.precision, trainer.device):
-            outputs = trainer.net(x)
+    def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor):
+        with ctx.autocast():
+            outputs = ctx.net(x)
         terms = vae_terms(*outputs, self.pixels(x))
         loss = self.loss(terms).mean()
-        trainer.optimize(loss)
+        ctx.step(loss)
         return loss.detach(), terms.detach()
 
-    def eval_step(self, trainer, x: torch.Tensor, y: torch.Tensor):
-        with autocast(trainer.cfg.train.precision, trainer.device):
-            outputs = trainer.net(x)
+    def eval_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor):
+        with ctx.autocast():
+            outputs = ctx.net(x)
         terms = vae_terms(*outputs, self.pixels(x))
         return self.loss(terms).sum(), terms
 
@@ -82,35 +91,47 @@ class VAETask(GenerativeTask):
         return {"elbo": -(recon + kl), "recon": recon, "kl": kl}
 
     @torch.no_grad()
-    def epoch_images(self, trainer, epoch: int) -> dict[str, torch.Tensor]:
+    def epoch_images(self, ctx: StepContext, epoch: int) -> dict[str, torch.Tensor]:
         """TensorBoard's per-epoch grids: samples from fixed noise, and validation images over
         their reconstructions (from the posterior mean: no random numbers are drawn)."""
-        from kiln.sample import image_grid
-
-        model = trainer.model
+        model = ctx.model
         with EvalMode(model):
-            z = fixed_noise(model.latent, self.seed).to(trainer.device)
+            z = fixed_noise(model.latent, self.seed).to(ctx.device)
             samples = model.decode(z).sigmoid()
-            real = trainer.data.val.head(16).to(trainer.device)
-            mean, _ = model.encode(trainer.normalize(real))
+            real = ctx.data.val.head(16).to(ctx.device)
+            mean, _ = model.encode(ctx.normalize(real))
             recon = model.decode(mean).sigmoid()
         pairs = torch.stack([real.float() / 255, recon], dim=1).flatten(0, 1)  # image, recon, ...
         return {"vae/samples": image_grid(samples), "vae/reconstructions": image_grid(pairs, 8)}
 
     # After training and `kiln eval` ------------------------------------------------------------
-    @classmethod
     @torch.no_grad()
-    def evaluate_loader(cls, model, loader, info, cfg) -> dict[str, Any]:
+    def evaluate(self, ctx: StepContext, loader, info) -> dict[str, Any]:
         """ELBO, reconstruction and KL per image on a split (z drawn with seed train.seed)."""
-        device = next(model.parameters()).device
-        task = cls(float(cfg.model.kwargs().get("beta", 1.0)), Pixels(info.mean, info.std, device))
-        model.eval()
+        model, device = ctx.model.eval(), ctx.device
         sums = torch.zeros(2, dtype=torch.float64, device=device)
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-            torch.manual_seed(cfg.train.seed)
+            torch.manual_seed(self.seed)
             for x, _ in loader:
-                sums += vae_terms(*model(x), task.pixels(x)).sum(dim=0).double()
+                sums += vae_terms(*model(x), self.pixels(x)).sum(dim=0).double()
         n = max(loader.num_samples, 1)
-        values = cls.summarize(sums, n)
-        loss = values["recon"] + task.beta * values["kl"]
-        return {"samples": loader.num_samples, **values, "beta": task.beta, "loss": loss}
+        values = self.summarize(sums, n)
+        loss = values["recon"] + self.beta * values["kl"]
+        return {"samples": loader.num_samples, **values, "beta": self.beta, "loss": loss}
+
+    def extra_plots(self, run, model, bundle, device, out: Path) -> dict[str, Path]:
+        from kiln.tasks.generate.report import vae_plots
+
+        return vae_plots(run, model, bundle, device, out)
+
+    def report_parts(self, run, plots: dict[str, Path]) -> dict[str, Any]:
+        from kiln.tasks.generate.report import vae_section
+
+        note = ('<p class="sub">In nats per image: the ELBO (elbo) = -(recon + kl), higher is '
+                "better; loss = recon + beta x kl, what training minimized.</p>")  # fmt: skip
+        return {"overview": [], "training": [], "sections": vae_section(plots, run),
+                "test_note": note}  # fmt: skip
+
+    @classmethod
+    def eval_note(cls, result: dict[str, Any]) -> str:
+        return "nats per image; elbo = -(recon + kl), higher is better"

@@ -3,13 +3,13 @@
 The data are images with masks (`data.name=seg-folder`, kiln/data/masks.py); the model scores
 every class at every pixel (`model=unet`). The loss adds two views of the same mistakes:
 
-    train.ce_weight   x cross-entropy, averaged over pixels (as in classification, per pixel)
-    train.dice_weight x (1 - soft Dice), averaged over classes: each class counts the same
-                        however few pixels it has (a small digit as much as the background)
+    segment.ce_weight   x cross-entropy, averaged over pixels (as in classification, per pixel)
+    segment.dice_weight x (1 - soft Dice), averaged over classes: each class counts the same
+                          however few pixels it has (a small digit as much as the background)
 
 The headline metric is the mean IoU over classes (`miou`, higher is better); the log also shows
 mean Dice and pixel accuracy. All come from a confusion matrix of pixels summed over a split
-(kiln/evaluate/segment.py), so they are exact, not averages of per-batch values.
+(metrics.py), so they are exact, not averages of per-batch values.
 """
 
 from __future__ import annotations
@@ -19,13 +19,14 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import nn
+from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.data.batch_augment import IGNORE, per_sample_only
 from kiln.errors import ConfigError
-from kiln.evaluate.segment import confusion_matrix, metrics_report, scores
 from kiln.models.tta import infer
+from kiln.tasks.base import StepContext, Task
 from kiln.tasks.registry import register_task
+from kiln.tasks.segment.metrics import confusion_matrix, metrics_report, scores
 
 SMOOTH = 1.0  # keeps the Dice of a class absent from both truth and prediction at 1, not 0/0
 
@@ -44,10 +45,20 @@ def dice_loss(logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
     return 1 - ((2 * overlap + SMOOTH) / (sizes + SMOOTH)).mean()
 
 
+class SegmentOptions(BaseModel):
+    """task=segment's own config section (`segment:`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    dice_weight: float = Field(1.0, ge=0.0, description="weight of the Dice loss")
+    ce_weight: float = Field(1.0, ge=0.0, description="weight of cross-entropy")
+
+
 @register_task("segment", "a class per pixel (data.name=seg-folder, model=unet): Dice + CE, mIoU")
-class SegmentTask:
+class SegmentTask(Task):
     metric = "miou"
     higher_is_better = True
+    models = ("unet",)
+    Options = SegmentOptions
 
     def __init__(
         self,
@@ -55,11 +66,24 @@ class SegmentTask:
         ce_weight: float = 1.0,
         dice_weight: float = 1.0,
         label_smoothing: float = 0.0,
-        tta: str = "none",
     ):
         self.num_classes = num_classes
         self.ce_weight, self.dice_weight = ce_weight, dice_weight
-        self.label_smoothing, self.tta = label_smoothing, tta
+        self.label_smoothing = label_smoothing
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        if cfg.train.loss != "auto":
+            raise ConfigError(
+                f"train.loss={cfg.train.loss} is for task=regress; segment uses Dice + "
+                "cross-entropy, weighed by segment.dice_weight and segment.ce_weight"
+            )
+        o = cls.options(cfg)
+        if o.ce_weight == 0 and o.dice_weight == 0:
+            raise ConfigError(
+                "segment.ce_weight and segment.dice_weight are both 0: nothing to learn"
+            )
 
     @classmethod
     def build(cls, cfg, data, device) -> SegmentTask:
@@ -70,16 +94,8 @@ class SegmentTask:
                 "(FOLDER/train/images, FOLDER/train/masks; `kiln data make mnist-seg` makes one)"
             )
         check_augment(cfg.data.augment, data)
-        t = cfg.train
-        if t.loss != "auto":
-            raise ConfigError(
-                f"train.loss={t.loss} is for task=regress; segment uses Dice + cross-entropy, "
-                "weighed by train.dice_weight and train.ce_weight"
-            )
-        if t.ce_weight == 0 and t.dice_weight == 0:
-            raise ConfigError("train.ce_weight and train.dice_weight are both 0: nothing to learn")
-        return cls(data.info.num_classes, t.ce_weight, t.dice_weight, t.label_smoothing,
-                   cfg.model.tta)  # fmt: skip
+        o = cls.options(cfg)
+        return cls(data.info.num_classes, o.ce_weight, o.dice_weight, cfg.train.label_smoothing)
 
     def loss(self, logits: torch.Tensor, masks: torch.Tensor) -> torch.Tensor:
         """The batch's mean loss: weighted cross-entropy + Dice."""
@@ -114,62 +130,106 @@ class SegmentTask:
         s = scores(score_sum.view(k, k))
         return {"miou": s["miou"], "dice": s["mean_dice"], "pixel_acc": s["pixel_acc"]}
 
+    # Evaluation and report --------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, ctx: StepContext, loader, info) -> dict[str, Any]:
+        """Per-class IoU and Dice, mean IoU and Dice, pixel accuracy, the loss."""
+        ctx.model.eval()
+        k = info.num_classes
+        confusion = torch.zeros(k, k, dtype=torch.float64)
+        loss, n = 0.0, 0
+        for x, y in loader:
+            logits = infer(ctx.net, x, ctx.tta).float()
+            loss += float(self.eval_loss(logits, y))
+            confusion += confusion_matrix(logits.argmax(dim=1), y, k).cpu().double()
+            n += len(y)
+        return {**metrics_report(confusion, info.classes, n), "loss": loss / max(n, 1)}
+
+    @classmethod
+    def headline(cls, result: dict[str, Any]) -> str:
+        return f"mean IoU {result['miou']:.4f}" if "miou" in result else ""
+
+    @classmethod
+    def print_eval(cls, result: dict[str, Any], console) -> None:
+        from kiln.tasks.segment.report import print_eval
+
+        print_eval(result, console)
+
     def after_fit(self, run, model, bundle, device) -> dict[str, str]:
         """plots/curves.png and plots/segment_samples.png (test images, true and predicted),
         then report.html (run.report)."""
         if run.load_config().run.report:
-            return {"Report": str(SegmentTask.report(run, model, bundle, device))}
-        return {"Plots": ", ".join(str(p) for p in SegmentTask.plots(run, model, bundle, device))}
+            return {"Report": str(self.report(run, model, bundle, device))}
+        from kiln.tasks.segment.report import write_plots
 
-    @staticmethod
-    def plots(run, model, bundle, device, n: int = 6) -> list:
-        from kiln.data import Normalize
-        from kiln.evaluate.plots import write_curves
-        from kiln.evaluate.segment import write_samples
+        return {"Plots": ", ".join(str(p) for p in write_plots(run, model, bundle, device))}
 
-        info, tta = run.data_info(), run.load_config().model.tta
-        images, masks = bundle.test.images[:n], bundle.test.labels[:n]
-        x = Normalize(info.mean, info.std, device)(images.to(device))
-        model.eval()
-        with torch.inference_mode():
-            pred = infer(model, x, tta).argmax(dim=1).cpu()
-        samples = write_samples(run.path / "plots" / "segment_samples.png", images, masks, pred,
-                                info.classes)  # fmt: skip
-        return [*write_curves(run).values(), samples]
+    def report(self, run, model, bundle, device, checkpoint: str = "best") -> Path:
+        from kiln.tasks.segment.report import write_report
 
-    @staticmethod
-    def report(run, model, bundle, device) -> Path:
-        """The plots, then RUN/report.html (what `kiln report RUN` calls)."""
-        from kiln.evaluate.report import write_report
+        return write_report(run, model, bundle, device, checkpoint)
 
-        SegmentTask.plots(run, model, bundle, device)
-        return write_report(run.path, model=model)
+    # Prediction and export --------------------------------------------------------------------
+    @classmethod
+    def read_input(cls, item, info) -> torch.Tensor:
+        """An image at its own size (a U-Net takes any), or a volume."""
+        from kiln.tasks.segment.masks import read_input
+
+        return read_input(item, info)
+
+    @classmethod
+    def input_files(cls, paths, info) -> list[Path]:
+        from kiln.tasks.segment.masks import expand_inputs
+
+        return expand_inputs(paths, volumes=info.depth is not None)
 
     @staticmethod
     def predictions(outputs: torch.Tensor, info, top_k: int = 5) -> list[dict]:
-        """What a runtime answers for class scores (N, K, ...): each image's mask of class
-        indices (nested lists) and the share of pixels of each class found."""
-        from kiln.predict_masks import class_shares
+        """Each image's mask of class indices (nested lists) and the share of pixels of each
+        class found."""
+        from kiln.tasks.segment.masks import class_shares
 
         masks = outputs.argmax(dim=1).to(torch.uint8).cpu()
         return [{"mask": m.tolist(), "classes": class_shares(m, info.classes)} for m in masks]
 
     @classmethod
-    @torch.inference_mode()
-    def evaluate_loader(cls, model: nn.Module, loader, info, cfg) -> dict[str, Any]:
-        """`kiln eval`: per-class IoU and Dice, mean IoU and Dice, pixel accuracy, the loss."""
-        t = cfg.train
-        task = cls(info.num_classes, t.ce_weight, t.dice_weight, t.label_smoothing, cfg.model.tta)
-        model.eval()
-        k = info.num_classes
-        confusion = torch.zeros(k, k, dtype=torch.float64)
-        loss, n = 0.0, 0
-        for x, y in loader:
-            logits = infer(model, x, task.tta).float()
-            loss += float(task.eval_loss(logits, y))
-            confusion += confusion_matrix(logits.argmax(dim=1), y, k).cpu().double()
-            n += len(y)
-        return {**metrics_report(confusion, info.classes, n), "loss": loss / max(n, 1)}
+    def python_answer(cls, answers: list[dict], outputs: list[torch.Tensor], single: bool):
+        """kiln.load(RUN).predict: a mask tensor (H, W) per image, the size of the image."""
+        masks = [o.argmax(dim=0).to(torch.uint8).cpu() for o in outputs]  # (K, ...) each
+        return masks[0] if single else masks
+
+    @classmethod
+    def show_answer(cls, answer: dict[str, Any]) -> str:
+        shares = ", ".join(f"{n} {s:.1%}" for n, s in list(answer["classes"].items())[:4])
+        return f"{answer['file']} -> {answer['mask']}  ({shares})"
+
+    @classmethod
+    def serve_answer(cls, answer: dict[str, Any]) -> dict[str, Any]:
+        """The mask travels as a PNG (base64) over HTTP."""
+        import base64
+
+        from kiln.evaluate.images import png_bytes
+
+        mask = torch.tensor(answer.pop("mask"), dtype=torch.uint8)
+        return {**answer, "mask_png": base64.b64encode(png_bytes(mask)).decode("ascii")}
+
+    @classmethod
+    def predict_files(cls, predictor, files, output=None, overlay=False, top_k=3) -> list[dict]:
+        """Masks written to OUTPUT (default RUN/predictions), one per input file."""
+        from kiln.tasks.segment.masks import write_masks
+
+        folder = predictor.source if predictor.source.is_dir() else predictor.source.parent
+        out = Path(output) if output is not None else folder / "predictions"
+        return write_masks(predictor, files, out, overlay)
+
+    @classmethod
+    def export_spec(cls, cfg, info) -> dict[str, Any]:
+        return {"output": {"name": "logits", "shape": ["batch", len(info.classes),
+                           *info.input_shape[1:]], "softmax": False, "per": "pixel"}}  # fmt: skip
+
+    @classmethod
+    def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
+        return (exported.argmax(1) == reference.argmax(1)).float().mean().item()
 
 
 def check_augment(augment, data) -> None:

@@ -1,16 +1,11 @@
-"""Metrics from model outputs, via torchmetrics: the numbers `kiln eval` and reports show.
-
-`classification_metrics` takes logits and labels; `regression_metrics` takes predictions and
-targets with one or several columns. Both return plain JSON-ready dicts (floats rounded to 6
-places) so that they can be saved in a run directory as they are.
-"""
+"""Classification metrics from logits, via torchmetrics: the numbers `kiln eval` and the report
+show, as a plain JSON-ready dict (floats rounded to 6 places) saved in the run as it is."""
 
 from __future__ import annotations
 
 from typing import Any
 
 import torch
-from torchmetrics.functional import mean_absolute_error, mean_squared_error, r2_score
 from torchmetrics.functional.classification import (
     multiclass_accuracy,
     multiclass_calibration_error,
@@ -90,35 +85,3 @@ def classification_metrics(
         "confusion_matrix": confusion.tolist(),
     }
     return result
-
-
-def regression_metrics(
-    preds: torch.Tensor, targets: torch.Tensor, names: list[str] | None = None
-) -> dict[str, Any]:
-    """RMSE, MAE and R² per target column and averaged over columns (as scikit-learn's
-    `uniform_average` does), for predictions and targets of shape (N,) or (N, T)."""
-    preds, targets = preds.detach().float().cpu(), targets.detach().float().cpu()
-    if preds.shape != targets.shape:
-        raise ValueError(f"preds {tuple(preds.shape)} and targets {tuple(targets.shape)} differ")
-    if preds.ndim == 1:
-        preds, targets = preds[:, None], targets[:, None]
-    if preds.ndim != 2 or len(preds) < 2:
-        raise ValueError("regression metrics need (N,) or (N, T) tensors with N >= 2")
-    columns = preds.shape[1]
-    names = names or [str(i) for i in range(columns)]
-    if len(names) != columns:
-        raise ValueError(f"{len(names)} target names for {columns} target columns")
-    raw = {"rmse": [], "mae": [], "r2": []}
-    for i in range(columns):
-        p, t = preds[:, i], targets[:, i]
-        raw["rmse"].append(float(mean_squared_error(p, t, squared=False)))
-        raw["mae"].append(float(mean_absolute_error(p, t)))
-        raw["r2"].append(float(r2_score(p, t)))
-    return {
-        "samples": len(preds),
-        **{key: _r(sum(values) / columns) for key, values in raw.items()},
-        "per_target": [
-            {"target": name, **{key: _r(values[i]) for key, values in raw.items()}}
-            for i, name in enumerate(names)
-        ],
-    }

@@ -14,13 +14,15 @@ import torch
 from torch import nn
 
 from kiln.errors import ConfigError
+from kiln.models.tta import infer
+from kiln.tasks.base import StepContext, Task
 from kiln.tasks.registry import register_task
 
 LOSSES = {"mse": nn.MSELoss, "l1": nn.L1Loss, "huber": nn.HuberLoss}
 
 
 @register_task("regress", "numbers per image (data.targets): MSE/L1/Huber loss, RMSE, MAE, R2")
-class RegressTask:
+class RegressTask(Task):
     metric = "rmse"
     higher_is_better = False
 
@@ -58,45 +60,70 @@ class RegressTask:
         """Sum over the batch of each sample's mean squared error, in the targets' units."""
         return ((self.unstandardize(outputs.float()) - targets) ** 2).mean(dim=1).sum()
 
-    @staticmethod
-    def finish(mean_squared_error: float) -> float:
+    def finish(self, mean_squared_error: float) -> float:
         return mean_squared_error**0.5
 
+    # Evaluation and report --------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, ctx: StepContext, loader, info) -> dict[str, Any]:
+        """RMSE, MAE and R2 over all targets and per target, in the targets' units."""
+        outputs, targets = collect_outputs(ctx.net, loader, ctx.tta)
+        return regression_metrics(in_units(outputs, info), targets.float(), info.classes)
+
+    @classmethod
+    def headline(cls, result: dict[str, Any]) -> str:
+        return f"rmse {result['rmse']:.4g}, r2 {result['r2']:.4f}" if "rmse" in result else ""
+
+    @classmethod
+    def print_eval(cls, result: dict[str, Any], console) -> None:
+        from kiln.tasks.regress.report import print_eval
+
+        print_eval(result, console)
+
+    def after_fit(self, run, model, bundle, device) -> dict[str, str]:
+        """Curves, predicted-vs-true and residual plots, and the report (run.report)."""
+        if run.load_config().run.report:
+            return {"Report": str(self.report(run, model, bundle, device))}
+        from kiln.tasks.regress.report import write_plots
+
+        return {"Plots": ", ".join(str(p) for p in write_plots(run, model, bundle, device))}
+
+    def report(self, run, model, bundle, device, checkpoint: str = "best") -> Path:
+        from kiln.tasks.regress.report import write_report
+
+        return write_report(run, model, bundle, device, checkpoint)
+
+    # Prediction and export --------------------------------------------------------------------
     @staticmethod
     def predictions(outputs: torch.Tensor, info, top_k: int = 5) -> list[dict]:
-        """What `kiln predict` and `kiln serve` answer: each target's value, in its units."""
+        """Each target's value, in its units."""
         values = in_units(outputs.float(), info).tolist()
         return [
             {"values": {name: round(v, 6) for name, v in zip(info.classes, row, strict=True)}}
             for row in values
         ]
 
-    @staticmethod
-    def after_fit(run, model, bundle, device) -> dict[str, str]:
-        """Curves, predicted-vs-true and residual plots, and the report (run.report)."""
-        if run.load_config().run.report:
-            return {"Report": str(RegressTask.report(run, model, bundle, device))}
-        return {"Plots": ", ".join(str(p) for p in RegressTask.plots(run, model, bundle, device))}
+    @classmethod
+    def show_answer(cls, answer: dict[str, Any]) -> str:
+        shown = "  ".join(f"{name} {value:.4g}" for name, value in answer["values"].items())
+        shown = f"line {answer['line']}: {shown}" if "line" in answer else shown
+        return f"{answer.get('file', '-')}: {shown}"
 
-    @staticmethod
-    def plots(run, model, bundle, device) -> list[Path]:
-        from kiln.evaluate import write_regress_plots
-        from kiln.evaluate.plots import write_curves
+    @classmethod
+    def export_spec(cls, cfg, info) -> dict[str, Any]:
+        return {"output": {"name": "standardized_targets", "shape": ["batch", len(info.classes)],
+                           "to_units": "output * target_std + target_mean"}}  # fmt: skip
 
-        return [*write_curves(run).values(), *write_regress_plots(run, model, bundle, device)]
 
-    @staticmethod
-    def report(run, model, bundle, device) -> Path:
-        """The plots, then RUN/report.html (what `kiln report` calls for a regression run)."""
-        from kiln.evaluate.report import write_report
-
-        RegressTask.plots(run, model, bundle, device)
-        return write_report(run.path, model=model)
-
-    @staticmethod
-    def evaluate(outputs: torch.Tensor, targets: torch.Tensor, info) -> dict[str, Any]:
-        """RMSE, MAE and R2 over all targets and per target, in the targets' units."""
-        return regression_metrics(in_units(outputs, info), targets.float(), info.classes)
+@torch.inference_mode()
+def collect_outputs(model: nn.Module, loader, tta: str = "none"):
+    """(outputs, targets) over a loader, on the CPU."""
+    model.eval()
+    outs, targets = [], []
+    for x, y in loader:
+        outs.append(infer(model, x, tta).float().cpu())
+        targets.append(y.cpu())
+    return torch.cat(outs), torch.cat(targets)
 
 
 def in_units(outputs: torch.Tensor, info) -> torch.Tensor:
@@ -124,35 +151,3 @@ def regression_metrics(pred: torch.Tensor, true: torch.Tensor, names: list[str])
         "r2": r2.mean().item(),
         "per_target": per_target,
     }
-
-
-def write_plots(pred: torch.Tensor, true: torch.Tensor, names: list[str], folder: Path) -> list:
-    """plots/predicted_vs_true.png and plots/residuals.png, one panel per target."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    n = len(names)
-    for kind in ("predicted_vs_true", "residuals"):
-        fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 4), squeeze=False)
-        for i, (ax, name) in enumerate(zip(axes[0], names, strict=True)):
-            t, p = true[:, i].numpy(), pred[:, i].numpy()
-            if kind == "predicted_vs_true":
-                lo, hi = float(min(t.min(), p.min())), float(max(t.max(), p.max()))
-                ax.plot([lo, hi], [lo, hi], color="grey", lw=1, label="perfect")
-                ax.scatter(t, p, s=4, alpha=0.4)
-                ax.set(xlabel=f"true {name}", ylabel=f"predicted {name}")
-            else:
-                ax.axhline(0, color="grey", lw=1)
-                ax.scatter(t, p - t, s=4, alpha=0.4)
-                ax.set(xlabel=f"true {name}", ylabel="predicted - true")
-            ax.set_title(name)
-        fig.tight_layout()
-        path = folder / f"{kind}.png"
-        fig.savefig(path, dpi=110)
-        plt.close(fig)
-        paths.append(path)
-    return paths

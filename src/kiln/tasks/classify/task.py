@@ -1,0 +1,137 @@
+"""Image classification: cross-entropy on logits, accuracy as the headline metric."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from kiln.data.registry import are_masks
+from kiln.errors import ConfigError
+from kiln.models.tta import infer
+from kiln.tasks.base import StepContext, Task
+from kiln.tasks.registry import register_task
+
+
+def balance(how: str, labels: torch.Tensor, num_classes: int):
+    """(class weights for the loss, per-sample weights for the sampler) for data.balance."""
+    if how == "none":
+        return None, None
+    if labels.is_floating_point():
+        raise ConfigError(f"data.balance={how} balances classes; task=regress has none")
+    counts = torch.bincount(labels, minlength=num_classes).float().clamp_min(1)
+    if how == "weights":
+        return counts.sum() / (num_classes * counts), None
+    if how == "sampler":
+        return None, (1.0 / counts)[labels]
+    return None, None
+
+
+@register_task("classify", "one label per image: cross-entropy, accuracy")
+class ClassifyTask(Task):
+    metric = "acc"  # the name shown next to loss in logs and metrics.csv
+    higher_is_better = True
+    percent = True
+    test_key = "accuracy"
+
+    def __init__(self, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None):
+        # class_weights (data.balance=weights) weigh the training loss only: evaluation stays honest
+        self.train_loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
+        self.eval_loss = nn.CrossEntropyLoss(reduction="sum")
+
+    @classmethod
+    def check_config(cls, cfg) -> None:
+        super().check_config(cfg)
+        if cfg.train.loss != "auto":
+            raise ConfigError(
+                f"train.loss={cfg.train.loss} is for task=regress; classify uses cross-entropy"
+            )
+
+    @classmethod
+    def build(cls, cfg, data, device) -> ClassifyTask:
+        if data.train.labels.is_floating_point():
+            raise ConfigError("the data has numeric targets (data.targets): set task=regress")
+        if are_masks(data.train.labels):
+            raise ConfigError("the data has a mask per image (a class per pixel): set task=segment")
+        class_weights, _ = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
+        if class_weights is not None:
+            class_weights = class_weights.to(device)
+        return cls(cfg.train.label_smoothing, class_weights)
+
+    def sample_weights(self, cfg, data) -> torch.Tensor | None:
+        """data.balance=sampler: each image drawn in inverse proportion to its class's size."""
+        return balance(cfg.data.balance, data.train.labels, data.info.num_classes)[1]
+
+    @staticmethod
+    def score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Number of right answers in a batch, as a tensor (no device sync)."""
+        return (logits.argmax(dim=1) == labels).sum()
+
+    # Evaluation and report --------------------------------------------------------------------
+    @torch.inference_mode()
+    def evaluate(self, ctx: StepContext, loader, info) -> dict[str, Any]:
+        """Accuracy (top-1, top-k), calibration, precision/recall/F1, the confusion matrix."""
+        from kiln.tasks.classify.metrics import classification_metrics  # torchmetrics: slow import
+
+        ctx.model.eval()
+        outs, labels = [], []
+        for x, y in loader:
+            outs.append(infer(ctx.net, x, ctx.tta).float().cpu())
+            labels.append(y.cpu())
+        return classification_metrics(torch.cat(outs), torch.cat(labels), info.classes)
+
+    @classmethod
+    def headline(cls, result: dict[str, Any]) -> str:
+        return f"accuracy {result['accuracy']:.2%}" if "accuracy" in result else ""
+
+    @classmethod
+    def print_eval(cls, result: dict[str, Any], console) -> None:
+        from kiln.tasks.classify.report import print_eval
+
+        print_eval(result, console)
+
+    def report(self, run, model, bundle, device, checkpoint: str = "best") -> Path:
+        from kiln.tasks.classify.report import write_report
+
+        return write_report(run, model, bundle, device, checkpoint)
+
+    # Prediction and export --------------------------------------------------------------------
+    @staticmethod
+    def predictions(outputs: torch.Tensor, info, top_k: int = 5) -> list[dict]:
+        """The top-k labels and their probabilities."""
+        probs = outputs.float().softmax(dim=1)
+        return top_labels(probs, info.classes, top_k)
+
+    @classmethod
+    def show_answer(cls, answer: dict[str, Any]) -> str:
+        shown = "  ".join(f"{t['label']} {t['probability']:.1%}" for t in answer["top_k"])
+        return f"{answer.get('file', '-')}: {shown}"
+
+    @classmethod
+    def export_spec(cls, cfg, info) -> dict[str, Any]:
+        return {"output": {"name": "logits", "shape": ["batch", len(info.classes)],
+                           "softmax": False}}  # fmt: skip
+
+    @classmethod
+    def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
+        return (exported.argmax(1) == reference.argmax(1)).float().mean().item()
+
+    @classmethod
+    def accuracy(cls, outputs: torch.Tensor, labels: torch.Tensor) -> float:
+        return (outputs.argmax(1) == labels).float().mean().item()
+
+
+def top_labels(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict[str, Any]]:
+    """One entry per row of probabilities: the top label, its probability and the top-k list."""
+    k = max(1, min(top_k, len(classes)))
+    top_p, top_i = probs.topk(k, dim=1)
+    results = []
+    for ps, idx in zip(top_p.tolist(), top_i.tolist(), strict=True):
+        top = [
+            {"label": classes[i], "probability": round(p, 6)} for p, i in zip(ps, idx, strict=True)
+        ]
+        results.append({"label": top[0]["label"], "probability": top[0]["probability"],
+                        "top_k": top})  # fmt: skip
+    return results
