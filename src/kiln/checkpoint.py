@@ -11,23 +11,33 @@ from typing import Any
 import torch
 
 from kiln.errors import RunError
+from kiln.io import NO_SPACE, DiskFull, atomic_open
 
 FORMAT = 1
 
 
 def save(state: dict[str, Any], path: Path) -> None:
-    """Write to a temporary file in the same folder, then rename: a kill mid-save leaves the old
-    file intact, never a half-written one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    """Write to a fresh temporary file in the same folder, then rename (kiln.io.atomic_open): a
+    kill or a full disk mid-save leaves the old file intact, never a half-written one."""
     try:
-        with open(tmp, "wb") as f:
+        with atomic_open(path, "wb") as f:
             torch.save({"format": FORMAT, **state}, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    except RuntimeError as exc:  # torch's zip writer turns a failed write into RuntimeError
+        cause = exc.__cause__ or exc.__context__
+        if not (isinstance(cause, OSError) and cause.errno in NO_SPACE):
+            raise
+        raise _disk_full(path, os.strerror(cause.errno)) from None
+    except DiskFull:
+        raise _disk_full(path, "disk full") from None
+
+
+def _disk_full(path: Path, reason: str) -> DiskFull:
+    run = path.parent.parent
+    then = f"resume with `kiln train --resume {run}`" if path.parent.name == "checkpoints" else ""
+    return DiskFull(
+        f"no space left to write {path} ({reason}); the previous {path.name} is intact. Free "
+        f"some space in {path.parent}, then {then or 'try again'}"
+    )
 
 
 def load(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -8,7 +8,6 @@ the normalized tensors the model saw. Figures are plain `Figure` objects: no pyp
 from __future__ import annotations
 
 import csv
-import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -21,6 +20,7 @@ from kiln.data import Normalize, make_loader
 from kiln.data.workers import default_workers
 from kiln.errors import RunError
 from kiln.evaluate import collect_logits
+from kiln.io import atomic_open
 from kiln.rundir import RunDir
 
 MAX_SAMPLES = 10_000  # validation images predicted for the plots, at most
@@ -143,9 +143,9 @@ def write_curves(run: RunDir) -> dict[str, Path]:
 
 def save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write through a temporary file, so a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
+    literal_text(fig)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
     return path
 
 
@@ -162,6 +162,15 @@ def plot_splits(
             label = f"{split} {key}" if named else split
             values = [r[column] for r in rows]
             ax.plot(epochs, values, style, markersize=markersize, label=label)
+
+
+def literal_text(fig) -> None:
+    """Show every label as written: class names such as '$5' or 'x_1' are not math to parse
+    (matplotlib would fail on an unbalanced '$')."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
 
 
 def curves_figure(

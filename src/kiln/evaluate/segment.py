@@ -162,6 +162,9 @@ def write_samples(
     fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=7)
     fig.tight_layout(rect=(0, legend / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
+    from kiln.evaluate.plots import literal_text
+
+    literal_text(fig)  # class names are text, not math
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path

@@ -152,6 +152,9 @@ def write_plots(pred: torch.Tensor, true: torch.Tensor, names: list[str], folder
             ax.set_title(name)
         fig.tight_layout()
         path = folder / f"{kind}.png"
+        from kiln.evaluate.plots import literal_text
+
+        literal_text(fig)  # target names are text, not math
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)
