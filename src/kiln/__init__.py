@@ -5,10 +5,11 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 __version__ = "0.1.0"
-__all__ = ["Run", "__version__", "load", "train"]
+__all__ = ["Run", "__version__", "load", "train", "trust_imports"]
 
 if TYPE_CHECKING:
     from kiln.api import Run, load, train
+    from kiln.models import trust_imports
 
 
 def __getattr__(name: str) -> Any:
@@ -17,4 +18,8 @@ def __getattr__(name: str) -> Any:
         from kiln import api
 
         return getattr(api, name)
+    if name == "trust_imports":  # `with kiln.trust_imports(): ...` loads runs that import code
+        from kiln.models import trust_imports
+
+        return trust_imports
     raise AttributeError(f"module 'kiln' has no attribute '{name}'")

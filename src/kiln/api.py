@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import sys
 import time
 from dataclasses import dataclass, field
@@ -14,7 +15,7 @@ from kiln import checkpoint
 from kiln import data as kdata
 from kiln.config import RunConfig, build_config
 from kiln.engine import distributed
-from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard, show
+from kiln.engine.callbacks import Callback, ProgressBar, RecordConfig, TensorBoard, show
 from kiln.engine.device import (
     check_precision,
     resolve_device,
@@ -29,11 +30,14 @@ from kiln.models import (
     build_model,
     check_options,
     get_model,
+    import_run_modules,
     import_user_modules,
     prepare_model,
+    trust_imports,
 )
 from kiln.predict import Predictor
 from kiln.rundir import RunDir
+from kiln.secrets import mask
 from kiln.tasks import get_task
 
 
@@ -105,16 +109,19 @@ def train(
     callbacks: list[Callback] | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
+    trust_imports: bool = False,
     **overrides: Any,
 ) -> Run:
     """Train from a YAML path, a dict or a RunConfig, with `key=value` overrides (dots as `__`).
 
     `model=` trains a module of your own instead of a registered one; `resume=RUN_DIR` continues
-    an interrupted run from its last checkpoint.
+    an interrupted run from its last checkpoint (`trust_imports=True` lets it import the modules
+    its config.yaml names under `imports:`).
     """
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
     if resume is not None:
-        return _resume(Path(resume), model, callbacks, progress, overrides)
+        with trusting(trust_imports):
+            return _resume(Path(resume), model, callbacks, progress, overrides)
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
@@ -173,26 +180,8 @@ def _resume(
     path: Path, model: nn.Module | None, callbacks, progress: bool, overrides: dict[str, Any]
 ) -> Run:
     run = RunDir.open(path)
-    cfg = run.load_config()
-    changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout")
-    unsupported = [k for k in overrides if k not in changeable]
-    if unsupported:
-        raise ConfigError(
-            f"--resume continues a run with its saved config; only train.epochs, train.devices "
-            f"and train.dist_timeout can be changed (got {', '.join(unsupported)})"
-        )
-    planned = cfg.train.epochs
-    state = checkpoint.load(run.checkpoint("last"))
-    if overrides:
-        cfg = build_config(cfg.to_dict(), overrides)
-        if cfg.train.epochs <= state["epoch"]:
-            raise ConfigError(
-                f"train.epochs={cfg.train.epochs}: the run already finished {state['epoch']}"
-            )
-    elif state["epoch"] >= cfg.train.epochs:
-        raise RunError(
-            f"{run.path} already finished all {cfg.train.epochs} epochs; nothing to resume"
-        )
+    state = checkpoint.load_for_resume(run.path)
+    cfg, reschedule = run.resume_config(state, overrides)
     if cfg.model.name == "custom" and model is None:
         raise RunError(
             f"{run.path} was trained with a model passed in Python; resume it with "
@@ -202,9 +191,8 @@ def _resume(
     device = _join(cfg, resolve_device(cfg.train.device), asked)
     if cfg.train.devices != distributed.world_size():  # resumed with more or fewer processes
         cfg = build_config(cfg.to_dict(), {"train.devices": distributed.world_size()})
-        overrides["train.devices"] = cfg.train.devices
     set_threads()
-    import_user_modules(cfg.imports)
+    import_run_modules(cfg.imports, run.config_path)
     bundle = kdata.build(cfg.data, device)
     seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     # The checkpoint holds the weights: pretrained ones are not fetched again.
@@ -212,9 +200,8 @@ def _resume(
         net = build_model(cfg.model, bundle.info, load=False).model
     else:
         net = prepare_model(model, cfg.model, load=False).model
-    if overrides and distributed.is_main():
-        run.write_config(cfg)
-    reschedule = cfg.train.epochs != planned
+    checkpoint.check_weights(state, net, run.path)
+    callbacks = [*(callbacks or []), RecordConfig(cfg)]  # config.yaml after the next checkpoint
     return _fit(cfg, net, bundle, run, device, callbacks, progress, state, reschedule)
 
 
@@ -275,7 +262,7 @@ def _describe(bundle: kdata.DataBundle, net: nn.Module, device) -> dict[str, Any
         "samples": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)},
         "parameters": sum(p.numel() for p in net.parameters()),
         "device": str(device),
-        "command": " ".join(sys.argv),
+        "command": mask(" ".join(sys.argv)),  # a database password shows as ***
     }
 
 
@@ -284,7 +271,15 @@ def load(
     checkpoint: str = "best",
     device: str = "cpu",
     model: nn.Module | None = None,
+    trust_imports: bool = False,
 ) -> Predictor:
     """A Predictor for a finished (or interrupted) run: `.predict(images)`. Pass `model=` (a fresh
-    instance of the same class) for runs trained with a model of your own."""
-    return Predictor.from_run(run_dir, checkpoint, device, model)
+    instance of the same class) for runs trained with a model of your own, `trust_imports=True`
+    to import the modules the run's config.yaml names under `imports:`."""
+    with trusting(trust_imports):
+        return Predictor.from_run(run_dir, checkpoint, device, model)
+
+
+def trusting(trusted: bool):
+    """`trust_imports=True` of an API call; False leaves an enclosing `kiln.trust_imports()`."""
+    return trust_imports() if trusted else contextlib.nullcontext()

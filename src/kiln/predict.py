@@ -14,7 +14,7 @@ from kiln.data.builtin import IMAGE_SUFFIXES
 from kiln.data.images import UNREADABLE, decode
 from kiln.data.registry import DataInfo
 from kiln.errors import KilnError, RunError
-from kiln.models import build_model, import_user_modules
+from kiln.models import build_model, import_run_modules
 from kiln.models.tta import infer
 from kiln.rundir import RunDir
 
@@ -38,7 +38,7 @@ def load_model(
                 f"({cfg.model.kwargs().get('class')}); load it with "
                 "kiln.load(run_dir, model=YourModel())"
             )
-        import_user_modules(cfg.imports)
+        import_run_modules(cfg.imports, run.config_path)
         model = build_model(cfg.model, run.data_info(), load=False).model
     state = checkpoint.load(run.checkpoint(which), map_location=device)
     try:
@@ -103,7 +103,7 @@ class Predictor:
             return MaskPredictor.from_run(run_dir, which, device, model)
         model, _ = load_model(run, which, device, model)
         cfg = run.load_config()
-        import_user_modules(cfg.imports)  # a task of your own answers too
+        import_run_modules(cfg.imports, run.config_path)  # a task of your own answers too
         return cls(model, run.data_info(), device, cfg.model.tta, cfg.task)
 
     @property

@@ -17,7 +17,7 @@ import numpy as np
 import torch
 
 from kiln.errors import RunError
-from kiln.infer.spec import ExportSpec, InputSpec, ModelSpec, find_export
+from kiln.infer.spec import ExportSpec, InputSpec, ModelSpec, find_export, sidecar_path
 from kiln.predict import ImageLike, answers, normalize, to_uint8
 
 Logits = Callable[[torch.Tensor], torch.Tensor]  # normalized float (N, C, H, W) -> (N, classes)
@@ -181,10 +181,10 @@ def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Logits
     """Rebuild the model from the config in the sidecar, then load plain tensors into it."""
     from kiln import checkpoint
     from kiln.config import RunConfig
-    from kiln.models import build_model, import_user_modules
+    from kiln.models import build_model, import_run_modules
 
     cfg = RunConfig.model_validate(spec.config)
-    import_user_modules(cfg.imports)
+    import_run_modules(cfg.imports, sidecar_path(model_file))
     model = build_model(cfg.model, data_info(spec), load=False).model
     state = checkpoint.load(model_file, map_location=device)
     try:

@@ -377,6 +377,7 @@ class Trainer:
             "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "epoch": epochs_done,
+            "planned_epochs": self.epochs,  # what the schedule is built for (see resume_config)
             "step": step,
             "partial": partial,
             "rng": rng,
