@@ -95,7 +95,7 @@ def load_for_resume(run: Path) -> dict[str, Any]:
         raise RunError(
             f"{path} holds weights but not the training state a resume needs (no "
             f"{', '.join(missing)}): it looks like a best.pt or an exported file. "
-            f"{hint.replace('PATH.pt', str(path))}"
+            f"It{hint.replace('PATH.pt', str(path))[2:]}"
         )
     return state
 
