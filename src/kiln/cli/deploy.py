@@ -51,9 +51,11 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from kiln.deploy.serve import Protection, serve
+    from kiln.deploy.serve import Protection, default_threads, serve
     from kiln.deploy.uploads import MB, Limits
 
+    if ns.decode_threads is None:
+        ns.decode_threads = default_threads()
     positive = ("max_upload_mb", "max_pixels", "max_images", "max_batch", "body_timeout",
                 "decode_threads", "max_connections")  # fmt: skip
     for name in positive:
@@ -117,8 +119,8 @@ def add_parsers(verbs) -> None:
     )  # fmt: skip
     g.add_argument("--body-timeout", type=float, default=30,
                    help="seconds for a request body to arrive in full, else 408 (30)")  # fmt: skip
-    g.add_argument("--decode-threads", type=int, default=2,
-                   help="images decoded at once, off the event loop (2)")  # fmt: skip
+    g.add_argument("--decode-threads", type=int, default=None,
+                   help="images decoded at once, off the event loop (2; 1 on 2 cores)")  # fmt: skip
     g.add_argument("--queue", type=int, default=32,
                    help="requests waiting to be decoded; past it 503 (32)")  # fmt: skip
     g.add_argument("--max-connections", type=int, default=256,

@@ -23,7 +23,8 @@ def open_image(path: Path) -> Image.Image:
     """Open and fully decode (so a truncated file fails here, not later), EXIF rotation applied."""
     with Image.open(path) as im:
         im.load()
-        return ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # rotated where needed, never copied
+        return im
 
 
 def convert_mode(image: Image.Image, channels: int) -> Image.Image:

@@ -116,6 +116,15 @@ ERRORS: dict[int | str, dict[str, Any]] = {
 # The app ------------------------------------------------------------------------------------------
 
 
+def default_threads() -> int:
+    """Decoding threads: one core is left to the event loop and the model (on 2 cores, 40
+    concurrent 40-megapixel uploads kept /health near 100 ms with 1 thread, 235 ms with 2: see
+    benchmarks/hostile.py), and each thread may hold a large decoded image."""
+    from kiln.data.workers import cpu_count
+
+    return max(1, min(2, cpu_count() - 1))
+
+
 @dataclass(frozen=True)
 class Protection:
     """How the server defends itself, besides the sizes in `Limits` (see kiln.deploy.guards)."""
@@ -123,7 +132,7 @@ class Protection:
     hosts: frozenset[str] | None = None  # without a token: Host names allowed (None: no check)
     allow_origins: tuple[str, ...] = ()  # CORS: browser origins allowed to call the API
     body_timeout: float = 30.0  # seconds for a request body to arrive in full
-    decode_threads: int = 2  # images decoded (and JSON parsed) at once
+    decode_threads: int = 1  # images decoded (and JSON parsed) at once; see default_threads
     queue: int = 32  # requests waiting for a decoding thread; past it 503
     max_connections: int = 256  # open connections and requests at once (uvicorn); past it 503
 
