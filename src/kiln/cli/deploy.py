@@ -121,8 +121,8 @@ def add_parsers(verbs) -> None:
                    help="seconds for a request body to arrive in full, else 408 (30)")  # fmt: skip
     g.add_argument("--decode-threads", type=int, default=None,
                    help="images decoded at once, off the event loop (2; 1 on 2 cores)")  # fmt: skip
-    g.add_argument("--queue", type=int, default=32,
-                   help="requests waiting to be decoded; past it 503 (32)")  # fmt: skip
+    g.add_argument("--queue", type=int, default=128,
+                   help="requests waiting to be decoded; past it 503 (128)")  # fmt: skip
     g.add_argument("--max-connections", type=int, default=256,
                    help="connections and requests at once; past it 503 (256)")  # fmt: skip
     p.set_defaults(func=cmd_serve)

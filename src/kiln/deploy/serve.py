@@ -133,7 +133,7 @@ class Protection:
     allow_origins: tuple[str, ...] = ()  # CORS: browser origins allowed to call the API
     body_timeout: float = 30.0  # seconds for a request body to arrive in full
     decode_threads: int = 1  # images decoded (and JSON parsed) at once; see default_threads
-    queue: int = 32  # requests waiting for a decoding thread; past it 503
+    queue: int = 128  # requests waiting for a decoding thread; past it 503
     max_connections: int = 256  # open connections and requests at once (uvicorn); past it 503
 
 

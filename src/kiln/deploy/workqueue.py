@@ -17,7 +17,7 @@ T = TypeVar("T")
 
 
 class WorkQueue:
-    def __init__(self, threads: int = 2, waiting: int = 32):
+    def __init__(self, threads: int = 1, waiting: int = 128):
         self.threads, self.waiting, self.busy = threads, waiting, 0
         self._executor: ThreadPoolExecutor | None = None
 
