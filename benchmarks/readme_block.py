@@ -34,12 +34,12 @@ def run_kiln(*args, cwd: Path, cpus: str | None = None) -> float:
     return time.perf_counter() - started
 
 
-def write_block(marker: str, text: str) -> None:
-    readme = README.read_text()
+def write_block(marker: str, text: str, path: Path = README) -> None:
+    readme = path.read_text()
     start, end = f"<!-- {marker}:start -->", f"<!-- {marker}:end -->"
     if start not in readme:
-        raise SystemExit(f"{README} has no {start} ... {end} markers")
+        raise SystemExit(f"{path} has no {start} ... {end} markers")
     head, rest = readme.split(start, 1)
     _, tail = rest.split(end, 1)
-    README.write_text(f"{head}{start}\n{text}\n{end}{tail}")
-    print(f"Wrote {README}")
+    path.write_text(f"{head}{start}\n{text}\n{end}{tail}")
+    print(f"Wrote {path}")

@@ -54,10 +54,13 @@ def test_registered_model_in_my_module_trains_predicts_and_summarises(tmp_path):
     digit = np.zeros((8, 8), np.uint8)
     digit[1:7, 3:5] = 255  # a one
     Image.fromarray(digit).save(tmp_path / "one.png")
-    predicted = kiln_cli("predict", run, "one.png", "--json", cwd=tmp_path)
+    refused = kiln_cli("predict", run, "one.png", cwd=tmp_path)  # code named by a run folder
+    assert refused.returncode == 1 and "--trust-imports" in refused.stderr, refused.stderr
+    assert "my_models" in refused.stderr and "Traceback" not in refused.stderr
+    predicted = kiln_cli("predict", run, "one.png", "--json", "--trust-imports", cwd=tmp_path)
     assert predicted.returncode == 0, predicted.stderr
     assert len(json.loads(predicted.stdout)[0]["top_k"]) == 3
-    summary = kiln_cli("summary", run, cwd=tmp_path)
+    summary = kiln_cli("summary", run, "--trust-imports", cwd=tmp_path)
     assert summary.returncode == 0, summary.stderr
     assert "[64, 48]" in summary.stdout and "[64, 10]" in summary.stdout
 

@@ -6,10 +6,11 @@ from typing import TYPE_CHECKING, Any
 
 from kiln._version import __version__
 
-__all__ = ["Run", "__version__", "load", "train"]
+__all__ = ["Run", "__version__", "load", "train", "trust_imports"]
 
 if TYPE_CHECKING:
     from kiln.api import Run, load, train
+    from kiln.models import trust_imports
 
 
 def __getattr__(name: str) -> Any:
@@ -18,4 +19,8 @@ def __getattr__(name: str) -> Any:
         from kiln import api
 
         return getattr(api, name)
+    if name == "trust_imports":  # `with kiln.trust_imports(): ...` loads runs that import code
+        from kiln.models import trust_imports
+
+        return trust_imports
     raise AttributeError(f"module 'kiln' has no attribute '{name}'")

@@ -21,6 +21,7 @@ from pydantic import (
 )
 
 from kiln.errors import ConfigError
+from kiln.secrets import mask, refuse_literal_password
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
@@ -273,11 +274,20 @@ class TuneConfig(_Section):
     sampler: Literal["tpe", "random"] = "tpe"
     trials: int = Field(20, ge=1)
     timeout: float | None = Field(None, gt=0, description="seconds; no new trial after this")
-    storage: str | None = Field(None, description="SQLAlchemy URL; default RUN_DIR/STUDY/study.db")
+    storage: str | None = Field(
+        None,
+        description="SQLAlchemy URL; default RUN_DIR/STUDY/study.db. A password goes in an "
+        "environment variable: ${KILN_STORAGE}, or user:${DB_PASSWORD}@host",
+    )
     study: str | None = Field(None, description="default: run.name, else the config file's name")
     seed: int | None = 0
     startup_trials: int = Field(5, ge=0, description="trials finished before pruning starts")
     warmup_epochs: int = Field(0, ge=0, description="epochs of each trial never pruned")
+
+    @field_validator("storage")
+    @classmethod
+    def _no_password(cls, v: str | None) -> str | None:
+        return refuse_literal_password(v)
 
 
 class RunConfig(_Section):
@@ -369,7 +379,7 @@ def _format_errors(exc: ValidationError, source: str) -> str:
             valid = _valid_keys(section)
             msg = f"unknown key; valid keys here: {', '.join(valid)}"
         elif "input" in err and err["type"] != "missing":
-            msg = f"{msg} (got {err['input']!r})"
+            msg = f"{msg} (got {mask(repr(err['input']))})"
         lines.append(f"  {key}: {msg}")
     return f"invalid config ({source}):\n" + "\n".join(lines)
 

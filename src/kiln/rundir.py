@@ -137,6 +137,37 @@ class RunDir:
         mode = self.load_info().get("metric", {}).get("mode")
         return monitor, mode or ("min" if monitor.endswith("loss") else "max")
 
+    def resume_config(
+        self, state: dict[str, Any], overrides: dict[str, Any]
+    ) -> tuple[RunConfig, bool]:
+        """The config a resumed run goes on with, and whether its schedule must be rebuilt.
+
+        `epochs=N` (an extension) is recorded in the checkpoints the resumed run writes, and in
+        config.yaml only after the first of them (see `record_config`): a run killed before that
+        resumes as it was, never with a config.yaml that its last.pt does not match. The epochs
+        that last.pt's schedule was built for win over config.yaml's."""
+        changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout")
+        unsupported = [k for k in overrides if k not in changeable]
+        if unsupported:
+            raise ConfigError(
+                f"--resume continues a run with its saved config; only train.epochs, "
+                f"train.devices and train.dist_timeout can be changed (got "
+                f"{', '.join(unsupported)})"
+            )
+        cfg = self.load_config()
+        planned = state.get("planned_epochs", cfg.train.epochs)
+        cfg = build_config(cfg.to_dict(), {"train.epochs": planned, **overrides})
+        if overrides and cfg.train.epochs <= state["epoch"]:
+            raise ConfigError(
+                f"train.epochs={cfg.train.epochs}: the run already finished {state['epoch']}"
+            )
+        if cfg.train.epochs <= state["epoch"]:
+            raise RunError(
+                f"{self.path} already finished all {cfg.train.epochs} epochs; nothing to resume "
+                "(add epochs=N to train longer)"
+            )
+        return cfg, cfg.train.epochs != planned
+
     def data_info(self) -> DataInfo:
         try:
             return DataInfo.from_dict(self.load_info())
@@ -155,7 +186,7 @@ def load_model(
 ):
     """Rebuild the model from the saved config and load its weights (never unpickled code)."""
     from kiln import checkpoint
-    from kiln.models import build_model, import_user_modules
+    from kiln.models import build_model, import_run_modules
 
     if which not in ("best", "last"):
         raise KilnError(f"--checkpoint must be 'best' or 'last', got '{which}'")
@@ -167,7 +198,7 @@ def load_model(
                 f"({cfg.model.kwargs().get('class')}); load it with "
                 "kiln.load(run_dir, model=YourModel())"
             )
-        import_user_modules(cfg.imports)
+        import_run_modules(cfg.imports, run.config_path)
         model = build_model(cfg.model, run.data_info(), load=False).model
     state = checkpoint.load(run.checkpoint(which), map_location=device)
     try:

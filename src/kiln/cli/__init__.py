@@ -16,6 +16,13 @@ from kiln._version import __version__
 from kiln.cli import data, deploy, evaluate, models, predict, train, tune
 from kiln.errors import KilnError
 
+# Verbs that load a run folder or an export, whose `imports:` (code) need --trust-imports.
+LOADS_RUNS = ("train", "eval", "report", "predict", "sample", "export", "serve", "summary")
+TRUST_HELP = (
+    "import the Python modules that the run's config.yaml (or the export's sidecar) names under "
+    "`imports:`; without it Kiln refuses to run code found in a run folder"
+)
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -33,6 +40,8 @@ def build_parser() -> argparse.ArgumentParser:
         tune.add_parsers,  # tune
     ):
         add_parsers(verbs)
+    for verb in LOADS_RUNS:
+        verbs.choices[verb].add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
     return parser
 
 
@@ -45,6 +54,11 @@ def main(argv: list[str] | None = None) -> int:
             parser.error(f"unrecognized arguments: {' '.join(extra)}")
         setattr(ns, target, [*getattr(ns, target), *extra])
     try:
+        if getattr(ns, "trust_imports", False):
+            from kiln.models.build import trust_imports
+
+            with trust_imports():
+                return ns.func(ns)
         return ns.func(ns)
     except KilnError as exc:
         if exc.exit_code != 130:
@@ -55,3 +69,38 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # `kiln predict ... | head -1`: the reader has all it wanted
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())  # so that the exit's flush fails silently too
+        return 141  # as a process killed by SIGPIPE
+    except (MemoryError, RecursionError) as exc:
+        name = "memory" if isinstance(exc, MemoryError) else "stack depth (recursion)"
+        print(f"error: ran out of {name}; try a smaller batch, image or input", file=sys.stderr)
+        return 1
+    except Exception as exc:  # a bug in Kiln: one line here, the traceback in a file
+        print(f"error: {crash_report(exc)}", file=sys.stderr)
+        return 1
+
+
+def crash_report(exc: BaseException) -> str:
+    """Save the traceback of an unexpected error to a file; the line to print about it."""
+    import tempfile
+    import traceback
+
+    from kiln.secrets import mask
+
+    text = "".join(traceback.format_exception(exc))
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+    what = mask(f"{type(exc).__name__}: {first}" if first else type(exc).__name__)
+    try:
+        folder = os.path.join(tempfile.gettempdir(), "kiln-crashes")
+        os.makedirs(folder, mode=0o700, exist_ok=True)
+        fd, path = tempfile.mkstemp(prefix="traceback-", suffix=".txt", dir=folder)
+        with os.fdopen(fd, "w") as f:
+            f.write(mask(f"kiln {__version__}: {' '.join(sys.argv)}\n\n{text}"))
+    except OSError:
+        return f"unexpected {what}. This is a bug in Kiln; please report it:\n{mask(text)}"
+    return (
+        f"unexpected {what}. This is a bug in Kiln, not something you did; the traceback is in "
+        f"{path} (please attach it to a bug report)"
+    )

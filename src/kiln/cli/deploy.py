@@ -17,7 +17,9 @@ EPILOG_SERVE = """examples:
   kiln serve runs/mnist-cnn                           eager PyTorch from the run directory
   kiln serve runs/mnist-cnn/exports/model.onnx        onnxruntime
   KILN_TOKEN=secret kiln serve model.onnx --host 0.0.0.0
-routes: POST /predict, GET /health, GET /metadata, GET /docs, and a page at /"""
+routes: POST /predict, GET /health, GET /metadata, GET /docs, GET /redoc, and a page at /
+Without a token, requests must address the server by an IP address, localhost or --host (DNS
+rebinding); with one, any name. Refusals are JSON: 4xx, or 503 with Retry-After when busy."""
 
 
 def cmd_export(ns: argparse.Namespace) -> int:
@@ -49,17 +51,28 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
-    from kiln.deploy.serve import serve
+    from kiln.deploy.serve import Protection, default_threads, serve
     from kiln.deploy.uploads import MB, Limits
 
-    for name in ("max_upload_mb", "max_pixels", "max_images", "max_batch"):
+    if ns.decode_threads is None:
+        ns.decode_threads = default_threads()
+    positive = ("max_upload_mb", "max_pixels", "max_images", "max_batch", "body_timeout",
+                "decode_threads", "max_connections")  # fmt: skip
+    for name in positive:
         if getattr(ns, name) <= 0:
             raise ConfigError(f"--{name.replace('_', '-')} must be positive")
+    if ns.queue < 0:
+        raise ConfigError("--queue must be 0 or more")
     if not 0 <= ns.port <= 65535:
         raise ConfigError(f"--port must be between 0 and 65535, got {ns.port}")
     token = ns.token or os.environ.get("KILN_TOKEN") or None
     limits = Limits(int(ns.max_upload_mb * MB), ns.max_pixels, ns.max_images)
-    serve(ns.target, ns.host, ns.port, token=token, limits=limits, max_batch=ns.max_batch)
+    protection = Protection(
+        allow_origins=tuple(ns.allow_origin), body_timeout=ns.body_timeout,
+        decode_threads=ns.decode_threads, queue=ns.queue, max_connections=ns.max_connections,
+    )  # fmt: skip
+    serve(ns.target, ns.host, ns.port, token=token, limits=limits, max_batch=ns.max_batch,
+          protection=protection)  # fmt: skip
     return 0
 
 
@@ -98,4 +111,18 @@ def add_parsers(verbs) -> None:
         "--max-batch", type=int, default=64,
         help="images per forward pass when requests queue up (64; 1 turns batching off)",
     )  # fmt: skip
+    g = p.add_argument_group("protection")
+    g.add_argument(
+        "--allow-origin", action="append", default=[], metavar="ORIGIN",
+        help="let web pages from ORIGIN (e.g. https://app.example.com) call the API (CORS); "
+        "repeat for more; none by default",
+    )  # fmt: skip
+    g.add_argument("--body-timeout", type=float, default=30,
+                   help="seconds for a request body to arrive in full, else 408 (30)")  # fmt: skip
+    g.add_argument("--decode-threads", type=int, default=None,
+                   help="images decoded at once, off the event loop (2; 1 on 2 cores)")  # fmt: skip
+    g.add_argument("--queue", type=int, default=128,
+                   help="requests waiting to be decoded; past it 503 (128)")  # fmt: skip
+    g.add_argument("--max-connections", type=int, default=256,
+                   help="connections and requests at once; past it 503 (256)")  # fmt: skip
     p.set_defaults(func=cmd_serve)

@@ -10,7 +10,7 @@ from rich.console import Console
 
 def cmd_eval(ns: argparse.Namespace) -> int:
     from kiln.engine.evaluate import evaluate_run
-    from kiln.models import import_user_modules
+    from kiln.models import import_run_modules
     from kiln.rundir import RunDir
     from kiln.tasks import get_task
 
@@ -20,7 +20,7 @@ def cmd_eval(ns: argparse.Namespace) -> int:
         print(json.dumps(result))
         return 0
     cfg = run.load_config()
-    import_user_modules(cfg.imports)
+    import_run_modules(cfg.imports, run.config_path)
     get_task(cfg.task).print_eval(result, Console())
     return 0
 

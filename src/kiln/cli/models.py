@@ -65,7 +65,7 @@ def model_families() -> list[tuple[str, str]]:
 
 def cmd_summary(ns: argparse.Namespace) -> int:
     """A model name (with model.* overrides) or a run directory."""
-    from kiln.models import build_model, import_user_modules
+    from kiln.models import build_model, import_run_modules, import_user_modules
     from kiln.models.summary import DEFAULT_INPUT, data_info, parse_input, summary_table
 
     target = Path(ns.target)
@@ -80,7 +80,7 @@ def cmd_summary(ns: argparse.Namespace) -> int:
             raise KilnError(
                 f"{target} was trained with a model passed in Python: Kiln cannot rebuild it"
             )
-        import_user_modules(cfg.imports)
+        import_run_modules(cfg.imports, run.config_path)
         info = run.data_info()
         shape = parse_input(ns.input) if ns.input else info.input_shape
         if ns.input:

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from kiln.cli.train import split_config_args
 from kiln.errors import KilnError
+from kiln.secrets import STORAGE_VARIABLE
 
 EPILOG = """examples:
   kiln tune recipes/tune-digits.yaml --trials 20          runs/tune-digits/{best.yaml,report.html}
@@ -35,7 +37,7 @@ def cmd_tune(ns: argparse.Namespace) -> int:
         overrides,
         trials=ns.trials,
         timeout=ns.timeout,
-        storage=ns.storage,
+        storage=ns.storage or os.environ.get(STORAGE_VARIABLE) or None,
         study=ns.study,
         workers=ns.workers,
         worker_index=ns.worker_index,
@@ -89,7 +91,12 @@ def add_parsers(verbs) -> None:
     p.add_argument("--trials", type=int, help="trials in the study, all workers together "
                    "(default tune.trials, 20)")  # fmt: skip
     p.add_argument("--timeout", type=float, help="seconds; no new trial starts after this")
-    p.add_argument("--storage", help="SQLAlchemy URL (default sqlite in RUN_DIR/STUDY/study.db)")
+    p.add_argument(
+        "--storage",
+        help="SQLAlchemy URL (default $KILN_STORAGE, else tune.storage, else sqlite in "
+        "RUN_DIR/STUDY/study.db); a URL with a password is best given as $KILN_STORAGE, "
+        "which no other user can see in the process list",
+    )
     p.add_argument("--study", help="study name (default tune.study, run.name or the file's name)")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (1)")
     p.add_argument("--verbose", action="store_true", help="show each trial's training output")

@@ -29,7 +29,8 @@ def open_image(path: Path) -> Image.Image:
     """Open and fully decode (so a truncated file fails here, not later), EXIF rotation applied."""
     with Image.open(path) as im:
         im.load()
-        return ImageOps.exif_transpose(im)
+        ImageOps.exif_transpose(im, in_place=True)  # rotated where needed, never copied
+        return im
 
 
 def convert_mode(image: Image.Image, channels: int) -> Image.Image:
@@ -38,6 +39,12 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
     return image.convert("L" if channels == 1 else "RGB")
+
+
+# Past this many pixels the cover-resize is not made in full: only the region that survives the
+# crop is resampled (an image of 1 x 10,000,000 pixels would otherwise be stretched to 80,000,000
+# x 8 to cover an 8 x 8 input: 640 million pixels for 64 that are kept).
+MAX_COVER_PIXELS = 16_000_000
 
 
 def fit_size(
@@ -49,8 +56,12 @@ def fit_size(
         return image
     scale = max(width / image.width, height / image.height)
     resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
-    image = image.resize(resized, resample, reducing_gap=None)
     left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
+    if resized[0] * resized[1] > MAX_COVER_PIXELS:  # an extreme aspect ratio: the kept region
+        sx, sy = image.width / resized[0], image.height / resized[1]
+        box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
+        return image.resize((width, height), resample, box=box, reducing_gap=None)
+    image = image.resize(resized, resample, reducing_gap=None)
     return image.crop((left, top, left + width, top + height))
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from kiln.data.registry import default_root
+from kiln.io import write_text_atomic
 
 
 def channel_stats(images: torch.Tensor, chunk: int = 4096) -> tuple[list[float], list[float]]:
@@ -61,8 +62,5 @@ def file_stats(split, workers: int) -> tuple[list[float], list[float]]:
         total += x.sum(dim=(0, 2, 3))
         total_sq += x.pow_(2).sum(dim=(0, 2, 3))
     mean, std = _finish(total, total_sq, len(split) * split.height * split.width)
-    cache.parent.mkdir(parents=True, exist_ok=True)
-    tmp = cache.with_suffix(f".{os.getpid()}.tmp")
-    tmp.write_text(json.dumps({"mean": mean, "std": std}))
-    os.replace(tmp, cache)
+    write_text_atomic(cache, json.dumps({"mean": mean, "std": std}))
     return mean, std

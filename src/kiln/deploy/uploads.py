@@ -9,10 +9,14 @@ from __future__ import annotations
 import base64
 import binascii
 import io
-import warnings
+import json
+import struct
 from dataclasses import dataclass
+from typing import Any
 
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+from kiln.deploy.guards import OUT_OF_MEMORY
 
 MB = 1024 * 1024
 
@@ -24,10 +28,16 @@ class Limits:
     max_images: int = 64  # per request
 
 
+# Limits that are not settings: what no valid request comes near.
+MAX_ASPECT = 1000  # width:height or height:width; no model input is that far from square
+MAX_NAME_CHARS = 256  # a name in a JSON body, echoed back as "file"
+MAX_TOP_K = 1000
+
+
 class BadRequest(Exception):
-    def __init__(self, status: int, detail: str):
+    def __init__(self, status: int, detail: str, headers: dict[str, str] | None = None):
         super().__init__(detail)
-        self.status, self.detail = status, detail
+        self.status, self.detail, self.headers = status, detail, headers
 
 
 @dataclass
@@ -64,42 +74,95 @@ def from_base64(index: int, text: str, name: str | None = None) -> Upload:
     return Upload(label, data)
 
 
+def check_size(name: str, width: int, height: int, max_pixels: int) -> None:
+    """413 for an image with too many pixels, or a shape no model input can use (a 1 x 10,000,000
+    strip costs memory per row to decode, and is nothing but stretched pixels once cropped)."""
+    if width * height > max_pixels:
+        raise BadRequest(
+            413,
+            f"{name} is {width}x{height} = {width * height:,} pixels, above the limit of "
+            f"{max_pixels:,}; send a smaller image",
+        )
+    if max(width, height) > MAX_ASPECT * max(min(width, height), 1):
+        raise BadRequest(
+            413,
+            f"{name} is {width}x{height}, an aspect ratio above the limit of {MAX_ASPECT}:1 "
+            "(the model sees a center crop of it); crop it closer to the model's input shape",
+        )
+
+
 def read_image(upload: Upload, max_pixels: int) -> Image.Image:
-    """Decode one upload; the pixel count is read from the header before any pixel is decoded
-    (a 50 KB PNG can claim 50,000 x 50,000 pixels)."""
+    """Decode one upload; the size is read from the header and checked before any pixel is
+    decoded (a 50 KB PNG can claim 50,000 x 50,000 pixels), and again once decoded."""
     if not upload.data:
         raise BadRequest(400, f"{upload.name} is empty")
     try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("error", Image.DecompressionBombWarning)
-            with Image.open(io.BytesIO(upload.data)) as im:
-                width, height = im.size
-                if width * height > max_pixels:
-                    raise BadRequest(
-                        413,
-                        f"{upload.name} is {width}x{height} = {width * height:,} pixels, above "
-                        f"the limit of {max_pixels:,}; send a smaller image",
-                    )
-                im.load()
-                return ImageOps.exif_transpose(im)
+        with Image.open(io.BytesIO(upload.data)) as im:
+            check_size(upload.name, *im.size, max_pixels)
+            im.load()
+            ImageOps.exif_transpose(im, in_place=True)  # no copy: a 40 MP image is 120 MB
+        check_size(upload.name, *im.size, max_pixels)
+        return im
     except BadRequest:
         raise
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as exc:
+        raise BadRequest(
+            413, f"{upload.name} has more pixels than the server decodes ({exc}); the limit is "
+            f"{max_pixels:,} pixels: send a smaller image",
+        ) from None  # fmt: skip
+    except MemoryError:
+        raise BadRequest(503, f"{upload.name}: {OUT_OF_MEMORY}", {"Retry-After": "5"}) from None
     except (
         UnidentifiedImageError,
-        Image.DecompressionBombError,
-        Image.DecompressionBombWarning,
         OSError,
         SyntaxError,
         ValueError,
         EOFError,
         IndexError,
         TypeError,
-        MemoryError,
+        KeyError,
+        struct.error,
+        ZeroDivisionError,
+        RecursionError,
     ) as exc:
         if isinstance(exc, UnidentifiedImageError):
             reason = "not a format Pillow recognises"
         else:
-            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            reason = str(exc).splitlines()[0][:200] if str(exc) else type(exc).__name__
         raise BadRequest(
             400, f"{upload.name} is not an image Kiln can read ({reason}); send a PNG or JPEG"
         ) from None
+
+
+# JSON bodies ------------------------------------------------------------------------------------
+
+
+def json_shape_check(body: bytes, max_images: int) -> None:
+    """Refuse, before parsing, a body with far more values than a request can need (3 million
+    empty strings parse into 3 million Python objects): every list item, key or nesting level
+    costs a `,`, `:`, `[` or `{`, and a valid body has a few per image (names may hold some)."""
+    found = sum(body.count(c) for c in (b",", b":", b"[", b"{"))
+    allowed = 16 + max_images * (8 + MAX_NAME_CHARS)
+    if found > allowed:
+        raise BadRequest(
+            413,
+            f"the JSON body holds {found:,} separators (',', ':', '[' or '{{'), far more than "
+            f"{max_images} images and their names need (at most {allowed:,}); send "
+            '{"images": [base64, ...], "names": [...]}',
+        )
+
+
+def parse_json(body: bytes, max_images: int) -> Any:
+    """The body as Python objects, or a 4xx: too many values, too deep, not JSON."""
+    json_shape_check(body, max_images)
+    try:
+        raw = json.loads(body)
+    except RecursionError:
+        raise BadRequest(400, "the JSON body is nested too deeply; send a flat object") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BadRequest(400, f"the body is not valid JSON ({exc})") from None
+    images = raw.get("images") if isinstance(raw, dict) else None
+    if isinstance(images, list) and len(images) > max_images:
+        raise BadRequest(413, f"{len(images)} images in one request, above the limit of "
+                         f"{max_images}")  # fmt: skip
+    return raw

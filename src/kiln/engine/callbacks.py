@@ -14,6 +14,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
 if TYPE_CHECKING:
+    from kiln.config import RunConfig
     from kiln.engine.trainer import Trainer
 
 
@@ -25,6 +26,19 @@ class Callback:
     def on_batch_end(self, trainer: Trainer, epoch: int, step: int) -> None: ...
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None: ...
     def on_fit_end(self, trainer: Trainer) -> None: ...
+
+
+class RecordConfig(Callback):
+    """A resumed run's config (more epochs, other devices) is written to config.yaml once the
+    first checkpoint made with it exists, never before (see RunDir.resume_config)."""
+
+    def __init__(self, cfg: RunConfig):
+        self.cfg, self.done = cfg, False
+
+    def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        if not self.done and trainer.run.load_config() != self.cfg:
+            trainer.run.write_config(self.cfg)
+        self.done = True
 
 
 def format_row(row: dict[str, Any], epochs: int, task) -> str:

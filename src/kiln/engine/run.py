@@ -15,12 +15,14 @@ from kiln import checkpoint
 from kiln import data as kdata
 from kiln.config import RunConfig, build_config
 from kiln.engine import distributed
-from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard
+from kiln.engine.callbacks import Callback, ProgressBar, RecordConfig, TensorBoard
 from kiln.engine.evaluate import evaluate_run
 from kiln.engine.setup import Prepared, prepare, resolve
 from kiln.engine.trainer import Trainer
 from kiln.errors import ConfigError, RunError
+from kiln.models import trust_imports as trust
 from kiln.rundir import RunDir
+from kiln.secrets import mask
 from kiln.tasks import get_task
 
 __all__ = ["Run", "train"]
@@ -80,16 +82,19 @@ def train(
     callbacks: list[Callback] | None = None,
     resume: str | Path | None = None,
     progress: bool = True,
+    trust_imports: bool = False,
     **overrides: Any,
 ) -> Run:
     """Train from a YAML path, a dict or a RunConfig, with `key=value` overrides (dots as `__`).
 
     `model=` trains a module of your own instead of a registered one; `resume=RUN_DIR` continues
-    an interrupted run from its last checkpoint.
+    an interrupted run from its last checkpoint (`trust_imports=True` lets it import the modules
+    its config.yaml names under `imports:`).
     """
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
     if resume is not None:
-        return _resume(Path(resume), model, callbacks, progress, overrides)
+        with trust(trust_imports):
+            return _resume(Path(resume), model, callbacks, progress, overrides)
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
@@ -125,39 +130,19 @@ def _resume(
     path: Path, model: nn.Module | None, callbacks, progress: bool, overrides: dict[str, Any]
 ) -> Run:
     run = RunDir.open(path)
-    cfg = run.load_config()
-    changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout")
-    unsupported = [k for k in overrides if k not in changeable]
-    if unsupported:
-        raise ConfigError(
-            f"--resume continues a run with its saved config; only train.epochs, train.devices "
-            f"and train.dist_timeout can be changed (got {', '.join(unsupported)})"
-        )
-    planned = cfg.train.epochs
-    state = checkpoint.load(run.checkpoint("last"))
-    if overrides:
-        cfg = build_config(cfg.to_dict(), overrides)
-        if cfg.train.epochs <= state["epoch"]:
-            raise ConfigError(
-                f"train.epochs={cfg.train.epochs}: the run already finished {state['epoch']}"
-            )
-    elif state["epoch"] >= cfg.train.epochs:
-        raise RunError(
-            f"{run.path} already finished all {cfg.train.epochs} epochs; nothing to resume"
-        )
+    state = checkpoint.load_for_resume(run.path)
+    cfg, reschedule = run.resume_config(state, overrides)
     if cfg.model.name == "custom" and model is None:
         raise RunError(
             f"{run.path} was trained with a model passed in Python; resume it with "
             "kiln.train(resume=run_dir, model=YourModel())"
         )
     asked = overrides.get("train.devices", 1)  # else: as many processes as this one has
-    ready = prepare(cfg, model, resume=True, devices=asked)
+    ready = prepare(cfg, model, resume=True, devices=asked, imports_from=run.config_path)
     if cfg.train.devices != distributed.world_size():  # resumed with more or fewer processes
         ready.cfg = cfg = build_config(cfg.to_dict(), {"train.devices": distributed.world_size()})
-        overrides["train.devices"] = cfg.train.devices
-    if overrides and distributed.is_main():
-        run.write_config(cfg)
-    reschedule = cfg.train.epochs != planned
+    checkpoint.check_weights(state, ready.model, run.path)
+    callbacks = [*(callbacks or []), RecordConfig(cfg)]  # config.yaml after the next checkpoint
     return _fit(ready, run, callbacks, progress, state, reschedule)
 
 
@@ -218,5 +203,5 @@ def _describe(bundle: kdata.DataBundle, net: nn.Module, device) -> dict[str, Any
         "samples": {"train": len(bundle.train), "val": len(bundle.val), "test": len(bundle.test)},
         "parameters": sum(p.numel() for p in net.parameters()),
         "device": str(device),
-        "command": " ".join(sys.argv),
+        "command": mask(" ".join(sys.argv)),  # a database password shows as ***
     }

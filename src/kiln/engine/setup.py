@@ -11,6 +11,7 @@ records is the result: every `auto` filled in.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,6 +33,7 @@ from kiln.models import (
     build_model,
     check_options,
     get_model,
+    import_run_modules,
     import_user_modules,
     prepare_model,
 )
@@ -123,17 +125,23 @@ def prepare(
     resume: bool = False,
     devices: int | str | None = None,
     distributed_run: bool = True,
+    imports_from: Path | None = None,
 ) -> Prepared:
     """Device, threads, data, seed and model for a resolved config. `resume`: the checkpoint
     holds the weights (pretrained ones are not fetched again) and the config is settled already.
-    `distributed_run=False` (the LR range test): one process, whatever train.devices says."""
+    `distributed_run=False` (the LR range test): one process, whatever train.devices says.
+    `imports_from`: the run folder's config.yaml whose `imports:` these are (a resumed run): they
+    are imported only when trusted (see kiln.models.import_run_modules)."""
     if distributed_run:
         device = join(cfg, cfg.train.devices if devices is None else devices)
     else:
         device = resolve_device(cfg.train.device)
     check_precision(cfg.train.precision, device)
     set_threads()
-    import_user_modules(cfg.imports)
+    if imports_from is None:
+        import_user_modules(cfg.imports)  # the config the user gave
+    else:
+        import_run_modules(cfg.imports, imports_from)
     bundle = kdata.build(cfg.data, device)  # every process builds the data, and takes a share
     seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     if model is None:

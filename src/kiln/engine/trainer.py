@@ -300,6 +300,7 @@ class Trainer:
             "schedulers": {name: s.state_dict() for name, s in self.schedulers.items()},
             "scaler": self.scaler.state_dict(),
             "epoch": epochs_done,
+            "planned_epochs": self.epochs,  # what the schedule is built for (see resume_config)
             "step": step,
             "partial": partial,
             "rng": rng,

@@ -240,6 +240,9 @@ def curves_figure(runs: Sequence[RunCurves]):
 
 
 def figure_png(fig) -> bytes:
+    from kiln.evaluate.plots import literal_text
+
+    literal_text(fig)  # run names are text, not math
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, metadata={"Software": None})
     return buf.getvalue()

@@ -5,13 +5,13 @@ objects: no pyplot global state."""
 from __future__ import annotations
 
 import csv
-import os
 from pathlib import Path
 
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 
 from kiln.errors import RunError
+from kiln.io import atomic_open
 from kiln.rundir import RunDir
 
 DPI = 100
@@ -54,9 +54,9 @@ def write_curves(
 
 def save(fig: Figure, path: Path, dpi: int = DPI) -> Path:
     """Write through a temporary file, so a reader never sees half a PNG."""
-    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp.png")
-    fig.savefig(tmp, dpi=dpi, format="png")
-    os.replace(tmp, path)
+    literal_text(fig)
+    with atomic_open(path, "wb") as f:
+        fig.savefig(f, dpi=dpi, format="png")
     return path
 
 
@@ -73,6 +73,15 @@ def plot_splits(
             label = f"{split} {key}" if named else split
             values = [r[column] for r in rows]
             ax.plot(epochs, values, style, markersize=markersize, label=label)
+
+
+def literal_text(fig) -> None:
+    """Show every label as written: class names such as '$5' or 'x_1' are not math to parse
+    (matplotlib would fail on an unbalanced '$')."""
+    from matplotlib.text import Text
+
+    for text in fig.findobj(Text):
+        text.set_parse_math(False)
 
 
 def curves_figure(

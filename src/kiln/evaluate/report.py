@@ -119,7 +119,7 @@ def inline_png(path: str | Path, alt: str, css_class: str = "") -> str:
 
 def model_summary(run: RunDir, model: torch.nn.Module | None) -> str:
     """The per-layer table for one input; the architecture is rebuilt (no weights) if not given."""
-    from kiln.models import build_model, import_user_modules
+    from kiln.models import build_model, import_run_modules
     from kiln.models.summary import summary_table
 
     cfg, info = run.load_config(), run.data_info()
@@ -127,7 +127,7 @@ def model_summary(run: RunDir, model: torch.nn.Module | None) -> str:
         if model is None:
             if cfg.model.name == "custom":
                 raise RunError("the model was passed in Python; Kiln cannot rebuild it")
-            import_user_modules(cfg.imports)
+            import_run_modules(cfg.imports, run.config_path)
             model = build_model(cfg.model, info, load=False).model
         where = next(model.parameters(), torch.empty(0)).device
         try:

@@ -65,11 +65,12 @@ def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forwar
     """Rebuild the model from the config in the sidecar, then load plain tensors into it."""
     from kiln import checkpoint
     from kiln.config import RunConfig
-    from kiln.models import build_model, import_user_modules
+    from kiln.infer.spec import sidecar_path
+    from kiln.models import build_model, import_run_modules
     from kiln.tasks import get_task
 
     cfg = RunConfig.model_validate(spec.config)
-    import_user_modules(cfg.imports)
+    import_run_modules(cfg.imports, sidecar_path(model_file))
     model = build_model(cfg.model, data_info(spec), load=False).model
     state = checkpoint.load(model_file, map_location=device)
     try:

@@ -38,18 +38,20 @@ def load_servable(path: str | Path, device: str = "cpu") -> Servable:
 def open_export(
     model_file: Path, spec: ExportSpec, device: str = "cpu", cls: type[Predictor] = Servable
 ) -> Predictor:
-    from kiln.models import import_user_modules
+    from kiln.infer.spec import sidecar_path
+    from kiln.models import import_run_modules
 
-    import_user_modules(spec.config.get("imports", []))  # a task of your own answers too
+    imports = spec.config.get("imports", [])
+    import_run_modules(imports, sidecar_path(model_file))  # a task of your own answers too
     forward, runtime = open_file(model_file, spec, device)
     return cls(spec, forward, runtime, model_file, data_info(spec), device=device)
 
 
 def from_run(path: Path, which: str, device: str, model, cls: type[Predictor]) -> Predictor:
-    from kiln.models import import_user_modules
+    from kiln.models import import_run_modules
 
     run = RunDir.open(path)
-    import_user_modules(run.load_config().imports)  # a task of your own answers too
+    import_run_modules(run.load_config().imports, run.config_path)  # your own task answers too
     model, epoch = load_model(run, which, device, model)
     spec = spec_from_run(run, "run", which, epoch, file=str(run.checkpoint(which)))
     forward = get_task(spec.task).export_module(model, spec.tta)

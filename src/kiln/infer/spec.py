@@ -103,6 +103,17 @@ class ExportSpec(BaseModel):
             ) from None
 
 
+def check_beside(side: Path, name: str) -> None:
+    """A sidecar names its model file beside it: a plain name, no folder, no '..', so that a
+    sidecar someone sends cannot point Kiln at any other file on the machine."""
+    if not name or name in (".", "..") or Path(name).name != name or "\\" in name:
+        raise RunError(
+            f"{side} names the model file '{name}', which is not a file name beside it (no "
+            "folders, no '..', not absolute): keep the sidecar next to its model file and name "
+            "it alone, as `kiln export` writes it"
+        )
+
+
 def sidecar_path(model_file: Path) -> Path:
     """model.onnx -> model.onnx.json (one sidecar per file, so formats can share a folder)."""
     return model_file.with_name(model_file.name + SIDECAR_SUFFIX)
@@ -141,6 +152,7 @@ def find_export(path: Path) -> tuple[Path, ExportSpec]:
             "export with `kiln export RUN` and keep both files together"
         )
     spec = ExportSpec.read(side)
+    check_beside(side, spec.file)
     model_file = side.parent / spec.file
     if not model_file.is_file():
         raise RunError(f"{side} names the model file {spec.file}, which is not in {side.parent}")

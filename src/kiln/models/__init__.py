@@ -16,7 +16,14 @@ from kiln.models import (  # noqa: F401  (registers the built-in models and fami
     unet,
     vae,
 )
-from kiln.models.build import Built, build_model, import_user_modules, prepare_model
+from kiln.models.build import (
+    Built,
+    build_model,
+    import_run_modules,
+    import_user_modules,
+    prepare_model,
+    trust_imports,
+)
 from kiln.models.registry import (
     FAMILIES,
     MODELS,
@@ -36,8 +43,10 @@ __all__ = [
     "check_options",
     "create_model",
     "get_model",
+    "import_run_modules",
     "import_user_modules",
     "prepare_model",
     "register",
     "register_model",
+    "trust_imports",
 ]

@@ -13,6 +13,7 @@ from typing import Any
 from kiln.config import RunConfig, build_config
 from kiln.errors import ConfigError, RunError
 from kiln.io import write_text_atomic
+from kiln.secrets import STORAGE_VARIABLE
 from kiln.tune.storage import redact
 from kiln.tune.study import Settings, make_settings, open_study
 from kiln.tune.worker import TuneInterrupted, command_line, interrupted_message, run_worker
@@ -117,14 +118,15 @@ def _run_workers(s: Settings, cfg: RunConfig, workers: int, verbose: bool, hint:
     for i in range(1, workers):
         args = [
             sys.executable, "-m", "kiln.cli", "tune", str(spec),
-            "--study", s.name, "--storage", s.storage, "--trials", str(s.trials),
+            "--study", s.name, "--trials", str(s.trials),
             "--worker-index", str(i + 1), "--no-report",
         ]  # fmt: skip
         if s.timeout is not None:
             args += ["--timeout", str(s.timeout)]
         if verbose:
             args.append("--verbose")
-        proc = subprocess.Popen(args)
+        # The storage URL (it may hold a password) goes by the environment, never in argv.
+        proc = subprocess.Popen(args, env={**os.environ, STORAGE_VARIABLE: s.storage})
         _pin(proc.pid, shares[i])
         procs.append(proc)
     mine = os.sched_getaffinity(0) if shares[0] else None

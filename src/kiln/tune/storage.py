@@ -20,6 +20,7 @@ if TYPE_CHECKING:
     import optuna
 
 from kiln.errors import ConfigError, RunError
+from kiln.secrets import mask
 
 # A worker alive writes a heartbeat this often; a RUNNING trial silent for GRACE_S seconds is
 # failed by the next worker that opens a trial (a worker on this machine that died is noticed at
@@ -104,7 +105,7 @@ def open_storage(url: str) -> optuna.storages.RDBStorage:
 
 def _unreachable(url: str, exc: Exception) -> RunError:
     text = str(getattr(exc, "orig", None) or exc).strip()
-    first = text.splitlines()[0] if text else type(exc).__name__
+    first = mask(text.splitlines()[0]) if text else type(exc).__name__
     return RunError(
         f"cannot open the study storage {redact(url)}: {first}\n"
         "Check that the database server is running and reachable, and that the database exists."
@@ -118,7 +119,7 @@ def redact(url: str) -> str:
 
         return make_url(url).render_as_string(hide_password=True)
     except Exception:
-        return url
+        return mask(url)
 
 
 class StudyLock:

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from kiln.config import RunConfig
 from kiln.errors import ConfigError, RunError
+from kiln.secrets import expand
 from kiln.tune import storage as kstorage
 from kiln.tune.space import Param, check_space, parse_space
 
@@ -108,7 +109,7 @@ def make_settings(
     check_space(base, params)
     name = study_name(cfg, config_path, study)
     folder = Path(cfg.run.dir).expanduser() / name
-    url = storage or t.storage
+    url = storage or (expand(t.storage) if t.storage else None)  # ${VARIABLE}s filled in
     metric = resolve_metric(cfg, t.metric)
     direction = t.direction
     if direction == "auto":

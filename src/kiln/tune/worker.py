@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 from kiln.config import RunConfig, build_config
 from kiln.engine.callbacks import Callback
 from kiln.errors import ConfigError, KilnError
+from kiln.secrets import mask
 from kiln.tune import storage as kstorage
 from kiln.tune.study import Settings, counts, fail_dead_trials, open_study
 
@@ -212,4 +213,4 @@ def interrupted_message(study, s: Settings, resume_hint: str) -> str:
 
 def command_line() -> str:
     """The `kiln ...` command this process runs, to print as the way to resume."""
-    return "kiln " + " ".join(shlex.quote(a) for a in sys.argv[1:])
+    return mask("kiln " + " ".join(shlex.quote(a) for a in sys.argv[1:]))

@@ -9,7 +9,7 @@ from typing import Any
 import torch
 
 from kiln.data import Normalize, make_loader
-from kiln.evaluate.plots import write_curves
+from kiln.evaluate.plots import literal_text, write_curves
 from kiln.evaluate.report import no_test_section, section_intro, table, write_run_report
 from kiln.tasks.common import read_eval
 from kiln.tasks.regress.task import collect_outputs, in_units
@@ -103,6 +103,7 @@ def draw(pred: torch.Tensor, true: torch.Tensor, names: list[str], folder: Path)
             ax.set_title(name)
         fig.tight_layout()
         path = folder / f"{kind}.png"
+        literal_text(fig)  # target names are text, not math
         fig.savefig(path, dpi=110)
         plt.close(fig)
         paths.append(path)

@@ -10,7 +10,7 @@ import torch
 
 from kiln.data import Normalize
 from kiln.data.overlay import display_image, middle, overlay, palette
-from kiln.evaluate.plots import write_curves
+from kiln.evaluate.plots import literal_text, write_curves
 from kiln.evaluate.report import figure, no_test_section, section_intro, table, write_run_report
 from kiln.models.tta import infer
 from kiln.tasks.common import eval_file, eval_title, read_eval
@@ -115,6 +115,7 @@ def write_samples(
     fig.legend(handles=handles, loc="lower center", ncol=min(6, max(1, len(handles))), fontsize=7)
     fig.tight_layout(rect=(0, legend / height, 1, 1))
     path.parent.mkdir(parents=True, exist_ok=True)
+    literal_text(fig)  # class names are text, not math
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
