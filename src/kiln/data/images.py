@@ -1,4 +1,5 @@
-"""Turning any image file into the run's input: channels, EXIF orientation, size.
+"""Turning any image file into the run's input: channels, EXIF orientation, size (and which
+channels and size a run of mixed images takes: what most of its training images are).
 
 Training, evaluation and prediction all go through `decode`, so a PNG of any size or mode gets
 exactly the preprocessing the model was trained with.
@@ -6,11 +7,15 @@ exactly the preprocessing the model was trained with.
 
 from __future__ import annotations
 
+from collections import Counter
+from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
+
+SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 # What PIL raises for a file that is not a readable image (not a bug): caught, and reported
 # with the file's name.
@@ -55,3 +60,16 @@ def decode(image: Image.Image | Path | str, channels: int, height: int, width: i
     image = fit_size(convert_mode(image, channels), height, width)
     array = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
     return torch.from_numpy(array.copy()).permute(2, 0, 1)
+
+
+def infer_channels(modes: Iterable[str]) -> int:
+    """1 when most training images (their PIL modes) are single-channel, else 3."""
+    modes = list(modes)
+    single = sum(mode in SINGLE_CHANNEL_MODES for mode in modes)
+    return 1 if single * 2 > len(modes) else 3
+
+
+def infer_size(sizes: Iterable[tuple[int, int]]) -> list[int]:
+    """The most common (height, width) among the training images."""
+    (height, width), _ = Counter(sizes).most_common(1)[0]
+    return [height, width]

@@ -32,8 +32,15 @@ from torch.utils.data import DataLoader, Dataset
 
 from kiln.data.batch_augment import IGNORE
 from kiln.data.builtin import IMAGE_SUFFIXES
-from kiln.data.folder import infer_channels, infer_size, listing
-from kiln.data.images import UNREADABLE, convert_mode, fit_size, open_image
+from kiln.data.folder import listing
+from kiln.data.images import (
+    UNREADABLE,
+    convert_mode,
+    fit_size,
+    infer_channels,
+    infer_size,
+    open_image,
+)
 from kiln.data.registry import RawDataset, Split, register_dataset
 from kiln.data.workers import default_workers
 from kiln.errors import ConfigError, DataError

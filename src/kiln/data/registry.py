@@ -147,3 +147,11 @@ def default_root() -> Path:
         return Path(os.environ["KILN_DATA"]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "kiln" / "data"
+
+
+def cache_root() -> Path:
+    """Where Kiln keeps what it computes from data (normalization stats, decoded images):
+    `$KILN_CACHE`, else the folder that holds the default data root (~/.cache/kiln)."""
+    if os.environ.get("KILN_CACHE"):
+        return Path(os.environ["KILN_CACHE"]).expanduser()
+    return default_root().parent
