@@ -180,6 +180,8 @@ def entries(folder: Path) -> tuple[list[Entry], list[Path]]:
     if not folder.is_dir():
         return found, []
     for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue  # a temporary folder: unfinished, or being renamed into place
         try:
             manifest = json.loads((path / MANIFEST).read_text())
             size = sum(f.stat().st_size for f in path.iterdir())

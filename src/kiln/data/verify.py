@@ -93,8 +93,8 @@ def check(cfg, scan: ScanResult, out: Callable[[Shape, int], Path] | None = None
     of that many uint8 images and returns its path), each readable image is also converted and
     written to its row of that file (rows: `unique_paths` order) by the same decode."""
     unique = unique_paths(scan.samples)
-    target = _guess(cfg, scan.samples) if out else None
-    file = out(target, len(unique)) if out and target else None
+    target = _guess(cfg, scan.samples) if out and unique else None
+    file = out(target, len(unique)) if target else None
     outcomes = _decode_all(unique, cfg.workers, file, target)
     metas = {p: o for p, o in outcomes.items() if isinstance(o, ImageMeta)}
     good = [s for s in scan.samples if s.path in metas]
