@@ -29,18 +29,23 @@ CLASSES = ("cat", "dog", "fox")
 
 
 def make_folder(root: Path, per_class: int = 8, seed: int = 0) -> Path:
-    """Images of mixed sizes and modes (RGB 12x10 mostly, some grey, RGBA and palette ones of
-    other sizes), so the cached path converts and resizes like the uncached one."""
+    """Images of mixed sizes and modes (RGB 12x10 mostly, some grey, RGBA, palette and
+    EXIF-rotated ones of other sizes), so the cached path converts, rotates and resizes like the
+    uncached one."""
     rng = np.random.default_rng(seed)
+    kinds = [((12, 10), "RGB"), ((12, 10), "RGB"), ((16, 20), "L"), ((9, 9), "RGBA"),
+             ((12, 10), "P"), ((10, 14), "RGB")]  # fmt: skip
     for label in CLASSES:
         (root / label).mkdir(parents=True, exist_ok=True)
         for i in range(per_class):
-            size, mode = [((12, 10), "RGB"), ((12, 10), "RGB"), ((16, 20), "L"), ((9, 9), "RGBA"),
-                          ((12, 10), "P")][i % 5]  # fmt: skip
+            size, mode = kinds[i % len(kinds)]
             pixels = rng.integers(0, 255, (*size, 4), dtype=np.uint8)
             image = Image.fromarray(pixels, "RGBA")
             image = image.convert("RGB").convert("P") if mode == "P" else image.convert(mode)
-            image.save(root / label / f"{i}.png")
+            exif = Image.Exif()
+            if i % len(kinds) == 5:
+                exif[0x0112] = 6  # orientation: shown rotated a quarter turn
+            image.save(root / label / f"{i}.png", exif=exif)
     return root
 
 

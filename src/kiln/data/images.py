@@ -36,7 +36,8 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)  # (no copy of what fits)
 
 
 def fit_size(
@@ -57,9 +58,14 @@ def decode(image: Image.Image | Path | str, channels: int, height: int, width: i
     """uint8 (C, H, W) in the run's channels and size."""
     if not isinstance(image, Image.Image):
         image = open_image(Path(image))
+    return torch.from_numpy(to_array(image, channels, height, width).copy()).permute(2, 0, 1)
+
+
+def to_array(image: Image.Image, channels: int, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, C) in the run's channels and size, of an image already opened (and rotated
+    by its EXIF orientation): what `decode` gives, before it becomes a tensor."""
     image = fit_size(convert_mode(image, channels), height, width)
-    array = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
 
 
 def infer_channels(modes: Iterable[str]) -> int:

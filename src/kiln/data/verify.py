@@ -23,7 +23,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 
-from kiln.data.images import decode, infer_channels, infer_size
+from kiln.data.images import infer_channels, infer_size, to_array
 from kiln.data.scan import _SPLIT_RANK, ImageMeta, Problem, Sample, ScanResult, _Problems, _shown
 
 # What Pillow's own fuzz tests accept from corrupt files (Tests/oss-fuzz/test_fuzzers.py);
@@ -194,8 +194,9 @@ def _check_chunk(task: tuple[list[Path], int, Path | None, Shape | None]) -> lis
 
 
 def _keep(rows: np.ndarray, row: int, shape: Shape, image: Image.Image) -> None:
-    """The decoded image, as training sees it (kiln.data.images.decode after EXIF rotation)."""
-    rows[row] = decode(ImageOps.exif_transpose(image), *shape).numpy()
+    """The image as training sees it (what kiln.data.images.decode gives), into its row."""
+    ImageOps.exif_transpose(image, in_place=True)
+    rows[row] = to_array(image, *shape).transpose(2, 0, 1)
 
 
 def _check_image(path: Path, keep: Callable[[Image.Image], None] | None = None) -> ImageMeta | str:
@@ -229,9 +230,10 @@ def _check_image(path: Path, keep: Callable[[Image.Image], None] | None = None) 
                 return _too_large(str(exc))
             except _PIL_ERRORS as exc:
                 return f"truncated or corrupt image: {_message(exc)}"
+            meta = ImageMeta(im.width, im.height, im.mode)  # as stored, before EXIF rotation
             if keep is not None:
                 keep(im)
-            return ImageMeta(im.width, im.height, im.mode)
+            return meta
 
 
 def _too_large(detail: str) -> str:
