@@ -88,13 +88,10 @@ def folder(tmp_path: Path) -> Path:
 # ----------------------------------------------------------------------------- hits
 
 
-def test_second_run_opens_the_cache_without_scanning_or_decoding(
-    folder, tmp_path, capsys, monkeypatch
-):
+def test_second_run_opens_the_cache_without_scanning_or_decoding(folder, tmp_path, monkeypatch):
     cache = tmp_path / "cache"
     first = build(folder, cache)
-    said = capsys.readouterr().err
-    assert "Data cache: decoded 24 images once into" in said
+    assert first.note.startswith("Data cache: decoded 24 images once into")
     (entry,) = entries_in(cache)
     manifest = json.loads((entry / "manifest.json").read_text())
     assert manifest["dataset"] == str(folder.resolve())
@@ -102,7 +99,7 @@ def test_second_run_opens_the_cache_without_scanning_or_decoding(
 
     forbid_decoding(monkeypatch)
     second = build(folder, cache)
-    assert f"Data cache: 24 decoded images from {entry} (files unchanged" in capsys.readouterr().err
+    assert second.note.startswith(f"Data cache: 24 decoded images from {entry} (files unchanged")
     assert_same(first, second)
 
 
@@ -119,7 +116,7 @@ def test_cached_data_equal_uncached_in_memory_and_streamed(folder, tmp_path):
     assert len(entries_in(tmp_path / "cache")) == 2
 
 
-def test_csv_dataset_is_cached_and_a_missing_file_that_appears_rebuilds(tmp_path, capsys):
+def test_csv_dataset_is_cached_and_a_missing_file_that_appears_rebuilds(tmp_path):
     root = make_folder(tmp_path / "images", per_class=4)
     table = tmp_path / "labels.csv"
     rows = [(f"{c}/{i}.png", c, "test" if i == 3 else "train") for c in CLASSES for i in range(4)]
@@ -134,13 +131,13 @@ def test_csv_dataset_is_cached_and_a_missing_file_that_appears_rebuilds(tmp_path
     uncached = run("off")
     assert any("cat/9.png" in s and "not found" in s for s in uncached.skipped)
     assert_same(uncached, run(tmp_path / "cache"))
-    capsys.readouterr()
-    assert_same(uncached, run(tmp_path / "cache"))
-    assert "files unchanged" in capsys.readouterr().err
+    again = run(tmp_path / "cache")
+    assert_same(uncached, again)
+    assert "files unchanged" in again.note
 
     shutil.copy(root / "cat" / "0.png", root / "cat" / "9.png")
     now = run(tmp_path / "cache")
-    assert "Data cache: cat/9.png appeared; decoded 13 images again" in capsys.readouterr().err
+    assert now.note.startswith("Data cache: cat/9.png appeared; decoded 13 images again")
     assert now.skipped == [] and len(now.train) + len(now.val) == len(uncached.train) + 2
 
 
@@ -156,7 +153,7 @@ def test_csv_dataset_is_cached_and_a_missing_file_that_appears_rebuilds(tmp_path
         ("remove", "1 image(s) were removed (e.g. dog/2.png)"),
     ],
 )
-def test_a_changed_file_rebuilds_the_cache_saying_which(folder, tmp_path, capsys, change, said):
+def test_a_changed_file_rebuilds_the_cache_saying_which(folder, tmp_path, change, said):
     cache = tmp_path / "cache"
     build(folder, cache)
     image = folder / "dog" / "2.png"
@@ -169,29 +166,24 @@ def test_a_changed_file_rebuilds_the_cache_saying_which(folder, tmp_path, capsys
         shutil.copy(image, folder / "dog" / "new.png")
     else:
         image.unlink()
-    capsys.readouterr()
     rebuilt = build(folder, cache)
-    lines = [line for line in capsys.readouterr().err.splitlines() if line.startswith("Data")]
-    assert len(lines) == 1 and lines[0].startswith(f"Data cache: {said}; decoded "), lines
+    assert rebuilt.note.startswith(f"Data cache: {said}; decoded ") and "\n" not in rebuilt.note
     assert_same(build(folder, "off"), rebuilt)
-    build(folder, cache)  # and the run after that reads the new entry
-    assert "files unchanged" in capsys.readouterr().err
+    assert "files unchanged" in build(folder, cache).note  # the run after reads the new entry
 
 
-def test_a_folder_that_changed_but_lists_the_same_images_keeps_the_cache(folder, tmp_path, capsys):
+def test_a_folder_that_changed_but_lists_the_same_images_keeps_the_cache(folder, tmp_path):
     cache = tmp_path / "cache"
     build(folder, cache)
     (folder / "README.md").write_text("where these came from")  # the root folder's stamp moves
-    capsys.readouterr()
-    build(folder, cache)
-    assert "files unchanged" in capsys.readouterr().err
+    assert "files unchanged" in build(folder, cache).note
 
 
 # ----------------------------------------------------------------------------- bad files
 
 
 def test_skipped_files_are_the_same_from_the_cache_and_stop_an_error_run(
-    folder, tmp_path, capsys, monkeypatch
+    folder, tmp_path, monkeypatch
 ):
     (folder / "fox" / "broken.png").write_bytes(b"\x89PNG\r\n\x1a\n not really")
     (folder / "fox" / "empty.png").write_bytes(b"")
@@ -201,7 +193,6 @@ def test_skipped_files_are_the_same_from_the_cache_and_stop_an_error_run(
     with pytest.raises(DataError) as error:
         build(folder, tmp_path / "cache")  # on_bad=error: stops, and the entry is kept
     assert "3 problem(s)" in str(error.value)
-    assert "Data cache" not in capsys.readouterr().err  # only the error is said
     forbid_decoding(monkeypatch)
     assert_same(uncached, build(folder, tmp_path / "cache", on_bad="skip"))
     with pytest.raises(DataError) as again:
@@ -212,7 +203,7 @@ def test_skipped_files_are_the_same_from_the_cache_and_stop_an_error_run(
 # ----------------------------------------------------------------------------- writing
 
 
-def test_a_killed_writers_temporary_folder_is_never_read(folder, tmp_path, capsys):
+def test_a_killed_writers_temporary_folder_is_never_read(folder, tmp_path):
     cache = tmp_path / "cache"
     build(folder, cache)
     (entry,) = entries_in(cache)
@@ -221,9 +212,8 @@ def test_a_killed_writers_temporary_folder_is_never_read(folder, tmp_path, capsy
     shutil.copytree(entry, leftover)
     np.load(leftover / "images.npy", mmap_mode="r+")[:] = 0
     shutil.rmtree(entry)
-    capsys.readouterr()
     rebuilt = build(folder, cache)
-    assert "decoded 24 images once into" in capsys.readouterr().err
+    assert "decoded 24 images once into" in rebuilt.note
     assert_same(build(folder, "off"), rebuilt)
     assert not leftover.exists()  # the next writer cleared it
 
@@ -233,7 +223,7 @@ def test_runs_started_together_decode_once(folder, tmp_path):
     script = (
         "import sys; from kiln import data as kdata; from kiln.config import DataConfig; "
         f"b = kdata.build(DataConfig(name='folder', root={str(folder)!r}, cache={str(cache)!r})); "
-        "print(int(b.train.images.sum()), len(b.train))"
+        "print(int(b.train.images.sum()), len(b.train)); print(b.note, file=sys.stderr)"
     )
     runs = [subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE,
                              stderr=subprocess.PIPE, text=True) for _ in range(2)]  # fmt: skip
@@ -256,12 +246,12 @@ def test_cache_off_writes_nothing_and_auto_writes_under_kiln_cache(folder, tmp_p
     assert len(entries_in(tmp_path / "kiln-cache" / "decoded")) == 1
 
 
-def test_an_unwritable_cache_folder_costs_one_warning_not_the_run(folder, tmp_path, capsys):
+def test_an_unwritable_cache_folder_costs_one_warning_not_the_run(folder, tmp_path):
     blocked = tmp_path / "a-file"
     blocked.write_text("a file where the cache folder would be")
     bundle = build(folder, blocked / "cache")
-    said = capsys.readouterr().err.strip().splitlines()
-    assert len(said) == 1 and said[0].startswith("warning: cannot write the decoded-image cache")
+    assert bundle.note.startswith("warning: cannot write the decoded-image cache")
+    assert "\n" not in bundle.note
     assert_same(build(folder, "off"), bundle)
 
 
@@ -287,13 +277,15 @@ def kiln(capsys, *args) -> subprocess.CompletedProcess:
 def test_kiln_data_cache_ls_and_rm(folder, tmp_path, capsys):
     cache = tmp_path / "cache"
     other = make_folder(tmp_path / "other", per_class=2)
-    stats = subprocess.run(
+    stats = kiln(capsys, "data", "stats", "folder", f"data.root={folder}", f"data.cache={cache}")
+    assert stats.returncode == 0, stats.stderr
+    assert "Data cache: decoded 24 images once" in stats.stdout
+    as_json = subprocess.run(
         [*KILN, "data", "stats", "folder", f"data.root={folder}", f"data.cache={cache}", "--json"],
         cwd=tmp_path, capture_output=True, text=True, timeout=120,
     )  # fmt: skip
-    assert stats.returncode == 0, stats.stderr
-    assert json.loads(stats.stdout)["totals"]["train"] > 0  # the cache's line is on stderr
-    assert "Data cache: decoded 24 images once" in stats.stderr
+    assert as_json.returncode == 0 and as_json.stderr == "", as_json.stderr
+    assert json.loads(as_json.stdout)["totals"]["train"] > 0  # one JSON object, nothing else
     build(other, cache)
     (cache / ".tmp-other-123-dead").mkdir()  # a stopped writer's
 
@@ -321,7 +313,7 @@ def test_kiln_data_cache_ls_and_rm(folder, tmp_path, capsys):
 # ----------------------------------------------------------------------------- real data
 
 
-def test_cifar10_subset_from_the_cache_equals_the_uncached_build(tmp_path, capsys):
+def test_cifar10_subset_from_the_cache_equals_the_uncached_build(tmp_path):
     source = require("cifar10")
     root = tmp_path / "cifar10"
     for split in ("train", "test"):
@@ -332,6 +324,6 @@ def test_cifar10_subset_from_the_cache_equals_the_uncached_build(tmp_path, capsy
     uncached = build(root, "off")
     assert uncached.info.input_shape == (3, 32, 32) and len(uncached.test) == 120
     assert_same(uncached, build(root, tmp_path / "cache"))
-    capsys.readouterr()
-    assert_same(uncached, build(root, tmp_path / "cache"))
-    assert "240 decoded images from" in capsys.readouterr().err
+    again = build(root, tmp_path / "cache")
+    assert_same(uncached, again)
+    assert "240 decoded images from" in again.note

@@ -33,7 +33,8 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
     from kiln import data as kdata
     from kiln.data.preview import data_stats
 
-    stats = data_stats(kdata.build(data_config(ns).data))
+    bundle = kdata.build(data_config(ns).data)
+    stats = data_stats(bundle)
     if ns.json:
         print(json.dumps(stats))
         return 0
@@ -60,6 +61,8 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
     console.print(f"mean {stats['mean']}  std {stats['std']} (training split)")
     if stats["skipped"]:
         console.print(f"[yellow]{len(stats['skipped'])} bad file(s) skipped[/] (data.on_bad=skip)")
+    if bundle.note:
+        print(bundle.note)
     return 0
 
 

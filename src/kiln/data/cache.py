@@ -47,7 +47,6 @@ from kiln.data.cache_store import (
     new_images,
     publish,
     read_entry,
-    say,
     write_json,
     writing,
 )
@@ -58,7 +57,7 @@ from kiln.data.source import Source, Stamp, relative, stamp
 from kiln.data.verify import Checked, Failed, check, image_problems
 from kiln.errors import ConfigError
 
-__all__ = ["Source", "cache_folder", "load", "say"]
+__all__ = ["Source", "cache_folder", "load"]
 
 FORMAT = 1  # of an entry; another one is rebuilt
 

@@ -28,7 +28,8 @@ KEYS = {"format", "pillow", "id", "dataset", "created", "cwd", "shape", "classes
 
 
 def say(note: str) -> None:
-    """A cache line, on stderr (stdout may be JSON), from the first process of a run alone."""
+    """A line said at once, while the data is built, on stderr (stdout may be JSON), by the
+    first process of a run alone."""
     if note and os.environ.get("RANK", "0") == "0":
         print(note, file=sys.stderr, flush=True)
 

@@ -41,7 +41,7 @@ def load_csv(cfg, root: Path) -> RawDataset:
 def from_source(cfg, source) -> RawDataset:
     """Check every image (or open the decoded cache), then build the file splits in the run's
     channels and size."""
-    from kiln.data.cache import load, say
+    from kiln.data.cache import load
 
     checked = load(cfg, source)
     problems = checked.problems
@@ -54,7 +54,6 @@ def from_source(cfg, source) -> RawDataset:
     train = [i for i, s in enumerate(checked.samples) if s.split in (None, "train")]
     if not train:
         raise DataError("no readable training images were found")
-    say(checked.note)
     index = {name: i for i, name in enumerate(checked.classes)}  # unused for numeric targets
 
     def split_of(picked: list[int]) -> FileSplit | None:
@@ -87,6 +86,7 @@ def from_source(cfg, source) -> RawDataset:
         skipped=[str(p) for p in problems],
         sizes=dict(checked.sizes),
         modes=dict(checked.modes),
+        note=checked.note,
     )
 
 

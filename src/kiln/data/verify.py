@@ -64,7 +64,7 @@ class Checked:
     failed: list[Failed] = field(default_factory=list)
     images: torch.Tensor | None = None  # uint8 (rows, C, H, W): the decoded cache, when on
     rows: list[int] | None = None  # samples[i] is images[rows[i]]
-    note: str = ""  # what the cache did, said once the data is known to be usable
+    note: str = ""  # what the cache did, in one line (the run says it once training starts)
 
 
 def unique_paths(samples: list[Sample]) -> list[Path]:
