@@ -60,6 +60,7 @@ def kiln_loader(cifar: Path, csv_path: Path, workers: int):
         root=str(cifar),
         csv=str(csv_path),
         memory=False,
+        cache="off",  # decode the PNGs every pass: what this measures (not the decoded cache)
         workers=workers,
         val_fraction=0.01,
         test_fraction=0.01,

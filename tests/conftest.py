@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import atexit
 import hashlib
 import os
 import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterable
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
@@ -18,10 +20,16 @@ KILN = [sys.executable, "-m", "kiln.cli"]
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    """`make test` runs the suite in one pytest-xdist worker per core (`-n auto`). Each worker
+    """Kiln's caches (decoded images, normalization stats) go to a folder of this session's own,
+    inherited by the `kiln` processes it starts, never to the user's ~/.cache.
+
+    `make test` runs the suite in one pytest-xdist worker per core (`-n auto`). Each worker
     takes its own share of the cores, and so do the `kiln` processes it starts (they inherit it):
     torch then runs one thread per core it owns, instead of every worker's threads contending
     for every core, which makes both many times slower."""
+    if "KILN_CACHE" not in os.environ:
+        os.environ["KILN_CACHE"] = folder = tempfile.mkdtemp(prefix="kiln-test-cache-")
+        atexit.register(shutil.rmtree, folder, ignore_errors=True)
     worker = os.environ.get("PYTEST_XDIST_WORKER")  # gw0, gw1, ...
     count = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     if worker and count > 1 and hasattr(os, "sched_setaffinity"):

@@ -19,8 +19,8 @@ from kiln.data.scan import (
     ScanResult,
     scan_csv,
     scan_folder,
-    verify_images,
 )
+from kiln.data.verify import verify_images
 from kiln.errors import DataError
 
 CIFAR_TRAIN = Path("/work/shared/datasets/cifar10/train")

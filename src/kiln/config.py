@@ -109,6 +109,20 @@ class DataConfig(_Section):
     )
     balance: Literal["none", "weights", "sampler"] = "none"
     on_bad: Literal["error", "skip"] = "error"
+    cache: str = Field(
+        "auto",
+        description="folder/csv: keep the decoded images for later runs; auto (in decoded/ under "
+        "$KILN_CACHE, else ~/.cache/kiln), off, or a folder (see kiln.data.cache)",
+    )
+
+    @field_validator("cache", mode="before")
+    @classmethod
+    def _cache(cls, v: Any) -> Any:
+        if isinstance(v, bool):  # YAML reads a bare `off` as false, `on` as true
+            return "auto" if v else "off"
+        if not isinstance(v, str) or not v.strip():
+            raise ValueError("expected auto, off, or the folder to keep decoded images in")
+        return v.strip()
 
     @field_validator("memory", mode="before")
     @classmethod

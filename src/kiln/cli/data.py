@@ -1,4 +1,5 @@
-"""`kiln data show|stats|make`: look at a dataset before training on it, or build one."""
+"""`kiln data show|stats|make|cache`: look at a dataset before training on it, build one, or
+list and remove the decoded-image caches of folder and CSV datasets."""
 
 from __future__ import annotations
 
@@ -32,7 +33,8 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
     from kiln import data as kdata
     from kiln.data.preview import data_stats
 
-    stats = data_stats(kdata.build(data_config(ns).data))
+    bundle = kdata.build(data_config(ns).data)
+    stats = data_stats(bundle)
     if ns.json:
         print(json.dumps(stats))
         return 0
@@ -59,6 +61,8 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
     console.print(f"mean {stats['mean']}  std {stats['std']} (training split)")
     if stats["skipped"]:
         console.print(f"[yellow]{len(stats['skipped'])} bad file(s) skipped[/] (data.on_bad=skip)")
+    if bundle.note:
+        print(bundle.note)
     return 0
 
 
@@ -101,8 +105,63 @@ def cmd_data_show(ns: argparse.Namespace) -> int:
     return 0
 
 
+def cache_dir(ns: argparse.Namespace) -> Path:
+    from kiln.data.cache import cache_folder
+
+    return Path(ns.dir).expanduser() if ns.dir else cache_folder("auto")
+
+
+def cmd_data_cache_ls(ns: argparse.Namespace) -> int:
+    from kiln.data.cache_store import entries
+    from kiln.data.placement import human
+
+    folder = cache_dir(ns)
+    found, unfinished = entries(folder)
+    console = Console()
+    if not found:
+        print(f"no decoded-image caches in {folder}")
+    else:
+        table = Table(title=str(folder))
+        table.add_column("cache", no_wrap=True, min_width=max(len(e.name) for e in found))
+        table.add_column("dataset", overflow="fold")  # whole, to paste into `rm`
+        table.add_column("images", justify="right")
+        table.add_column("size", justify="right")
+        table.add_column("created")
+        for e in found:
+            table.add_row(e.name, e.dataset, f"{e.images:,}", human(e.bytes), e.created)
+        console.print(table, soft_wrap=True)
+        print(f"{len(found)} cache(s), {human(sum(e.bytes for e in found))} in all")
+    if unfinished:
+        print(
+            f"{len(unfinished)} unfinished build(s), of kiln processes still decoding or stopped "
+            "half way (`kiln data cache rm --all` removes the stopped ones)"
+        )
+    return 0
+
+
+def cmd_data_cache_rm(ns: argparse.Namespace) -> int:
+    from kiln.data.cache_store import remove
+    from kiln.data.placement import human
+
+    if bool(ns.names) == ns.all:
+        raise KilnError(
+            "kiln data cache rm: name the caches to remove (`kiln data cache ls` lists them) "
+            "or give --all, not both"
+        )
+    folder = cache_dir(ns)
+    removed, cleared = remove(folder, None if ns.all else ns.names)
+    freed = human(sum(e.bytes for e in removed))
+    names = "".join(f"\n  {e.name} ({e.dataset})" for e in removed)
+    print(f"removed {len(removed)} cache(s), {freed}, from {folder}{names}")
+    if cleared:
+        print(f"removed {cleared} unfinished build(s) left by stopped kiln processes")
+    return 0
+
+
 def add_parsers(verbs) -> None:
-    p = verbs.add_parser("data", help="look at a dataset: a grid of samples, or statistics")
+    p = verbs.add_parser(
+        "data", help="look at a dataset: a grid of samples, or statistics; its decoded cache"
+    )
     sub = p.add_subparsers(dest="action", metavar="ACTION", required=True)
     for name, func, doc in (
         ("show", cmd_data_show, "write a labelled grid of training images"),
@@ -136,3 +195,23 @@ def add_parsers(verbs) -> None:
     q.add_argument("--size", type=int, help="mnist-seg: canvas side (64); shapes3d: volume (32)")
     q.add_argument("--seed", type=int, help="random seed (0)")
     q.set_defaults(func=cmd_data_make)
+
+    q = sub.add_parser(
+        "cache", help="list or remove the decoded images kept for folder and csv datasets",
+        description="Folder and CSV datasets are decoded once and kept for later runs "
+        "(data.cache=auto|off|PATH); list those caches, or remove them.",
+    )  # fmt: skip
+    ops = q.add_subparsers(dest="op", metavar="OP", required=True)
+    for name, func, doc in (
+        ("ls", cmd_data_cache_ls, "list the caches: dataset, images, size on disk, created"),
+        ("rm", cmd_data_cache_rm, "remove caches by name or dataset path, or --all"),
+    ):
+        r = ops.add_parser(name, help=doc, description=doc)
+        r.add_argument(
+            "--dir", help="the cache folder (default: decoded/ under $KILN_CACHE or ~/.cache/kiln;"
+            " give the folder of a data.cache=PATH)",
+        )  # fmt: skip
+        r.set_defaults(func=func)
+        if name == "rm":
+            r.add_argument("names", nargs="*", metavar="NAME", help="a cache or dataset path")
+            r.add_argument("--all", action="store_true", help="every cache in the folder")

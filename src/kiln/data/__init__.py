@@ -116,7 +116,7 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
         info.target_std = train.labels.std(dim=0).clamp_min(1e-8).tolist()
     sizes = raw.sizes or {f"{height}x{width}": len(raw.train) + len(raw.test)}
     modes = raw.modes or {("L" if channels == 1 else "RGB"): len(raw.train) + len(raw.test)}
-    return DataBundle(train, val, test, info, raw.skipped, sizes, modes, placement)
+    return DataBundle(train, val, test, info, raw.skipped, sizes, modes, placement, raw.note)
 
 
 def make_loader(

@@ -22,28 +22,40 @@ from kiln.data.registry import Split
 
 @dataclass
 class FileSplit:
+    """Images named by path, decoded when asked for; or, from the decoded cache, rows of one
+    memory-mapped uint8 array (`decoded[rows[i]]` is image i, already in the run's shape)."""
+
     paths: list[Path]
     labels: torch.Tensor
     channels: int
     height: int
     width: int
+    decoded: torch.Tensor | None = None
+    rows: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, index: int) -> torch.Tensor:
+        if self.decoded is not None:  # a copy: augmentation must never write into the cache
+            return self.decoded[int(self.rows[index])].clone()
         return decode(self.paths[index], self.channels, self.height, self.width)
 
     def take(self, index: torch.Tensor) -> FileSplit:
         paths = [self.paths[i] for i in index.tolist()]
-        return FileSplit(paths, self.labels[index], self.channels, self.height, self.width)
+        rows = None if self.rows is None else self.rows[index]
+        shape = (self.channels, self.height, self.width)
+        return FileSplit(paths, self.labels[index], *shape, self.decoded, rows)
 
     def head(self, n: int) -> torch.Tensor:
         return torch.stack([self.image(i) for i in range(min(n, len(self)))])
 
     def load(self, workers: int | None = None) -> Split:
-        """Decode every image into one uint8 tensor, in DataLoader worker processes: small images
-        cost more in PIL's Python than in decoding, so threads would mostly wait for the GIL."""
+        """Every image in one uint8 tensor: a copy of the cached rows, or decoded in DataLoader
+        worker processes (small images cost more in PIL's Python than in decoding, so threads
+        would mostly wait for the GIL)."""
+        if self.decoded is not None:
+            return Split(self.decoded[self.rows], self.labels.clone())
         workers = (os.cpu_count() or 1) if workers is None else workers
         images = torch.empty((len(self), self.channels, self.height, self.width), dtype=torch.uint8)
         source = ImageSource(self, None)

@@ -1,14 +1,13 @@
 """A person's own images: an ImageFolder tree (`data.name=folder`) or a CSV (`data.name=csv`).
 
-Every file is checked before training (see scan.py). With `data.on_bad=error` (the default) any
-problem stops the run before it starts, listing them all; with `skip` the bad files are left out
-and listed in the run directory. The run's channels and size default to what most images are.
+Every file is checked before training (see scan.py and verify.py). With `data.on_bad=error` (the
+default) any problem stops the run before it starts, listing them all; with `skip` the bad files
+are left out and listed in the run directory. The run's channels and size default to what most
+images are. The checked, decoded images are kept for later runs (data.cache, see cache.py).
 """
 
 from __future__ import annotations
 
-from collections import Counter
-from collections.abc import Iterable
 from pathlib import Path
 
 import torch
@@ -17,16 +16,14 @@ from kiln.data.files import FileSplit
 from kiln.data.registry import RawDataset, register_dataset
 from kiln.errors import ConfigError, DataError
 
-SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
-
 
 @register_dataset(
     "folder", "your images in class folders: ROOT/<class>/*.png (or ROOT/train|val|test)"
 )
 def load_folder(cfg, root: Path) -> RawDataset:
-    from kiln.data.scan import scan_folder
+    from kiln.data.cache import Source
 
-    return from_scan(cfg, scan_folder(root))
+    return from_source(cfg, Source(Path(root)))
 
 
 @register_dataset(
@@ -35,43 +32,46 @@ def load_folder(cfg, root: Path) -> RawDataset:
 def load_csv(cfg, root: Path) -> RawDataset:
     if not cfg.csv:
         raise ConfigError("data.csv: data.name=csv needs the CSV file, e.g. data.csv=labels.csv")
-    from kiln.data.scan import scan_csv
+    from kiln.data.cache import Source
 
-    targets = cfg.targets or None
-    return from_scan(cfg, scan_csv(Path(cfg.csv), root, cfg.file_column, cfg.label_column,
-                                   cfg.split_column, targets))  # fmt: skip
+    columns = (cfg.file_column, cfg.label_column, cfg.split_column)
+    return from_source(cfg, Source(Path(root), Path(cfg.csv), columns, tuple(cfg.targets)))
 
 
-def from_scan(cfg, scan) -> RawDataset:
-    """Check every image, then build file splits in the run's channels and size."""
-    from kiln.data.scan import verify_images
+def from_source(cfg, source) -> RawDataset:
+    """Check every image (or open the decoded cache), then build the file splits in the run's
+    channels and size."""
+    from kiln.data.cache import load
 
-    problems, meta = verify_images(scan.samples, cfg.workers)
-    problems = scan.problems + problems
+    checked = load(cfg, source)
+    problems = checked.problems
     if problems and cfg.on_bad == "error":
         raise DataError(
             f"{len(problems)} problem(s) in the data, found before training:{listing(problems)}\n"
             "Fix or remove these files, or set data.on_bad=skip to train on the rest "
             "(the skipped files are listed in the run directory)."
         )
-    good = [s for s in scan.samples if s.path in meta]
-    train = [s for s in good if s.split in (None, "train")]
+    train = [i for i, s in enumerate(checked.samples) if s.split in (None, "train")]
     if not train:
         raise DataError("no readable training images were found")
-    channels = cfg.channels or infer_channels(meta[s.path].mode for s in train)
-    height, width = cfg.size or infer_size((meta[s.path].height, meta[s.path].width) for s in train)
-    index = {name: i for i, name in enumerate(scan.classes)}  # unused for numeric targets
+    index = {name: i for i, name in enumerate(checked.classes)}  # unused for numeric targets
 
-    def split_of(samples: list) -> FileSplit | None:
-        if not samples:
+    def split_of(picked: list[int]) -> FileSplit | None:
+        if not picked:
             return None
+        samples = [checked.samples[i] for i in picked]
         if isinstance(samples[0].label, tuple):  # numeric targets (task=regress)
             labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
         else:
             labels = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
-        return FileSplit([s.path for s in samples], labels, channels, height, width)
+        rows = None if checked.rows is None else torch.tensor([checked.rows[i] for i in picked])
+        paths = [s.path for s in samples]
+        return FileSplit(paths, labels, *checked.shape, checked.images, rows)
 
-    given = {name: [s for s in good if s.split == name] for name in ("val", "test")}
+    given = {
+        name: [i for i, s in enumerate(checked.samples) if s.split == name]
+        for name in ("val", "test")
+    }
     train_split = split_of(train)
     test_split = split_of(given["test"])
     if test_split is None:  # no test split given: hold out a fixed, stratified part of train
@@ -81,11 +81,12 @@ def from_scan(cfg, scan) -> RawDataset:
     return RawDataset(
         train=train_split,
         test=test_split,
-        classes=list(scan.classes),
+        classes=list(checked.classes),
         val=split_of(given["val"]),
         skipped=[str(p) for p in problems],
-        sizes=dict(Counter(f"{m.height}x{m.width}" for m in meta.values()).most_common()),
-        modes=dict(Counter(m.mode for m in meta.values()).most_common()),
+        sizes=dict(checked.sizes),
+        modes=dict(checked.modes),
+        note=checked.note,
     )
 
 
@@ -93,16 +94,3 @@ def listing(problems: list, most: int = 200) -> str:
     """Problems as an indented list, one a line (the first `most`, then how many more)."""
     lines = "".join(f"\n  - {p}" for p in problems[:most])
     return lines + (f"\n  ... and {len(problems) - most} more" if len(problems) > most else "")
-
-
-def infer_channels(modes: Iterable[str]) -> int:
-    """1 when most training images (their PIL modes) are single-channel, else 3."""
-    modes = list(modes)
-    single = sum(mode in SINGLE_CHANNEL_MODES for mode in modes)
-    return 1 if single * 2 > len(modes) else 3
-
-
-def infer_size(sizes: Iterable[tuple[int, int]]) -> list[int]:
-    """The most common (height, width) among the training images."""
-    (height, width), _ = Counter(sizes).most_common(1)[0]
-    return [height, width]

@@ -1,4 +1,5 @@
-"""Turning any image file into the run's input: channels, EXIF orientation, size.
+"""Turning any image file into the run's input: channels, EXIF orientation, size (and which
+channels and size a run of mixed images takes: what most of its training images are).
 
 Training, evaluation and prediction all go through `decode`, so a PNG of any size or mode gets
 exactly the preprocessing the model was trained with.
@@ -6,6 +7,7 @@ exactly the preprocessing the model was trained with.
 
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -17,6 +19,7 @@ from kiln.errors import KilnError
 
 ImageLike = str | Path | Image.Image | torch.Tensor
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 
 # What PIL raises for a file that is not a readable image (not a bug): caught, and reported
 # with the file's name.
@@ -38,7 +41,8 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
     if image.mode in ("RGBA", "LA", "PA") or (image.mode == "P" and "transparency" in image.info):
         rgba = image.convert("RGBA")
         image = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return image.convert("L" if channels == 1 else "RGB")
+    mode = "L" if channels == 1 else "RGB"
+    return image if image.mode == mode else image.convert(mode)  # (no copy of what fits)
 
 
 # Past this many pixels the cover-resize is not made in full: only the region that survives the
@@ -69,9 +73,27 @@ def decode(image: Image.Image | Path | str, channels: int, height: int, width: i
     """uint8 (C, H, W) in the run's channels and size."""
     if not isinstance(image, Image.Image):
         image = open_image(Path(image))
+    return torch.from_numpy(to_array(image, channels, height, width).copy()).permute(2, 0, 1)
+
+
+def to_array(image: Image.Image, channels: int, height: int, width: int) -> np.ndarray:
+    """uint8 (H, W, C) in the run's channels and size, of an image already opened (and rotated
+    by its EXIF orientation): what `decode` gives, before it becomes a tensor."""
     image = fit_size(convert_mode(image, channels), height, width)
-    array = np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1)
+    return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
+
+
+def infer_channels(modes: Iterable[str]) -> int:
+    """1 when most training images (their PIL modes) are single-channel, else 3."""
+    modes = list(modes)
+    single = sum(mode in SINGLE_CHANNEL_MODES for mode in modes)
+    return 1 if single * 2 > len(modes) else 3
+
+
+def infer_size(sizes: Iterable[tuple[int, int]]) -> list[int]:
+    """The most common (height, width) among the training images."""
+    (height, width), _ = Counter(sizes).most_common(1)[0]
+    return [height, width]
 
 
 def to_uint8(image: ImageLike, input_shape: tuple[int, int, int]) -> torch.Tensor:

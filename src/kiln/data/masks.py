@@ -31,8 +31,16 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
 from kiln.data.batch_augment import IGNORE
-from kiln.data.folder import infer_channels, infer_size, listing
-from kiln.data.images import IMAGE_SUFFIXES, UNREADABLE, convert_mode, fit_size, open_image
+from kiln.data.folder import listing
+from kiln.data.images import (
+    IMAGE_SUFFIXES,
+    UNREADABLE,
+    convert_mode,
+    fit_size,
+    infer_channels,
+    infer_size,
+    open_image,
+)
 from kiln.data.registry import RawDataset, Split, register_dataset
 from kiln.data.workers import default_workers
 from kiln.errors import ConfigError, DataError

@@ -59,6 +59,7 @@ class RawDataset:
     sizes: dict[str, int] = field(default_factory=dict)  # "HxW" -> images, before resizing
     modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> images
     features: list[str] | None = None  # tables: the input columns, in order
+    note: str = ""  # one line on how the data was read (the decoded cache: opened, or written)
 
 
 @dataclass
@@ -108,6 +109,7 @@ class DataBundle:
     sizes: dict[str, int] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
     placement: Any = None  # kiln.data.placement.Placement: in memory or not, and why
+    note: str = ""  # RawDataset.note: said when training starts, after the "Data:" line
 
 
 Loader = Callable[[Any, Path], RawDataset]  # (DataConfig, root) -> RawDataset
@@ -147,3 +149,11 @@ def default_root() -> Path:
         return Path(os.environ["KILN_DATA"]).expanduser()
     cache = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
     return Path(cache) / "kiln" / "data"
+
+
+def cache_root() -> Path:
+    """Where Kiln keeps what it computes from data (normalization stats, decoded images):
+    `$KILN_CACHE`, else the folder that holds the default data root (~/.cache/kiln)."""
+    if os.environ.get("KILN_CACHE"):
+        return Path(os.environ["KILN_CACHE"]).expanduser()
+    return default_root().parent

@@ -2,24 +2,19 @@
 
 A bad file found in epoch 3 wastes the first two epochs and says nothing about the other bad files,
 so everything is checked up front and every problem is reported at once: `scan_folder` or
-`scan_csv` lists the samples (cheap, no image is opened), then `verify_images` decodes each one.
+`scan_csv` lists the samples (cheap, no image is opened), then `kiln.data.verify` decodes each one.
 Nothing here writes to disk.
 """
 
 from __future__ import annotations
 
 import csv
-import multiprocessing
 import os
 import re
 import stat
-import warnings
 from collections.abc import Iterable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-
-from PIL import Image, UnidentifiedImageError
 
 from kiln.data.images import IMAGE_SUFFIXES
 from kiln.errors import DataError
@@ -32,19 +27,6 @@ _NO_SPLIT_RANK = 0
 FOLDER_LAYOUT = (
     "expected <root>/<class>/<image> (one folder per class), or <root>/train/<class>/<image> "
     "with optional <root>/val/ and <root>/test/ alongside"
-)
-
-# What Pillow's own fuzz tests accept from corrupt files (Tests/oss-fuzz/test_fuzzers.py);
-# UnidentifiedImageError is an OSError. Anything else is a bug and should surface as one.
-_PIL_ERRORS = (
-    OSError,
-    SyntaxError,
-    ValueError,
-    MemoryError,
-    NotImplementedError,
-    OverflowError,
-    Image.DecompressionBombError,
-    Image.DecompressionBombWarning,
 )
 
 
@@ -439,98 +421,3 @@ def _inside_root(cell: str, base: Path, root: Path, file_column: str) -> Path | 
     if not stat.S_ISREG(mode):
         return "not a file (a folder?); name one image per row"
     return path
-
-
-# ----------------------------------------------------------------------------- decoding
-
-
-def verify_images(
-    samples: list[Sample], workers: int | None = None
-) -> tuple[list[Problem], dict[Path, ImageMeta]]:
-    """Decode every image fully, as training would, and report each one that fails: empty,
-    not an image, truncated or corrupt, or over PIL's decompression-bomb limit.
-
-    Threads suffice because PIL releases the GIL while decoding. ImageFile.LOAD_TRUNCATED_IMAGES
-    is left as it is (False by default), so truncated files fail here rather than being padded
-    with grey. The size in ImageMeta is the stored size, before any EXIF rotation."""
-    unique = list(dict.fromkeys(s.path for s in samples))
-    workers = max(1, workers or os.cpu_count() or 1)
-    # A few chunks per worker: one task per file would cost more in scheduling than small PNGs
-    # cost to decode, and one chunk per worker would leave cores idle at the end.
-    size = max(1, min(256, -(-len(unique) // (workers * 4))))
-    chunks = [unique[i : i + size] for i in range(0, len(unique), size)]
-    outcomes: dict[Path, ImageMeta | str] = {}
-    with warnings.catch_warnings():
-        # Over-limit sizes are reported as problems below; the warning would only be noise.
-        warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-        for chunk, results in zip(chunks, _map(_check_images, chunks, workers), strict=True):
-            outcomes.update(zip(chunk, results, strict=True))
-
-    problems = _Problems()
-    metas: dict[Path, ImageMeta] = {}
-    for s in samples:
-        outcome = outcomes[s.path]
-        if isinstance(outcome, ImageMeta):
-            metas[s.path] = outcome
-        else:
-            shown_csv = _shown(s.csv) if s.csv else None
-            problems.add(Problem(_shown(s.path), outcome, s.line, shown_csv), _SPLIT_RANK[s.split])
-    return problems.sorted(), metas
-
-
-def _map(fn, chunks: list, workers: int) -> list:
-    """fn over chunks in forked processes where the platform has fork (small images cost more in
-    PIL's Python than in decoding, so threads would mostly wait for the GIL), else in threads."""
-    if workers > 1 and len(chunks) > 1 and "fork" in multiprocessing.get_all_start_methods():
-        with multiprocessing.get_context("fork").Pool(min(workers, len(chunks))) as pool:
-            return pool.map(fn, chunks)
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return list(pool.map(fn, chunks))
-
-
-def _check_images(paths: list[Path]) -> list[ImageMeta | str]:
-    return [_check_image(path) for path in paths]
-
-
-def _check_image(path: Path) -> ImageMeta | str:
-    """ImageMeta for an image that decodes completely, else the reason it does not."""
-    try:
-        f = open(path, "rb")
-    except OSError as exc:
-        return f"cannot open file: {exc.strerror or exc}"
-    with f:
-        if os.fstat(f.fileno()).st_size == 0:
-            return "empty file (0 bytes); remove it or copy it again"
-        try:
-            im = Image.open(f)
-        except UnidentifiedImageError:
-            return (
-                "not a readable image: PIL does not recognise its format "
-                f"(is it really a {path.suffix or 'image'} file?)"
-            )
-        except Image.DecompressionBombError as exc:
-            return _too_large(str(exc))
-        except _PIL_ERRORS as exc:
-            return f"truncated or corrupt image: {_message(exc)}"
-        with im:
-            limit = Image.MAX_IMAGE_PIXELS
-            if limit and im.width * im.height > limit:
-                return _too_large(f"{im.width}x{im.height} pixels is over the limit of {limit}")
-            try:
-                im.load()
-            except Image.DecompressionBombError as exc:
-                return _too_large(str(exc))
-            except _PIL_ERRORS as exc:
-                return f"truncated or corrupt image: {_message(exc)}"
-            return ImageMeta(im.width, im.height, im.mode)
-
-
-def _too_large(detail: str) -> str:
-    return (
-        f"image too large, a possible decompression bomb ({detail}); shrink it or remove it, "
-        "or raise PIL.Image.MAX_IMAGE_PIXELS if it is genuine"
-    )
-
-
-def _message(exc: BaseException) -> str:
-    return str(exc) or type(exc).__name__

@@ -169,6 +169,8 @@ def _fit(
                 flush=True,
             )
             print(trainer.data_path, flush=True)
+            if bundle.note:  # the decoded cache: opened, or written (and why)
+                print(bundle.note, flush=True)
         with distributed.peer_failures(cfg.train.dist_timeout):
             history = trainer.fit(resume_state, reschedule)
     except ConfigError:  # a mistake found while setting up or in the first step (model vs task)
