@@ -7,6 +7,7 @@ before any data is read, and each error names the key that is wrong.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,7 @@ from pydantic import (
 from kiln.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 
 # Keys that moved into a task's own section: the error names the new one.
@@ -69,6 +71,14 @@ def parse_size(text: str, key: str = "data.memory") -> int:
     if match is None or unit not in UNITS:
         raise ConfigError(f"{key}={text!r}: expected auto, true, false or a size like 2GB or 500MB")
     return int(float(match.group(1)) * UNITS[unit])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'X'?)' for the closest choice, or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def load_yaml(text: str) -> Any:
@@ -254,11 +264,28 @@ class RunSection(_Section):
     name: str | None = None
     dir: str = "runs"
     report: bool = Field(True, description="plots/ and report.html at the end of training")
+    loggers: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="where epochs are logged besides metrics.csv: tensorboard, csv, mlflow, "
+        "wandb; auto: tensorboard when installed",
+    )
+    project: str = Field("kiln", description="the MLflow experiment / W&B project of the run")
 
     @field_validator("name", "dir", mode="before")
     @classmethod
     def _text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            v = [v]
+        for name in v if isinstance(v, list) else []:
+            if name not in LOGGERS:
+                raise ValueError(f"unknown logger '{name}'{did_you_mean(str(name), LOGGERS)}; "
+                                 f"choose from: {', '.join(LOGGERS)}")  # fmt: skip
+        return v
 
 
 class TuneConfig(_Section):

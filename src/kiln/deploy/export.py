@@ -50,6 +50,10 @@ class ExportResult:
     spec: ExportSpec
     quantized: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8: size, latency, acc
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sidecar": str(self.sidecar),
+                "spec": self.spec.model_dump(mode="json"), "quantized": self.quantized}  # fmt: skip
+
 
 def export_run(
     run_dir: str | Path,

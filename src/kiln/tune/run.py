@@ -30,6 +30,29 @@ class StudyResult:
     files: dict[str, Path] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
 
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "folder": str(self.folder),
+            "storage": self.storage,
+            "best_value": self.best_value,
+            "best_params": self.best_params,
+            "files": {k: str(v) for k, v in self.files.items()},
+            "states": self.states,
+        }
+
+    def _repr_html_(self) -> str:
+        from kiln.evaluate import notebook as nb
+
+        states = ", ".join(f"{n} {k}" for k, n in sorted(self.states.items()))
+        items = [("trials", states or "none"), ("best value", self.best_value),
+                 *((f"best {k}", v) for k, v in self.best_params.items()),
+                 *((f"{k} file", v) for k, v in self.files.items())]  # fmt: skip
+        history = self.folder / "plots" / "history.png"
+        shown = nb.png(history, "optimization history") if history.is_file() else ""
+        return nb.view(f"Study {self.name}", nb.key_values(items), shown,
+                       subtitle=str(self.folder))  # fmt: skip
+
 
 def tune(
     config: str | Path | dict[str, Any] | RunConfig | None = None,
