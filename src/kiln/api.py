@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
+from kiln import logs
 from kiln.config import RunConfig, build_config
 from kiln.engine.results import Evaluation, Plot, Run
 from kiln.engine.setup import resolve
@@ -195,6 +196,7 @@ def export(
     `export` extra for ONNX."""
     from kiln.deploy.export import export_run
 
+    logs.ensure()
     return export_run(_path(run), format, quantize=quantize, output=output, which=checkpoint,
                       parity_images=parity_images, log=_log)  # fmt: skip
 
@@ -215,6 +217,7 @@ def serve(
     from kiln.deploy.serve import serve as run_server
     from kiln.deploy.uploads import MB, Limits
 
+    logs.ensure()
     limits = Limits(int(max_upload_mb * MB), max_pixels, max_images)
     run_server(_path(target), host, port, token=token, limits=limits, max_batch=max_batch,
                log=_log)  # fmt: skip
@@ -237,6 +240,7 @@ def tune(
     trials.csv, report.html). Needs the `tune` extra."""
     from kiln.tune.run import tune as run_study
 
+    logs.ensure()
     extra = _overrides(overrides, keywords)
     source = config.to_dict() if isinstance(config, RunConfig) else config
     return run_study(source, extra, trials=trials, timeout=timeout, storage=storage,
@@ -289,6 +293,4 @@ def summary(
 
 
 def _log(message: str) -> None:
-    import logging
-
-    logging.getLogger("kiln").info(message)
+    logs.ensure().info(message)

@@ -183,7 +183,10 @@ class OptimConfig(_Section):
     @classmethod
     def _known(cls, v: str) -> str:
         if v.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer '{v}'; choose one of: {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer '{v}'{did_you_mean(v.lower(), OPTIMIZERS)}; "
+                f"choose one of: {', '.join(OPTIMIZERS)}"
+            )
         return v.lower()
 
 
@@ -197,7 +200,10 @@ class SchedConfig(_Section):
     @classmethod
     def _known(cls, v: str) -> str:
         if v.lower() not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler '{v}'; choose one of: {', '.join(SCHEDULERS)}")
+            raise ValueError(
+                f"unknown scheduler '{v}'{did_you_mean(v.lower(), SCHEDULERS)}; "
+                f"choose one of: {', '.join(SCHEDULERS)}"
+            )
         return v.lower()
 
 
@@ -394,9 +400,10 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         elif err["type"] == "extra_forbidden":
             section = key.rsplit(".", 1)[0] if "." in key else None
             valid = _valid_keys(section)
-            msg = f"unknown key; valid keys here: {', '.join(valid)}"
-        elif "input" in err and err["type"] != "missing":
-            msg = f"{msg} (got {err['input']!r})"
+            hint = did_you_mean(key.rsplit(".", 1)[-1], valid)
+            msg = f"unknown key{hint}; valid keys here: {', '.join(valid)}"
+        elif "input" in err and err["type"] != "missing" and repr(err["input"]) not in msg:
+            msg = f"{msg} (got {err['input']!r})"  # unless the message quotes it already
         lines.append(f"  {key}: {msg}")
     return f"invalid config ({source}):\n" + "\n".join(lines)
 
@@ -437,7 +444,11 @@ def build_config(
     ]
     if unknown:
         valid = ", ".join(_valid_keys(None))
-        lines = "\n".join(f"  {key}: unknown key; valid keys here: {valid}" for key in unknown)
+        lines = "\n".join(
+            f"  {key}: unknown key{did_you_mean(key, [*_valid_keys(None), *ALIASES])}; "
+            f"valid keys here: {valid}"
+            for key in unknown
+        )
         raise ConfigError(f"invalid config ({label}):\n{lines}")
     try:
         return RunConfig.model_validate(tree)

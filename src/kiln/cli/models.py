@@ -5,13 +5,13 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from rich.console import Console
-from rich.table import Table
-
 from kiln.errors import KilnError
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold")
     table.add_column("name")
     table.add_column("description")

@@ -3,6 +3,7 @@ write the study's report. The library door is `kiln.tune.tune(...)`."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -16,6 +17,8 @@ from kiln.io import write_text_atomic
 from kiln.tune.storage import redact
 from kiln.tune.study import Settings, make_settings, open_study
 from kiln.tune.worker import TuneInterrupted, command_line, interrupted_message, run_worker
+
+log = logging.getLogger("kiln.tune")
 
 
 @dataclass
@@ -86,10 +89,10 @@ def tune(
         except TuneInterrupted:
             raise TuneInterrupted(f"{tag}stopped; its unfinished trial does not count") from None
     elif workers == 1:
-        print(_opening(s, 1), flush=True)
+        log.info(_opening(s, 1))
         run_worker(s, cfg, verbose=verbose, resume_hint=hint)
     else:
-        print(_opening(s, workers), flush=True)
+        log.info(_opening(s, workers))
         open_study(s, cfg)  # created once here: the workers only load it
         _run_workers(s, cfg, workers, verbose, hint)
     if not report:
@@ -114,17 +117,17 @@ def finish(s: Settings, cfg: RunConfig) -> StudyResult:
     files = write_report(study, s, cfg)
     states = summary(study, s)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(states.items()))
-    print(f"Study '{s.name}': {counts or 'no trials'} -> {s.folder}")
+    log.info(f"Study '{s.name}': {counts or 'no trials'} -> {s.folder}")
     best_value, best_params = None, {}
     if "best" in files:
         best = study.best_trial
         best_value, best_params = best.value, decoded_params(best, s.params)
-        print(f"Best: trial {best.number}, {s.metric} {best.value:.4f}  {shown(best_params)}")
-        print(f"Best config: {files['best']}   (kiln train {files['best']})")
+        log.info(f"Best: trial {best.number}, {s.metric} {best.value:.4f}  {shown(best_params)}")
+        log.info(f"Best config: {files['best']}   (kiln train {files['best']})")
     else:
-        print("No trial completed: no best config yet (see trials.csv for why)")
-    print(f"Trials: {files['trials']}")
-    print(f"Report: {files['report']}")
+        log.info("No trial completed: no best config yet (see trials.csv for why)")
+    log.info(f"Trials: {files['trials']}")
+    log.info(f"Report: {files['report']}")
     return StudyResult(s.name, s.folder, s.storage, best_value, best_params, files, states)
 
 
