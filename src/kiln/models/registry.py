@@ -13,8 +13,8 @@ from typing import Any
 
 from torch import nn
 
-from kiln.data.registry import DataInfo
 from kiln.config import did_you_mean
+from kiln.data.registry import DataInfo
 from kiln.errors import ConfigError
 
 Builder = Callable[..., nn.Module]
