@@ -214,6 +214,9 @@ def serve(
 ) -> None:
     """Serve a run or an export over HTTP until interrupted: `kiln serve`. Needs the `serve`
     extra."""
+    from kiln.deploy import check_serve
+
+    check_serve()  # one line naming the extra, before FastAPI is imported
     from kiln.deploy.serve import serve as run_server
     from kiln.deploy.uploads import MB, Limits
 

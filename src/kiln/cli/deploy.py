@@ -49,6 +49,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    from kiln.deploy import check_serve
+
+    check_serve()  # one line naming the extra, before FastAPI is imported
     from kiln.deploy.serve import serve
     from kiln.deploy.uploads import MB, Limits
 

@@ -59,7 +59,12 @@ def model_families() -> list[tuple[str, str]]:
 
         rows.append(("timm:NAME", f"any of timm's {len(timm.list_models())} models"))
     except ImportError:
-        rows.append(("timm:NAME", "any timm model, once installed: pip install 'kiln[timm]'"))
+        from rich.markup import escape
+
+        from kiln.errors import install_line
+
+        hint = f"any timm model, with the timm extra: {install_line('timm')}"
+        rows.append(("timm:NAME", escape(hint)))  # rich would take [timm] for markup
     return rows
 
 

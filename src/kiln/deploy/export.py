@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kiln.errors import ConfigError, KilnError, RunError
+from kiln.errors import ConfigError, KilnError, RunError, require
 from kiln.infer import Predictor, open_export, spec_from_run
 from kiln.infer.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
 from kiln.rundir import RunDir, load_model
@@ -77,6 +77,9 @@ def export_run(
         )
     if parity_images < 1:
         raise ConfigError(f"--parity-images must be at least 1, got {parity_images}")
+    if fmt == "onnx":  # written with onnxscript, checked with onnx, loaded back in onnxruntime
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module, "export", "kiln export --format onnx")
     run = RunDir.open(run_dir)
     if run.data_info().features:
         raise ConfigError(

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import RunConfig, build_config
-from kiln.errors import ConfigError, RunError
+from kiln.errors import ConfigError, RunError, require
 from kiln.io import write_text_atomic
 from kiln.tune.storage import redact
 from kiln.tune.study import Settings, make_settings, open_study
@@ -73,6 +73,7 @@ def tune(
 ) -> StudyResult:
     """Search `tune.space` of a config: N trials shared by `workers` processes, each trial a
     normal run in RUN_DIR/STUDY/; then best.yaml, trials.csv and report.html there."""
+    require("optuna", "tune", "kiln tune")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     path = config if isinstance(config, (str, Path)) else None

@@ -31,6 +31,19 @@ def wanted(cfg: RunConfig) -> list[str]:
     return ["tensorboard"] if importlib.util.find_spec("tensorboard") is not None else []
 
 
+MODULES = {"tensorboard": "tensorboard", "mlflow": "mlflow", "wandb": "wandb"}
+
+
+def check_loggers(cfg: RunConfig) -> None:
+    """Every tracker run.loggers asks for is installed (found, not imported: that is slow)."""
+    import importlib.util
+
+    for name in wanted(cfg):
+        module = MODULES.get(name)
+        if module is not None and importlib.util.find_spec(module) is None:
+            require(module, "trackers", f"run.loggers={name}")  # says which extra brings it
+
+
 def build_loggers(cfg: RunConfig, run: RunDir, purge_step: int | None = None) -> list[Callback]:
     """The trackers run.loggers asks for; a missing library is one error naming its extra."""
     found: list[Callback] = []
