@@ -2,11 +2,12 @@
 database, a folder), in the experiment `run.project`. Parameters: the resolved config as dotted
 keys; metrics: every epoch's values (step = epoch), then `test_*`; artifacts: the plots, the
 report, metrics.csv, config.yaml and eval-test.json; the model as an MLflow PyTorch model
-(`mlflow.pytorch.load_model` loads it)."""
+(`mlflow.pytorch.load_model` loads it: the pt2 format, a torch.export graph)."""
 
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from kiln.engine.results import Run
     from kiln.engine.trainer import Trainer
 
+log = logging.getLogger("kiln.engine")
 BATCH = 100  # MLflow takes at most 100 parameters or 1000 metrics per request
 
 
@@ -62,10 +64,27 @@ class MLflowLogger(Callback):
         self._metrics(numbers(run.test or {}, "test_"), last)
         for path, folder in run_files(self.run):
             self.client.log_artifact(self.run_id, path, folder or None)
-        model = copy.deepcopy(trainer.model).cpu().eval()  # loads on any machine
-        with mlflow.start_run(run_id=self.run_id):  # log_model needs an active run
-            info = mlflow.pytorch.log_model(model, name="model", pip_requirements=requirements())
-        write_id(self.run, "mlflow", {**read_ids(self.run)["mlflow"], "model_uri": info.model_uri})
+        try:
+            uri = self._log_model(trainer)
+        except Exception as exc:  # noqa: BLE001 (the run is saved; the tracker's copy is extra)
+            log.warning(f"note: the model was not logged to MLflow ({exc})")
+            self.client.set_terminated(self.run_id, status="FINISHED")
+            return
+        write_id(self.run, "mlflow", {**read_ids(self.run)["mlflow"], "model_uri": uri})
+
+    def _log_model(self, trainer: Trainer) -> str:
+        """The best weights as an MLflow PyTorch model in the pt2 format (torch.export: a
+        graph, loaded without unpickling code), traced on two validation inputs."""
+        import torch
+
+        model = copy.deepcopy(trainer.model).cpu().eval().to(memory_format=torch.contiguous_format)
+        images = trainer.data.val.head(2).to(trainer.device)
+        example = trainer.normalize(images).float().cpu().contiguous()
+        with mlflow.start_run(run_id=self.run_id):  # log_model needs an active run; ends it
+            info = mlflow.pytorch.log_model(model, name="model", input_example=example.numpy(),
+                                            serialization_format="pt2",
+                                            pip_requirements=requirements())  # fmt: skip
+        return info.model_uri
 
     def _metrics(self, values: dict[str, float], step: int) -> None:
         now = int(time.time() * 1000)
@@ -75,12 +94,8 @@ class MLflowLogger(Callback):
 
 
 def requirements() -> list[str]:
-    """What loading the model needs (named, so that MLflow does not spend seconds inferring it)."""
+    """What loading the model needs (named, so that MLflow does not spend seconds inferring it):
+    a pt2 graph needs torch alone, not Kiln."""
     import torch
-    import torchvision
 
-    from kiln._version import __version__
-
-    return [f"torch=={torch.__version__.split('+')[0]}",
-            f"torchvision=={torchvision.__version__.split('+')[0]}",
-            f"kiln-workbench=={__version__}"]  # fmt: skip
+    return [f"torch=={torch.__version__.split('+')[0]}"]

@@ -5,6 +5,7 @@ report as a `report` artifact and the best checkpoint as a `model` artifact."""
 
 from __future__ import annotations
 
+import secrets
 from typing import TYPE_CHECKING, Any
 
 import wandb
@@ -23,7 +24,7 @@ class WandbLogger(Callback):
     def __init__(self, cfg: RunConfig, run: RunDir):
         self.run = run
         saved = read_ids(run).get("wandb", {})
-        run_id = saved.get("id") or wandb.util.generate_id()
+        run_id = saved.get("id") or secrets.token_hex(4)  # W&B ids: letters and digits
         self.wb = wandb.init(
             project=cfg.run.project,
             name=run.path.name,
