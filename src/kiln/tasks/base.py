@@ -278,7 +278,7 @@ class Task:
         from kiln.evaluate.report import metrics_section, write_run_report
         from kiln.tasks.common import read_eval
 
-        plots = write_curves(run, self.metric)
+        plots = write_curves(run, self.metric, percent=self.percent)
         test = read_eval(run)
         section = metrics_section(test)
         headline = self.headline(test or {})
