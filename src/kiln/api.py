@@ -211,6 +211,7 @@ def serve(
     max_pixels: int = 40_000_000,
     max_images: int = 64,
     max_batch: int = 64,
+    checkpoint: str = "best",
 ) -> None:
     """Serve a run or an export over HTTP until interrupted: `kiln serve`. Needs the `serve`
     extra."""
@@ -223,7 +224,7 @@ def serve(
     logs.ensure()
     limits = Limits(int(max_upload_mb * MB), max_pixels, max_images)
     run_server(_path(target), host, port, token=token, limits=limits, max_batch=max_batch,
-               log=_log)  # fmt: skip
+               log=_log, checkpoint=checkpoint)  # fmt: skip
 
 
 def tune(

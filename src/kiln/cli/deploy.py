@@ -62,7 +62,8 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         raise ConfigError(f"--port must be between 0 and 65535, got {ns.port}")
     token = ns.token or os.environ.get("KILN_TOKEN") or None
     limits = Limits(int(ns.max_upload_mb * MB), ns.max_pixels, ns.max_images)
-    serve(ns.target, ns.host, ns.port, token=token, limits=limits, max_batch=ns.max_batch)
+    serve(ns.target, ns.host, ns.port, token=token, limits=limits, max_batch=ns.max_batch,
+          checkpoint=ns.checkpoint)  # fmt: skip
     return 0
 
 
@@ -94,6 +95,7 @@ def add_parsers(verbs) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set KILN_TOKEN)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="of a run")
     p.add_argument("--max-upload-mb", type=float, default=10, help="request body limit (10)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="per image (40,000,000)")
     p.add_argument("--max-images", type=int, default=64, help="per request (64)")

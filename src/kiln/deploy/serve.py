@@ -419,13 +419,14 @@ def serve(
     limits: Limits = Limits(),
     max_batch: int = 64,
     log=print,
+    checkpoint: str = "best",
 ) -> None:
-    """Load, warm up, then run uvicorn until interrupted."""
+    """Load (a run: its `checkpoint`), warm up, then run uvicorn until interrupted."""
     import uvicorn
 
     from kiln.infer import load_servable
 
-    servable = load_servable(path)
+    servable = load_servable(path, which=checkpoint)
     servable.logits(servable.example(1))  # first call pays the set-up
     app = create_app(servable, token=token, limits=limits, max_batch=max_batch)
     spec = servable.spec

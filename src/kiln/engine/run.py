@@ -64,6 +64,7 @@ def _create_run(ready: Prepared, progress: bool) -> RunDir:
     cfg, bundle = ready.cfg, ready.bundle
     run = RunDir.create(cfg)
     run.write_config(cfg)
+    log.debug(f"Resolved config (written to {run.config_path}):\n{cfg.to_yaml().rstrip()}")
     details = _describe(bundle, ready.model, ready.device)
     task = get_task(cfg.task)  # how its headline figure reads, for tools that read the run
     monitor = cfg.train.early_stop.monitor
