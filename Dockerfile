@@ -21,8 +21,9 @@ COPY src/ ./src/
 # PyTorch's CPU index: PyPI's Linux torch wheel drags in gigabytes of CUDA libraries. The
 # constraints pin every package to the versions the test suite ran with (torch==2.14.1 matches
 # 2.14.1+cpu). Installed as root into site-packages, so the server's user can't modify its code.
+# The serve and export extras: FastAPI and uvicorn, and onnxruntime for .onnx files.
 RUN pip install --no-cache-dir --extra-index-url https://download.pytorch.org/whl/cpu \
-        -c constraints.txt .
+        -c constraints.txt '.[serve,export]'
 
 # Everything from here on, the server included, runs without root.
 USER kiln

@@ -25,8 +25,14 @@ from kiln.config import RunConfig
 VERBS = (
     ["train"], ["config"], ["config", "show"], ["list"], ["summary"], ["data"], ["data", "show"],
     ["data", "stats"], ["data", "make"], ["eval"], ["report"], ["compare"], ["predict"],
-    ["sample"], ["export"], ["serve"], ["tune"],
+    ["sample"], ["export"], ["serve"], ["tune"], ["completion"],
 )  # fmt: skip
+LEAVES = [v for v in VERBS if v not in (["config"], ["data"])]  # the verbs that run something
+POSITIONALS = {  # what each verb needs before a flag is looked at
+    "list": ["models"], "summary": ["mlp"], "data make": ["mnist-seg"], "eval": ["run"],
+    "report": ["run"], "compare": ["a", "b"], "predict": ["run", "x.png"], "sample": ["run"],
+    "export": ["run"], "serve": ["run"], "completion": ["bash"],
+}  # fmt: skip
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "lenet", "cnn", "resnet18")
 EVAL_KEYS = (
@@ -64,6 +70,9 @@ def outputs(request, tmp_path_factory) -> dict:
         submit("list-datasets", "list", "datasets")
         submit("list-models", "list", "models")
         submit("config-show", "config", "show", "epochs=3", "model=mlp", "model.hidden=[32]")
+        submit("quiet-train", "train", "-q", "epochs=1", "model=mlp", "model.hidden=[8]",
+               "run.report=false")  # fmt: skip
+        submit("data-stats-alias", "data", "stats", "data=digits", "--json")
 
         trained = request.getfixturevalue("trained_run")
         run = Path(shutil.copytree(trained, work / "run"))
@@ -104,7 +113,7 @@ def ok(result) -> str:
 def test_help_lists_every_verb(cli):
     out = ok(cli("--help"))
     assert out.startswith("usage: kiln")
-    listed = re.findall(r"^    ([a-z]+) ", out, flags=re.MULTILINE)
+    listed = re.findall(r"^    ([a-z]+)(?: |$)", out, flags=re.MULTILINE)
     assert listed == list(dict.fromkeys(v[0] for v in VERBS))
 
 
@@ -139,6 +148,79 @@ def test_train_help_shows_examples_and_aliases(cli):
     out = ok(cli("train", "--help"))
     assert "kiln train --resume" in out
     assert "aliases: data model epochs batch lr device seed name" in out
+
+
+@pytest.mark.parametrize("verb", LEAVES, ids="-".join)
+def test_every_verb_has_quiet_and_verbose_and_its_own_usage_on_a_bad_flag(cli, verb):
+    out = ok(cli(*verb, "--help"))
+    assert "-q, --quiet" in out and "-v, --verbose" in out
+    result = cli(*verb, *POSITIONALS.get(" ".join(verb), []), "--no-such-flag")
+    assert result.returncode == 2
+    assert result.stderr.startswith(f"usage: kiln {' '.join(verb)}"), result.stderr
+    assert "--no-such-flag" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_flag_for_a_setting_is_answered_with_the_setting(cli):
+    result = cli("train", "--epochs", "3")
+    assert result.returncode == 2 and result.stderr.startswith("usage: kiln train")
+    assert "epochs=3" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "args, meant",
+    [
+        (["trian"], "did you mean 'train'?"),
+        (["list", "model"], "did you mean 'models'?"),
+        (["eval", "run", "--chekpoint", "last"], "did you mean --checkpoint?"),
+        (["train", "epoch=3"], "epoch: unknown key (did you mean 'epochs'?)"),
+        (["train", "optim.name=adamx"], "did you mean 'adam'?"),
+        (["train", "data=digit"], "did you mean 'digits'?"),
+        (["train", "model=mpl"], "did you mean 'mlp'?"),
+        (["train", "run.loggers=[mlfow]"], "did you mean 'mlflow'?"),
+    ],
+    ids=["verb", "choice", "flag", "key", "optimizer", "dataset", "model", "logger"],
+)
+def test_did_you_mean(cli, args, meant):
+    result = cli(*args)
+    assert result.returncode == 2 and "Traceback" not in result.stderr
+    assert meant in result.stderr, result.stderr
+
+
+def test_a_wrong_value_is_quoted_once(cli):
+    result = cli("train", "optim.name=adamx")
+    assert result.stderr.count("adamx") == 1, result.stderr
+
+
+def test_completion_scripts_complete_verbs_actions_and_flags(cli, tmp_path):
+    bash = ok(cli("completion", "bash"))
+    assert "complete -o filenames -F _kiln kiln" in bash
+    assert "bashcompinit" in ok(cli("completion", "zsh"))
+    script = tmp_path / "kiln.bash"
+    script.write_text(bash)
+
+    def complete(*words: str) -> list[str]:
+        line = " ".join(words)
+        code = (f"source {script}; COMP_WORDS=({line}); COMP_CWORD={len(words) - 1}; _kiln; "
+                'printf "%s\\n" "${COMPREPLY[@]}"')  # fmt: skip
+        done = subprocess.run(["bash", "-c", code], capture_output=True, text=True, cwd=tmp_path)
+        assert done.returncode == 0, done.stderr
+        return done.stdout.split()
+
+    assert complete("kiln", "tr") == ["train"]
+    assert complete("kiln", "data", "s") == ["show", "stats"]
+    assert "--checkpoint" in complete("kiln", "eval", "--che")
+    assert complete("kiln", "list", "mo") == ["models"]
+
+
+def test_quiet_training_prints_nothing_but_writes_the_run(outputs):
+    result = outputs["quiet-train"]
+    assert ok(result) == "", result.stdout
+    assert (outputs["run"].parent / "runs" / "digits-mlp" / "checkpoints" / "best.pt").is_file()
+
+
+def test_data_stats_takes_data_as_in_train(outputs):
+    stats = json.loads(ok(outputs["data-stats-alias"]))
+    assert stats["dataset"] == "digits" and stats["totals"]["test"] == DIGITS_TEST_SIZE
 
 
 def test_version(cli):

@@ -73,7 +73,16 @@ def load(
 # Resuming -------------------------------------------------------------------------------------
 
 # What last.pt holds besides the weights so that a run can go on exactly where it stopped.
-RESUME_KEYS = ("optimizers", "schedulers", "scaler", "epoch", "step", "rng", "early_stop", "history")
+RESUME_KEYS = (
+    "optimizers",
+    "schedulers",
+    "scaler",
+    "epoch",
+    "step",
+    "rng",
+    "early_stop",
+    "history",
+)
 
 
 def restart_hint(run: Path) -> str:

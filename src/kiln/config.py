@@ -7,6 +7,7 @@ before any data is read, and each error names the key that is wrong.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, Literal
 
@@ -24,6 +25,7 @@ from kiln.errors import ConfigError
 from kiln.secrets import mask, refuse_literal_password
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
+LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
 SCHEDULERS = ("none", "step", "cosine", "onecycle")
 
 # Keys that moved into a task's own section: the error names the new one.
@@ -70,6 +72,14 @@ def parse_size(text: str, key: str = "data.memory") -> int:
     if match is None or unit not in UNITS:
         raise ConfigError(f"{key}={text!r}: expected auto, true, false or a size like 2GB or 500MB")
     return int(float(match.group(1)) * UNITS[unit])
+
+
+def did_you_mean(word: str, choices: Iterable[str]) -> str:
+    """' (did you mean 'X'?)' for the closest choice, or '' when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.6)
+    return f" (did you mean '{close[0]}'?)" if close else ""
 
 
 def load_yaml(text: str) -> Any:
@@ -188,7 +198,10 @@ class OptimConfig(_Section):
     @classmethod
     def _known(cls, v: str) -> str:
         if v.lower() not in OPTIMIZERS:
-            raise ValueError(f"unknown optimizer '{v}'; choose one of: {', '.join(OPTIMIZERS)}")
+            raise ValueError(
+                f"unknown optimizer '{v}'{did_you_mean(v.lower(), OPTIMIZERS)}; "
+                f"choose one of: {', '.join(OPTIMIZERS)}"
+            )
         return v.lower()
 
 
@@ -202,7 +215,10 @@ class SchedConfig(_Section):
     @classmethod
     def _known(cls, v: str) -> str:
         if v.lower() not in SCHEDULERS:
-            raise ValueError(f"unknown scheduler '{v}'; choose one of: {', '.join(SCHEDULERS)}")
+            raise ValueError(
+                f"unknown scheduler '{v}'{did_you_mean(v.lower(), SCHEDULERS)}; "
+                f"choose one of: {', '.join(SCHEDULERS)}"
+            )
         return v.lower()
 
 
@@ -269,11 +285,28 @@ class RunSection(_Section):
     name: str | None = None
     dir: str = "runs"
     report: bool = Field(True, description="plots/ and report.html at the end of training")
+    loggers: Literal["auto"] | list[str] = Field(
+        "auto",
+        description="where epochs are logged besides metrics.csv: tensorboard, csv, mlflow, "
+        "wandb; auto: tensorboard when installed",
+    )
+    project: str = Field("kiln", description="the MLflow experiment / W&B project of the run")
 
     @field_validator("name", "dir", mode="before")
     @classmethod
     def _text(cls, v: Any) -> Any:
         return str(v) if isinstance(v, (int, float)) and not isinstance(v, bool) else v
+
+    @field_validator("loggers", mode="before")
+    @classmethod
+    def _loggers(cls, v: Any) -> Any:
+        if isinstance(v, str) and v != "auto":
+            v = [v]
+        for name in v if isinstance(v, list) else []:
+            if name not in LOGGERS:
+                raise ValueError(f"unknown logger '{name}'{did_you_mean(str(name), LOGGERS)}; "
+                                 f"choose from: {', '.join(LOGGERS)}")  # fmt: skip
+        return v
 
 
 class TuneConfig(_Section):
@@ -391,9 +424,10 @@ def _format_errors(exc: ValidationError, source: str) -> str:
         elif err["type"] == "extra_forbidden":
             section = key.rsplit(".", 1)[0] if "." in key else None
             valid = _valid_keys(section)
-            msg = f"unknown key; valid keys here: {', '.join(valid)}"
-        elif "input" in err and err["type"] != "missing":
-            msg = f"{msg} (got {mask(repr(err['input']))})"
+            hint = did_you_mean(key.rsplit(".", 1)[-1], valid)
+            msg = f"unknown key{hint}; valid keys here: {', '.join(valid)}"
+        elif "input" in err and err["type"] != "missing" and repr(err["input"]) not in msg:
+            msg = f"{msg} (got {mask(repr(err['input']))})"  # unless the message quotes it already
         lines.append(f"  {key}: {msg}")
     return f"invalid config ({source}):\n" + "\n".join(lines)
 
@@ -434,7 +468,11 @@ def build_config(
     ]
     if unknown:
         valid = ", ".join(_valid_keys(None))
-        lines = "\n".join(f"  {key}: unknown key; valid keys here: {valid}" for key in unknown)
+        lines = "\n".join(
+            f"  {key}: unknown key{did_you_mean(key, [*_valid_keys(None), *ALIASES])}; "
+            f"valid keys here: {valid}"
+            for key in unknown
+        )
         raise ConfigError(f"invalid config ({label}):\n{lines}")
     try:
         return RunConfig.model_validate(tree)

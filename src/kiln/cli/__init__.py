@@ -2,8 +2,10 @@
 
 One module per group of verbs, each with its `add_parsers(verbs)`: train.py (train, config),
 models.py (list, summary), data.py (data show|stats|make), evaluate.py (eval, report, compare),
-predict.py (predict, sample), deploy.py (export, serve) and tune.py (tune). Building
-the parser imports no torch, so `kiln --help` and a config error answer at once.
+predict.py (predict, sample), deploy.py (export, serve), tune.py (tune) and completion.py.
+usage.py gives every verb the same parser, -q/-v and the words for a bad flag; logs.py sets the
+level of Kiln's messages. Building the parser imports no torch, so `kiln --help` and a config
+error answer at once.
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import os
 import sys
 
 from kiln._version import __version__
-from kiln.cli import data, deploy, evaluate, models, predict, train, tune
+from kiln.cli import completion, data, deploy, evaluate, logs, models, predict, train, tune, usage
 from kiln.errors import KilnError
 
 # Verbs that load a run folder or an export, whose `imports:` (code) need --trust-imports.
@@ -25,7 +27,7 @@ TRUST_HELP = (
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = usage.KilnParser(
         prog="kiln", description="Kiln: train, evaluate, predict, export and serve with PyTorch."
     )
     parser.add_argument("--version", action="version", version=f"kiln {__version__}")
@@ -38,10 +40,12 @@ def build_parser() -> argparse.ArgumentParser:
         predict.add_parsers,  # predict, sample
         deploy.add_parsers,  # export, serve
         tune.add_parsers,  # tune
+        completion.add_parsers,  # completion
     ):
         add_parsers(verbs)
     for verb in LOADS_RUNS:
         verbs.choices[verb].add_argument("--trust-imports", action="store_true", help=TRUST_HELP)
+    usage.finish(parser)  # -q/-v on every verb
     return parser
 
 
@@ -51,8 +55,9 @@ def main(argv: list[str] | None = None) -> int:
     if extra:  # key=value after an option (`kiln summary convnet --input 1x8x8 model.width=8`)
         target = "overrides" if hasattr(ns, "overrides") else "args"
         if not hasattr(ns, target) or not all("=" in e and not e.startswith("-") for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+            usage.reject(ns, extra, argv)  # the verb's own usage, and what was meant
         setattr(ns, target, [*getattr(ns, target), *extra])
+    logs.configure(ns)
     try:
         if getattr(ns, "trust_imports", False):
             from kiln.models.build import trust_imports

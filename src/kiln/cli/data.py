@@ -4,12 +4,8 @@ list and remove the decoded-image caches of folder and CSV datasets."""
 from __future__ import annotations
 
 import argparse
-import inspect
 import json
 from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
 
 from kiln.errors import KilnError
 
@@ -19,17 +15,23 @@ MAKER_NAMES = ("mnist-rotation", "mnist-seg", "shapes3d")
 
 
 def data_config(ns: argparse.Namespace):
-    """DATA is a config file or a dataset name, followed by overrides."""
+    """DATA is a config file or a dataset name (or `data=NAME`, as in kiln train), followed by
+    overrides; without it, the default dataset."""
     from kiln.api import resolve
     from kiln.config import build_config
 
     overrides = list(ns.overrides)
+    if ns.data is None or "=" in ns.data:
+        return resolve(build_config(None, [*([ns.data] if ns.data else []), *overrides]))
     if ns.data.endswith((".yaml", ".yml")):
         return resolve(build_config(ns.data, overrides))
     return resolve(build_config(None, [f"data.name={ns.data}", *overrides]))
 
 
 def cmd_data_stats(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     from kiln import data as kdata
     from kiln.data.preview import data_stats
 
@@ -67,10 +69,21 @@ def cmd_data_stats(ns: argparse.Namespace) -> int:
 
 
 def cmd_data_make(ns: argparse.Namespace) -> int:
+    import inspect
+
+    from kiln.config import parse_override
     from kiln.data import default_root
     from kiln.data.make import MAKERS
 
-    root = Path(ns.data_root).expanduser() if ns.data_root else default_root()
+    given_root = ns.data_root
+    for key, value in map(parse_override, ns.overrides):
+        if key != "data.root":
+            raise KilnError(
+                f"kiln data make reads the source data from data.root=DIR; '{key}' is not one of "
+                "its settings (the sizes are flags: --train, --test, ...)"
+            )
+        given_root = str(value)
+    root = Path(given_root).expanduser() if given_root else default_root()
     out = Path(ns.output or f"data/{ns.name}")
     maker = MAKERS[ns.name]
     accepted = inspect.signature(maker).parameters
@@ -112,6 +125,9 @@ def cache_dir(ns: argparse.Namespace) -> Path:
 
 
 def cmd_data_cache_ls(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     from kiln.data.cache_store import entries
     from kiln.data.placement import human
 
@@ -169,12 +185,15 @@ def add_parsers(verbs) -> None:
     ):
         q = sub.add_parser(name, help=doc, description=doc)
         q.add_argument(
-            "data", metavar="DATA", help="a dataset name (e.g. mnist, folder) or a config"
+            "data",
+            metavar="DATA",
+            nargs="?",
+            help="a dataset name (e.g. mnist, folder), data=NAME, or a config (default: digits)",
         )
         q.add_argument("overrides", nargs="*", metavar="key=value", help="e.g. data.root=images/")
         q.set_defaults(func=func)
         if name == "show":
-            q.add_argument("--n", type=int, default=64, help="how many images (default 64)")
+            q.add_argument("-n", "--n", type=int, default=64, help="how many images (default 64)")
             q.add_argument("--augmented", action="store_true", help="as training sees them")
             q.add_argument("-o", "--output", default="grid.png", help="PNG to write")
         else:
@@ -186,8 +205,10 @@ def add_parsers(verbs) -> None:
         description="Build a dataset from a built-in one (or a synthetic one), as files.",
     )  # fmt: skip
     q.add_argument("name", choices=MAKER_NAMES)
+    q.add_argument("overrides", nargs="*", metavar="data.root=DIR",
+                   help="where MNIST is (default $KILN_DATA or the cache)")  # fmt: skip
     q.add_argument("-o", "--output", help="folder to write (default data/NAME)")
-    q.add_argument("--data-root", help="where MNIST is (default $KILN_DATA or the cache)")
+    q.add_argument("--data-root", help=argparse.SUPPRESS)  # before data.root=: still read
     q.add_argument("--train", type=int, help="training images (mnist-rotation 12,000, "
                    "mnist-seg 10,000, shapes3d 400)")  # fmt: skip
     q.add_argument("--test", type=int, help="test images (2,000, 1,000, 100)")

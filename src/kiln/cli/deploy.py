@@ -51,6 +51,9 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
 
 def cmd_serve(ns: argparse.Namespace) -> int:
+    from kiln.deploy import check_serve
+
+    check_serve()  # one line naming the extra, before FastAPI is imported
     from kiln.deploy.serve import Protection, default_threads, serve
     from kiln.deploy.uploads import MB, Limits
 
@@ -72,7 +75,7 @@ def cmd_serve(ns: argparse.Namespace) -> int:
         decode_threads=ns.decode_threads, queue=ns.queue, max_connections=ns.max_connections,
     )  # fmt: skip
     serve(ns.target, ns.host, ns.port, token=token, limits=limits, max_batch=ns.max_batch,
-          protection=protection)  # fmt: skip
+          protection=protection, checkpoint=ns.checkpoint)  # fmt: skip
     return 0
 
 
@@ -104,6 +107,7 @@ def add_parsers(verbs) -> None:
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1)")
     p.add_argument("--port", type=int, default=8000)
     p.add_argument("--token", help="require 'Authorization: Bearer TOKEN' (or set KILN_TOKEN)")
+    p.add_argument("--checkpoint", default="best", choices=["best", "last"], help="of a run")
     p.add_argument("--max-upload-mb", type=float, default=10, help="request body limit (10)")
     p.add_argument("--max-pixels", type=int, default=40_000_000, help="per image (40,000,000)")
     p.add_argument("--max-images", type=int, default=64, help="per request (64)")

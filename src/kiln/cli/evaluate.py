@@ -5,10 +5,10 @@ from __future__ import annotations
 import argparse
 import json
 
-from rich.console import Console
-
 
 def cmd_eval(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from kiln.engine.evaluate import evaluate_run
     from kiln.models import import_run_modules
     from kiln.rundir import RunDir
@@ -37,6 +37,8 @@ def cmd_report(ns: argparse.Namespace) -> int:
 
 
 def cmd_compare(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+
     from kiln.evaluate.compare import check_output, compare_runs, rich_table
 
     check_output(ns.output)  # before reading any run

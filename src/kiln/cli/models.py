@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
-
-from rich.console import Console
-from rich.table import Table
-
-from kiln.errors import KilnError
 
 
 def cmd_list(ns: argparse.Namespace) -> int:
+    from rich.console import Console
+    from rich.table import Table
+
     table = Table(show_header=True, header_style="bold")
     table.add_column("name")
     table.add_column("description")
@@ -59,44 +56,20 @@ def model_families() -> list[tuple[str, str]]:
 
         rows.append(("timm:NAME", f"any of timm's {len(timm.list_models())} models"))
     except ImportError:
-        rows.append(("timm:NAME", "any timm model, once installed: pip install 'kiln[timm]'"))
+        from rich.markup import escape
+
+        from kiln.errors import install_line
+
+        hint = f"any timm model, with the timm extra: {install_line('timm')}"
+        rows.append(("timm:NAME", escape(hint)))  # rich would take [timm] for markup
     return rows
 
 
 def cmd_summary(ns: argparse.Namespace) -> int:
     """A model name (with model.* overrides) or a run directory."""
-    from kiln.models import build_model, import_run_modules, import_user_modules
-    from kiln.models.summary import DEFAULT_INPUT, data_info, parse_input, summary_table
+    from kiln.engine.summary import summarize
 
-    target = Path(ns.target)
-    if (target / "config.yaml").is_file():
-        from kiln.rundir import RunDir
-
-        if ns.overrides:
-            raise KilnError("a run's model is summarised as trained: drop the key=value overrides")
-        run = RunDir.open(target)
-        cfg = run.load_config()
-        if cfg.model.name == "custom":
-            raise KilnError(
-                f"{target} was trained with a model passed in Python: Kiln cannot rebuild it"
-            )
-        import_run_modules(cfg.imports, run.config_path)
-        info = run.data_info()
-        shape = parse_input(ns.input) if ns.input else info.input_shape
-        if ns.input:
-            info = data_info(shape, info.num_classes)
-    else:
-        from kiln.config import build_config
-
-        overrides = [f"model.name={ns.target}", *ns.overrides]
-        cfg = build_config(None, overrides)
-        import_user_modules(cfg.imports)
-        shape = parse_input(ns.input) if ns.input else DEFAULT_INPUT
-        info = data_info(shape, ns.classes)
-    model = build_model(cfg.model, info, load=False).model
-    size = "x".join(map(str, (ns.batch, *shape)))
-    print(f"{cfg.model.name}: input {size}, {info.num_classes} classes")
-    print(summary_table(model, shape, ns.batch))
+    print(summarize(ns.target, ns.overrides, input=ns.input, batch=ns.batch, classes=ns.classes))
     return 0
 
 

@@ -8,8 +8,8 @@ import json
 from pathlib import Path
 
 EPILOG_SAMPLE = """examples:
-  kiln sample runs/mnist-vae --n 64 -o grid.png        one 8x8 grid
-  kiln sample runs/mnist-gan --n 100 -o samples/       samples/sample_000.png ... sample_099.png
+  kiln sample runs/mnist-vae -n 64 -o grid.png         one 8x8 grid
+  kiln sample runs/mnist-gan -n 100 -o samples/        samples/sample_000.png ... sample_099.png
   kiln sample runs/mnist-gan --seed 3 --checkpoint last"""
 
 
@@ -53,7 +53,7 @@ def add_parsers(verbs) -> None:
     p = verbs.add_parser("predict", help="classify image files or folders with a trained run")
     p.add_argument("run", metavar="RUN_DIR|EXPORT")
     p.add_argument("paths", nargs="+", metavar="PATH")
-    p.add_argument("--top-k", type=int, default=3)
+    p.add_argument("-k", "--top-k", type=int, default=3, help="answers per image (3)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--json", action="store_true", help="print a JSON list")
     p.add_argument("-o", "--output", help="segment runs: folder for the masks (RUN/predictions)")
@@ -68,7 +68,7 @@ def add_parsers(verbs) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--n", type=int, default=64, help="how many images (default 64)")
+    p.add_argument("-n", "--n", type=int, default=64, help="how many images (default 64)")
     p.add_argument("-o", "--output", default="grid.png", help="a .png grid, or a FOLDER/")
     p.add_argument("--seed", type=int, default=0, help="the same seed gives the same images")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])

@@ -99,7 +99,6 @@ def add_parsers(verbs) -> None:
     )
     p.add_argument("--study", help="study name (default tune.study, run.name or the file's name)")
     p.add_argument("--workers", type=int, default=1, help="processes on this machine (1)")
-    p.add_argument("--verbose", action="store_true", help="show each trial's training output")
     g = p.add_argument_group("learning-rate range test")
     g.add_argument("--lr-find", action="store_true", help="sweep lr, plot loss, suggest an lr")
     g.add_argument("--start-lr", type=float, default=1e-7, help="first lr (1e-7)")

@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from kiln.config import did_you_mean
 from kiln.errors import ConfigError
 
 
@@ -138,7 +139,8 @@ def register_dataset(name: str, description: str = "") -> Callable[[Loader], Loa
 def get_dataset(name: str) -> DatasetEntry:
     if name not in DATASETS:
         raise ConfigError(
-            f"data.name: unknown dataset '{name}'; available: {', '.join(sorted(DATASETS))}"
+            f"data.name: unknown dataset '{name}'{did_you_mean(name, DATASETS)}; "
+            f"available: {', '.join(sorted(DATASETS))}"
         )
     return DATASETS[name]
 

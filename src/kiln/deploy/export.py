@@ -19,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kiln.errors import ConfigError, KilnError, RunError
+from kiln.errors import ConfigError, KilnError, RunError, require
 from kiln.infer import Predictor, open_export, spec_from_run
 from kiln.infer.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
 from kiln.rundir import RunDir, load_model
@@ -50,6 +50,10 @@ class ExportResult:
     spec: ExportSpec
     quantized: dict[str, Any] = field(default_factory=dict)  # fp32 vs int8: size, latency, acc
 
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "sidecar": str(self.sidecar),
+                "spec": self.spec.model_dump(mode="json"), "quantized": self.quantized}  # fmt: skip
+
 
 def export_run(
     run_dir: str | Path,
@@ -73,6 +77,9 @@ def export_run(
         )
     if parity_images < 1:
         raise ConfigError(f"--parity-images must be at least 1, got {parity_images}")
+    if fmt == "onnx":  # written with onnxscript, checked with onnx, loaded back in onnxruntime
+        for module in ("onnx", "onnxscript", "onnxruntime"):
+            require(module, "export", "kiln export --format onnx")
     run = RunDir.open(run_dir)
     if run.data_info().features:
         raise ConfigError(

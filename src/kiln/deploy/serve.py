@@ -271,15 +271,16 @@ def serve(
     max_batch: int = 64,
     protection: Protection = Protection(),
     log=print,
+    checkpoint: str = "best",
 ) -> None:
-    """Load, warm up, then run uvicorn until interrupted."""
+    """Load (a run: its `checkpoint`), warm up, then run uvicorn until interrupted."""
     import dataclasses
 
     import uvicorn
 
     from kiln.infer import load_servable
 
-    servable = load_servable(path)
+    servable = load_servable(path, which=checkpoint)
     servable.logits(servable.example(1))  # first call pays the set-up
     if protection.hosts is None:  # without a token, requests must address this server
         protection = dataclasses.replace(protection, hosts=frozenset(allowed_hosts(host)))

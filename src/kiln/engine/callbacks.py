@@ -1,8 +1,10 @@
-"""Callbacks: things that watch training (progress, TensorBoard) without living in the loop."""
+"""Callbacks: things that watch training (progress, TensorBoard) without living in the loop.
+The experiment trackers (MLflow, Weights & Biases) are in kiln/engine/loggers/."""
 
 from __future__ import annotations
 
 import json
+import logging
 import sys
 import time
 import warnings
@@ -15,7 +17,10 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 if TYPE_CHECKING:
     from kiln.config import RunConfig
+    from kiln.engine.results import Run
     from kiln.engine.trainer import Trainer
+
+log = logging.getLogger("kiln.engine")
 
 
 class Callback:
@@ -26,6 +31,8 @@ class Callback:
     def on_batch_end(self, trainer: Trainer, epoch: int, step: int) -> None: ...
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None: ...
     def on_fit_end(self, trainer: Trainer) -> None: ...
+    def on_run_end(self, trainer: Trainer, run: Run) -> None:
+        """After the test evaluation and the report (not after an interrupt)."""
 
 
 class RecordConfig(Callback):
@@ -54,7 +61,7 @@ def format_row(row: dict[str, Any], epochs: int, task) -> str:
 
 class ProgressBar(Callback):
     """A live bar per epoch (loss, the task's metric, samples/s, ETA) on a terminal; a line per
-    epoch."""
+    epoch (through logging: -q hides both)."""
 
     def __init__(self, console: Console | None = None, refresh_s: float = 0.2):
         self.console = console or Console(file=sys.stdout)
@@ -62,7 +69,8 @@ class ProgressBar(Callback):
         self.progress: Progress | None = None
 
     def on_epoch_start(self, trainer: Trainer, epoch: int) -> None:
-        if not self.console.is_terminal:
+        quiet = logging.getLogger("kiln").level > logging.INFO  # -q
+        if not self.console.is_terminal or quiet:
             return
         self.progress = Progress(
             TextColumn(f"Epoch {epoch}/{trainer.epochs}"),
@@ -90,8 +98,7 @@ class ProgressBar(Callback):
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         self._stop()
-        line = format_row(row, trainer.epochs, trainer.task)
-        self.console.print(line, highlight=False, soft_wrap=True)
+        log.info(format_row(row, trainer.epochs, trainer.task))
 
     def on_fit_end(self, trainer: Trainer) -> None:
         self._stop()
@@ -146,7 +153,7 @@ class TensorBoard(Callback):
                     warnings.simplefilter("ignore")
                     self.writer.add_graph(trainer.model, example)
             except Exception as exc:  # some models cannot be traced; the graph is optional
-                print(f"note: model graph not written to TensorBoard ({exc})", file=sys.stderr)
+                log.warning(f"note: model graph not written to TensorBoard ({exc})")
             trainer.model.train(was_training)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
@@ -168,7 +175,7 @@ class TensorBoard(Callback):
             if finished(trainer):  # not after an interrupt: the resumed run logs them at its end
                 self.log_hparams(trainer)
         except Exception as exc:  # the run itself is saved; TensorBoard's summary is optional
-            print(f"note: hyperparameters not written to TensorBoard ({exc})", file=sys.stderr)
+            log.warning(f"note: hyperparameters not written to TensorBoard ({exc})")
         finally:
             self.writer.close()
 

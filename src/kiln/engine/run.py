@@ -3,9 +3,9 @@ evaluation and what the task makes after it. `kiln.train` is this `train`."""
 
 from __future__ import annotations
 
+import logging
 import sys
 import time
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -13,10 +13,14 @@ from torch import nn
 
 from kiln import checkpoint
 from kiln import data as kdata
+from kiln import logs as kiln_logs
 from kiln.config import RunConfig, build_config
 from kiln.engine import distributed
-from kiln.engine.callbacks import Callback, ProgressBar, RecordConfig, TensorBoard
+from kiln.engine.callbacks import Callback, RecordConfig
 from kiln.engine.evaluate import evaluate_run
+from kiln.engine.loggers import build_loggers
+from kiln.engine.notebook import progress_callback
+from kiln.engine.results import Run
 from kiln.engine.setup import Prepared, prepare, resolve
 from kiln.engine.trainer import Trainer
 from kiln.errors import ConfigError, RunError
@@ -27,52 +31,7 @@ from kiln.tasks import get_task
 
 __all__ = ["Run", "train"]
 
-
-@dataclass
-class Run:
-    """What `kiln.train` returns: where the run went, its epochs and its test evaluation."""
-
-    path: Path
-    config: RunConfig
-    history: list[dict[str, Any]] = field(default_factory=list)
-    test: dict[str, Any] | None = None
-
-    @property
-    def monitor(self) -> str:
-        """The value that picked the best checkpoint (val_acc, val_rmse, val_miou, ...)."""
-        return self.config.train.early_stop.monitor
-
-    @property
-    def best_epoch(self) -> dict[str, Any] | None:
-        """The row of metrics.csv best.pt was saved at (the first best monitored value)."""
-        rows = [r for r in self.history if self.monitor in r]
-        if not rows:
-            return None
-        pick = {"min": min, "max": max}[get_task(self.config.task).direction(self.monitor)]
-        return pick(rows, key=lambda r: r[self.monitor])
-
-    @property
-    def best(self) -> float | None:
-        """The best value of the monitored metric."""
-        row = self.best_epoch
-        return None if row is None else row[self.monitor]
-
-    @property
-    def metrics(self) -> dict[str, dict[str, Any]]:
-        """The task's numbers: `test` (eval-test.json), `best` and `last` (epochs' rows)."""
-        return {"test": self.test or {}, "best": self.best_epoch or {},
-                "last": self.history[-1] if self.history else {}}  # fmt: skip
-
-    @property
-    def best_val_acc(self) -> float | None:
-        """Classification: the best validation accuracy (None for tasks without accuracy)."""
-        accs = [row["val_acc"] for row in self.history if "val_acc" in row]
-        return max(accs) if accs else None
-
-    @property
-    def test_acc(self) -> float | None:
-        """Classification: the test accuracy of the best checkpoint (None otherwise)."""
-        return None if self.test is None else self.test.get("accuracy")
+log = logging.getLogger("kiln.engine")
 
 
 def train(
@@ -92,6 +51,8 @@ def train(
     its config.yaml names under `imports:`).
     """
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
+    if progress:
+        kiln_logs.ensure()
     if resume is not None:
         with trust(trust_imports):
             return _resume(Path(resume), model, callbacks, progress, overrides)
@@ -108,6 +69,7 @@ def _create_run(ready: Prepared, progress: bool) -> RunDir:
     cfg, bundle = ready.cfg, ready.bundle
     run = RunDir.create(cfg)
     run.write_config(cfg)
+    log.debug(f"Resolved config (written to {run.config_path}):\n{cfg.to_yaml().rstrip()}")
     details = _describe(bundle, ready.model, ready.device)
     task = get_task(cfg.task)  # how its headline figure reads, for tools that read the run
     monitor = cfg.train.early_stop.monitor
@@ -117,12 +79,12 @@ def _create_run(ready: Prepared, progress: bool) -> RunDir:
     if ready.weights is not None:
         details["weights"] = ready.weights.to_dict()
         if progress:
-            print(ready.weights, flush=True)
+            log.info(str(ready.weights))
     run.write_info(bundle.info, cfg, details)
     if bundle.skipped:
         (run.path / "skipped.txt").write_text("\n".join(bundle.skipped) + "\n")
         n = len(bundle.skipped)
-        print(f"Skipped {n} bad file(s) (data.on_bad=skip), listed in {run.path}/skipped.txt")
+        log.warning(f"Skipped {n} bad file(s) (data.on_bad=skip), listed in {run.path}/skipped.txt")
     return run
 
 
@@ -156,21 +118,20 @@ def _fit(
     try:
         trainer = Trainer(cfg, net, bundle, run, device)  # checks the task, augment, balance
         purge = resume_state["epoch"] + 1 if resume_state else None
-        trainer.callbacks += [ProgressBar()] if progress else []
+        trainer.callbacks += [progress_callback()] if progress else []
         if main:
-            trainer.callbacks += [TensorBoard(str(run.tb), purge), *(callbacks or [])]
+            trainer.callbacks += [*build_loggers(cfg, run, purge), *(callbacks or [])]
         if progress:
             n = sum(p.numel() for p in net.parameters())
             verb = "Resuming" if resume_state else "Training"
-            print(
+            log.info(
                 f"{verb} {cfg.model.name} ({n:,} parameters) on {cfg.data.name} "
                 f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> "
-                f"{run.path}",
-                flush=True,
+                f"{run.path}"
             )
-            print(trainer.data_path, flush=True)
+            log.info(trainer.data_path)
             if bundle.note:  # the decoded cache: opened, or written (and why)
-                print(bundle.note, flush=True)
+                log.info(bundle.note)
         with distributed.peer_failures(cfg.train.dist_timeout):
             history = trainer.fit(resume_state, reschedule)
     except ConfigError:  # a mistake found while setting up or in the first step (model vs task)
@@ -184,20 +145,28 @@ def _fit(
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
     test_loss, test_score = trainer.evaluate(trainer.loader(bundle.test))
     if progress:
-        show = trainer.task.show
-        print(
-            f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} {best.best:.4f} at "
-            f"epoch {best.best_epoch}; final val {show(history[-1][f'val_{trainer.metric}'])}; "
-            f"test {show(test_score)} (loss {test_loss:.4f}, best checkpoint)",
-            flush=True,
+        task, last = trainer.task, history[-1]
+        log.info(
+            f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} "
+            f"{task.format_value(best.monitor, best.best)} at epoch {best.best_epoch}; "
+            f"final val {task.show(last[f'val_{trainer.metric}'])}; test {task.show(test_score)} "
+            f"(loss {test_loss:.4f}, best checkpoint)"
         )
     test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)
-    for label, path in trainer.task.after_fit(run, net, bundle, device).items():
-        if progress:  # the task's plots and report
-            print(f"{label}: {path}", flush=True)
+    if progress and cfg.run.report:
+        log.info("Writing report (plots and report.html; run.report=false skips it)...")
+    writing = time.perf_counter()
+    made = trainer.task.after_fit(run, net, bundle, device)  # the task's plots and report
+    if progress and made:
+        for label, path in made.items():
+            log.info(f"{label}: {path}")
+        log.info(f"Report written in {time.perf_counter() - writing:.1f}s")
+    result = Run(path=run.path, config=cfg, history=history, test=test)
+    for callback in trainer.callbacks:  # the trackers log the test metrics, plots and model
+        callback.on_run_end(trainer, result)
     if progress:
-        print(f"Run directory: {run.path}", flush=True)
-    return Run(path=run.path, config=cfg, history=history, test=test)
+        log.info(f"Run directory: {run.path}")
+    return result
 
 
 def _describe(bundle: kdata.DataBundle, net: nn.Module, device) -> dict[str, Any]:

@@ -28,6 +28,7 @@ from kiln.engine.device import (
     set_threads,
     settle,
 )
+from kiln.engine.loggers import check_loggers
 from kiln.errors import ConfigError
 from kiln.models import (
     build_model,
@@ -56,6 +57,7 @@ def resolve(cfg: RunConfig, model: nn.Module | None = None) -> RunConfig:
     """The config with every value settled that needs no data or device (see the module
     docstring); `model`: a module of your own, recorded by class name."""
     import_user_modules(cfg.imports)  # your own models and tasks register there
+    check_loggers(cfg)  # a tracker's missing library, before any data is read
     task = get_task(cfg.task)
     tree = cfg.to_dict()
     if model is None:

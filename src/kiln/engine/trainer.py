@@ -11,6 +11,7 @@ resumed run ends with exactly the weights an uninterrupted one would.
 
 from __future__ import annotations
 
+import logging
 import time
 import warnings
 from typing import Any
@@ -33,6 +34,8 @@ from kiln.rundir import RunDir
 from kiln.tasks import StepContext, get_task
 
 __all__ = ["EarlyStopping", "Trainer", "TrainingInterrupted"]
+
+log = logging.getLogger("kiln.engine")
 
 
 class Trainer:
@@ -155,7 +158,7 @@ class Trainer:
     def say_early_stop(self) -> None:
         es = self.early_stop
         if self.main:
-            print(
+            log.info(
                 f"Early stopping: {es.monitor} has not improved for {es.bad_epochs} epochs "
                 f"(best {es.best:.4f} at epoch {es.best_epoch})"
             )
@@ -203,7 +206,7 @@ class Trainer:
         if distributed.world_size() > 1 and trainable != self.trainable:
             self.net = self.wrap()  # DDP averages the gradients of the parameters that train
         if epoch == at and self.main:
-            print(f"Epoch {epoch}: the backbone is unfrozen and trains from now on", flush=True)
+            log.info(f"Epoch {epoch}: the backbone is unfrozen and trains from now on")
 
     def optimize(self, loss: torch.Tensor, name: str = "model") -> None:
         """Backpropagate a batch's loss (plus optim.l1) and step optimizer `name`, the loss

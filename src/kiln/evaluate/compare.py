@@ -293,14 +293,48 @@ def check_output(output: str | Path) -> Path:
     return output
 
 
-def compare_runs(paths: Sequence[str | Path], output: str | Path) -> list[RunCurves]:
-    """Write the comparison of `paths` to `output` (.html or .png); returns the runs read."""
-    output = check_output(output)
+@dataclass
+class Comparison:
+    """What kiln.compare returns: the runs read, the figure of their curves (PNG bytes) and the
+    file written, if any; a notebook shows the table and the curves."""
+
+    runs: list[RunCurves]
+    png: bytes
+    output: Path | None = None
+
+    def rows(self) -> list[dict[str, Any]]:
+        """One row of final metrics per run (the table's numbers, unformatted)."""
+        return [r.summary() for r in self.runs]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"runs": self.rows(), "output": str(self.output) if self.output else None}
+
+    def __repr__(self) -> str:
+        return f"Comparison({', '.join(r.name for r in self.runs)})"
+
+    def _repr_html_(self) -> str:
+        from kiln.evaluate import notebook as nb
+
+        cols = columns(self.runs)
+        body = nb.table([h for _, h, _ in cols], [format_row(r, cols) for r in self.runs])
+        return nb.view(f"Compare {len(self.runs)} runs", body, nb.png(self.png, "learning curves"))
+
+
+def compare(paths: Sequence[str | Path], output: str | Path | None = None) -> Comparison:
+    """Read the runs and draw their curves; write `output` (.html or .png) when given."""
+    if output is not None:
+        output = check_output(output)
     runs = load_runs(paths)
     png = figure_png(curves_figure(runs))
-    output.parent.mkdir(parents=True, exist_ok=True)
-    if output.suffix.lower() == ".png":
-        output.write_bytes(png)
-    else:
-        output.write_text(html_page(runs, png), encoding="utf-8")
-    return runs
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        if output.suffix.lower() == ".png":
+            output.write_bytes(png)
+        else:
+            output.write_text(html_page(runs, png), encoding="utf-8")
+    return Comparison(runs, png, output)
+
+
+def compare_runs(paths: Sequence[str | Path], output: str | Path) -> list[RunCurves]:
+    """Write the comparison of `paths` to `output` (.html or .png); returns the runs read."""
+    return compare(paths, output).runs

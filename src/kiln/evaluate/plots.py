@@ -112,6 +112,10 @@ def curves_figure(
             if key in best:
                 label = f"best: epoch {epoch:.0f}, val {fmt.format(best[key])}"
                 ax.plot([epoch], [best[key]], "*", color="tab:red", markersize=12, label=label)
+    if percent:  # decimals follow the axis' range: no two ticks read the same
+        from matplotlib.ticker import PercentFormatter
+
+        acc_ax.yaxis.set_major_formatter(PercentFormatter(1.0))
     for ax in (loss_ax, acc_ax):
         if ax.lines:
             ax.legend(fontsize=8)

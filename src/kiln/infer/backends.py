@@ -11,7 +11,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kiln.errors import RunError
+from kiln.errors import RunError, require
 from kiln.infer.spec import ExportSpec
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -25,10 +25,7 @@ def open_file(model_file: Path, spec: ExportSpec, device: str = "cpu") -> tuple[
 
 def onnx_session(model_file: Path):
     """An onnxruntime CPU session with one intra-op thread per usable core."""
-    try:
-        import onnxruntime as ort
-    except ImportError:  # pragma: no cover - a dependency of kiln
-        raise RunError("serving ONNX needs onnxruntime: pip install onnxruntime") from None
+    ort = require("onnxruntime", "export", "running an ONNX export")
     from kiln.data.workers import cpu_count
 
     options = ort.SessionOptions()

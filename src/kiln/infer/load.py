@@ -29,10 +29,10 @@ def load_predictor(
     return open_export(model_file, spec, device, cls)
 
 
-def load_servable(path: str | Path, device: str = "cpu") -> Servable:
-    """What `kiln serve` answers with: JSON-ready answers from a run's best checkpoint or an
-    export."""
-    return load_predictor(path, "best", device, cls=Servable)
+def load_servable(path: str | Path, device: str = "cpu", which: str = "best") -> Servable:
+    """What `kiln serve` answers with: JSON-ready answers from a run's checkpoint (best or last)
+    or an export."""
+    return load_predictor(path, which, device, cls=Servable)
 
 
 def open_export(

@@ -162,6 +162,29 @@ class Predictor:
             "parity": s.parity.model_dump() if s.parity else None,
         }
 
+    def __repr__(self) -> str:
+        return f"Predictor('{self.source}', task={self.spec.task}, runtime={self.runtime})"
+
+    def _repr_html_(self) -> str:
+        from kiln.evaluate import notebook as nb
+
+        s = self.spec
+        classes = ", ".join(s.classes[:12]) + (", ..." if len(s.classes) > 12 else "")
+        items = [
+            ("task", s.task),
+            ("model", s.model.name),
+            ("runtime", self.runtime),
+            ("input", "x".join(map(str, self.input_shape))),
+            ("classes", f"{len(s.classes)}: {classes}" if s.classes else None),
+            ("checkpoint", f"{s.model.checkpoint} (epoch {s.model.epoch})"),
+        ]
+        return nb.view(
+            f"Predictor {self.source.name}",
+            nb.key_values(items),
+            '<p class="sub">.predict(images) answers; images are paths, PIL images or tensors</p>',
+            subtitle=str(self.source),
+        )
+
 
 class Servable(Predictor):
     """A predictor whose `predict` answers in JSON-ready dicts (what `kiln serve` sends)."""

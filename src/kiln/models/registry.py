@@ -13,6 +13,7 @@ from typing import Any
 
 from torch import nn
 
+from kiln.config import did_you_mean
 from kiln.data.registry import DataInfo
 from kiln.errors import ConfigError
 
@@ -65,7 +66,8 @@ def get_model(name: str) -> ModelEntry:
     if name not in MODELS:
         families = ", ".join(f"{p}:NAME" for p in FAMILIES)
         raise ConfigError(
-            f"model.name: unknown model '{name}'; available: {', '.join(sorted(MODELS))}"
+            f"model.name: unknown model '{name}'{did_you_mean(name, MODELS)}; "
+            f"available: {', '.join(sorted(MODELS))}"
             + (f", or {families} (see `kiln list models`)" if families else "")
         )
     return MODELS[name]

@@ -7,19 +7,13 @@ import difflib
 from torch import nn
 
 from kiln.data.registry import DataInfo
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, require
 from kiln.models.pretrained import timm_pretrained_hint
 from kiln.models.registry import ModelEntry, register_family
 
 
 def _timm():
-    try:
-        import timm
-    except ImportError:
-        raise ConfigError(
-            "model.name: timm:NAME needs the timm package: pip install 'kiln[timm]'"
-        ) from None
-    return timm
+    return require("timm", "timm", "model.name=timm:NAME")
 
 
 @register_family("timm")

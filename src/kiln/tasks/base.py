@@ -246,6 +246,25 @@ class Task:
         console.print(table)
         console.print(f"saved to {eval_file(result)}")
 
+    @classmethod
+    def eval_html(cls, result: dict[str, Any]) -> str:
+        """An evaluation in a notebook (`_repr_html_` of kiln.evaluate's result and of a run's
+        test): by default every number of it, as a table."""
+        from kiln.evaluate.notebook import scalars, table
+
+        skip = ("epoch",)
+        rows = [(k, cls.format_value(k, v)) for k, v in scalars(result, skip)]
+        return table(["metric", "value"], rows)
+
+    @classmethod
+    def format_value(cls, key: str, value: float) -> str:
+        """One logged or evaluated value as it reads everywhere (the final line, tables): the
+        task's metric as a percentage where it is one, other numbers with 4 decimals."""
+        from kiln.evaluate.notebook import number
+
+        name = key.split("_", 1)[1] if key.startswith(("train_", "val_")) else key
+        return number(value, cls.percent and name in (cls.metric, cls.test_key))
+
     # Reports ----------------------------------------------------------------------------------
     def after_fit(self, run: RunDir, model: nn.Module, bundle, device) -> dict[str, str]:
         """What training ends with ({label: path}, printed): the report (run.report)."""
@@ -259,7 +278,7 @@ class Task:
         from kiln.evaluate.report import metrics_section, write_run_report
         from kiln.tasks.common import read_eval
 
-        plots = write_curves(run, self.metric)
+        plots = write_curves(run, self.metric, percent=self.percent)
         test = read_eval(run)
         section = metrics_section(test)
         headline = self.headline(test or {})

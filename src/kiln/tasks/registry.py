@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from kiln.config import did_you_mean
 from kiln.errors import ConfigError
 from kiln.tasks.base import Task
 
@@ -42,7 +43,8 @@ def register_task(name: str, description: str = "") -> Callable[[type], type[Tas
 def get_task(name: str) -> type[Task]:
     if name not in TASKS:
         raise ConfigError(
-            f"task: unknown task '{name}'; available: {', '.join(sorted(TASKS))} "
+            f"task: unknown task '{name}'{did_you_mean(name, TASKS)}; "
+            f"available: {', '.join(sorted(TASKS))} "
             "(your own: @kiln.tasks.register_task in a module listed under `imports:`)"
         )
     return TASKS[name].cls

@@ -16,6 +16,7 @@ import json
 import math
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -39,6 +40,21 @@ class LrFindResult:
     @property
     def plot(self) -> Path:
         return self.folder / "lr_find.png"
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "folder": str(self.folder), "plot": str(self.plot)}
+
+    def _repr_html_(self) -> str:
+        from kiln.evaluate import notebook as nb
+
+        items = [
+            ("suggested lr", f"{self.suggestion:.2e}"),
+            ("minimum/10", f"{self.min_div10:.2e}"),
+            ("steps", len(self.lrs)),
+            ("stopped", self.stopped),
+        ]
+        shown = nb.png(self.plot, "loss against lr") if self.plot.is_file() else ""
+        return nb.view("LR range test", nb.key_values(items), shown, subtitle=str(self.folder))
 
 
 def lr_find(

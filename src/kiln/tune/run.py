@@ -3,6 +3,7 @@ write the study's report. The library door is `kiln.tune.tune(...)`."""
 
 from __future__ import annotations
 
+import logging
 import os
 import subprocess
 import sys
@@ -11,12 +12,14 @@ from pathlib import Path
 from typing import Any
 
 from kiln.config import RunConfig, build_config
-from kiln.errors import ConfigError, RunError
+from kiln.errors import ConfigError, RunError, require
 from kiln.io import write_text_atomic
 from kiln.secrets import STORAGE_VARIABLE
 from kiln.tune.storage import redact
 from kiln.tune.study import Settings, make_settings, open_study
 from kiln.tune.worker import TuneInterrupted, command_line, interrupted_message, run_worker
+
+log = logging.getLogger("kiln.tune")
 
 
 @dataclass
@@ -30,6 +33,29 @@ class StudyResult:
     best_params: dict[str, Any]
     files: dict[str, Path] = field(default_factory=dict)
     states: dict[str, int] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "folder": str(self.folder),
+            "storage": self.storage,
+            "best_value": self.best_value,
+            "best_params": self.best_params,
+            "files": {k: str(v) for k, v in self.files.items()},
+            "states": self.states,
+        }
+
+    def _repr_html_(self) -> str:
+        from kiln.evaluate import notebook as nb
+
+        states = ", ".join(f"{n} {k}" for k, n in sorted(self.states.items()))
+        items = [("trials", states or "none"), ("best value", self.best_value),
+                 *((f"best {k}", v) for k, v in self.best_params.items()),
+                 *((f"{k} file", v) for k, v in self.files.items())]  # fmt: skip
+        history = self.folder / "plots" / "history.png"
+        shown = nb.png(history, "optimization history") if history.is_file() else ""
+        return nb.view(f"Study {self.name}", nb.key_values(items), shown,
+                       subtitle=str(self.folder))  # fmt: skip
 
 
 def tune(
@@ -48,6 +74,7 @@ def tune(
 ) -> StudyResult:
     """Search `tune.space` of a config: N trials shared by `workers` processes, each trial a
     normal run in RUN_DIR/STUDY/; then best.yaml, trials.csv and report.html there."""
+    require("optuna", "tune", "kiln tune")
     if workers < 1:
         raise ConfigError(f"--workers must be at least 1, got {workers}")
     path = config if isinstance(config, (str, Path)) else None
@@ -64,10 +91,10 @@ def tune(
         except TuneInterrupted:
             raise TuneInterrupted(f"{tag}stopped; its unfinished trial does not count") from None
     elif workers == 1:
-        print(_opening(s, 1), flush=True)
+        log.info(_opening(s, 1))
         run_worker(s, cfg, verbose=verbose, resume_hint=hint)
     else:
-        print(_opening(s, workers), flush=True)
+        log.info(_opening(s, workers))
         open_study(s, cfg)  # created once here: the workers only load it
         _run_workers(s, cfg, workers, verbose, hint)
     if not report:
@@ -92,17 +119,17 @@ def finish(s: Settings, cfg: RunConfig) -> StudyResult:
     files = write_report(study, s, cfg)
     states = summary(study, s)
     counts = ", ".join(f"{n} {k}" for k, n in sorted(states.items()))
-    print(f"Study '{s.name}': {counts or 'no trials'} -> {s.folder}")
+    log.info(f"Study '{s.name}': {counts or 'no trials'} -> {s.folder}")
     best_value, best_params = None, {}
     if "best" in files:
         best = study.best_trial
         best_value, best_params = best.value, decoded_params(best, s.params)
-        print(f"Best: trial {best.number}, {s.metric} {best.value:.4f}  {shown(best_params)}")
-        print(f"Best config: {files['best']}   (kiln train {files['best']})")
+        log.info(f"Best: trial {best.number}, {s.metric} {best.value:.4f}  {shown(best_params)}")
+        log.info(f"Best config: {files['best']}   (kiln train {files['best']})")
     else:
-        print("No trial completed: no best config yet (see trials.csv for why)")
-    print(f"Trials: {files['trials']}")
-    print(f"Report: {files['report']}")
+        log.info("No trial completed: no best config yet (see trials.csv for why)")
+    log.info(f"Trials: {files['trials']}")
+    log.info(f"Report: {files['report']}")
     return StudyResult(s.name, s.folder, s.storage, best_value, best_params, files, states)
 
 

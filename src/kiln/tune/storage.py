@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     import optuna
 
-from kiln.errors import ConfigError, RunError
+from kiln.errors import ConfigError, RunError, install_line
 from kiln.secrets import mask
 
 # A worker alive writes a heartbeat this often; a RUNNING trial silent for GRACE_S seconds is
@@ -71,7 +71,7 @@ def check_url(url: str) -> str:
 
 
 def _hint(url: str) -> str:
-    return " (pip install 'kiln[postgres]')" if url.startswith("postgres") else ""
+    return f" ({install_line('postgres')})" if url.startswith("postgres") else ""
 
 
 def _has(module: str) -> bool:

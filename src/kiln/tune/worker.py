@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 import shlex
 import sys
@@ -16,6 +17,8 @@ from kiln.errors import ConfigError, KilnError
 from kiln.secrets import mask
 from kiln.tune import storage as kstorage
 from kiln.tune.study import Settings, counts, fail_dead_trials, open_study
+
+log = logging.getLogger("kiln.tune")
 
 if TYPE_CHECKING:
     import optuna
@@ -126,7 +129,7 @@ class Objective:
         raise TrialFailed(message)
 
     def say(self, text: str) -> None:
-        print(f"{self.tag}{text}", flush=True)
+        log.info(f"{self.tag}{text}")
 
 
 def _short(value: Any) -> str:
@@ -148,10 +151,9 @@ def run_worker(
 
     study, lock = open_study(s, cfg, worker_index)
     if not lock.exact and worker_index == 0:
-        print(
+        log.warning(
             f"note: {kstorage.redact(s.storage)} has no lock Kiln can take: with several "
-            "workers the study may end with a trial or two more than --trials",
-            file=sys.stderr,
+            "workers the study may end with a trial or two more than --trials"
         )
     objective = Objective(s, cfg.to_dict(), lock, verbose, tag)
     deadline = None if s.timeout is None else time.monotonic() + s.timeout
@@ -161,7 +163,7 @@ def run_worker(
             lock.acquire()
             try:
                 for number in fail_dead_trials(study):
-                    print(f"{tag}Trial {number}: its worker is gone; marked failed, not counted")
+                    log.info(f"{tag}Trial {number}: its worker is gone; marked failed, not counted")
                 trials = study.get_trials(deepcopy=False)
                 waiting = any(t.state == TrialState.WAITING for t in trials)
                 if sum(map(counts, trials)) >= s.trials and not waiting:
@@ -187,18 +189,14 @@ def _say_end(trial, study, s: Settings, tag: str) -> None:
     seconds = trial.user_attrs.get("seconds", 0.0)
     if trial.state == TrialState.COMPLETE:
         best = study.best_trial
-        print(
+        log.info(
             f"{tag}Trial {trial.number} finished: {s.metric} {trial.value:.4f} in {seconds:.1f}s "
-            f"(best {best.value:.4f}, trial {best.number})",
-            flush=True,
+            f"(best {best.value:.4f}, trial {best.number})"
         )
     elif trial.state == TrialState.PRUNED:
         step = trial.last_step
         value = trial.intermediate_values.get(step, math.nan) if step is not None else math.nan
-        print(
-            f"{tag}Trial {trial.number} pruned after epoch {step}: {s.metric} {value:.4f}",
-            flush=True,
-        )
+        log.info(f"{tag}Trial {trial.number} pruned after epoch {step}: {s.metric} {value:.4f}")
 
 
 def interrupted_message(study, s: Settings, resume_hint: str) -> str:

@@ -195,9 +195,15 @@ def image_grid(items: list[tuple[torch.Tensor, str, bool]], title: str) -> Figur
     """(image, caption, wrong) per cell; wrong ones get a red caption and a red border."""
     cols = min(GRID_COLS, max(len(items), 1))
     rows = max(1, -(-len(items) // cols))
-    height = rows * 1.9 + 0.4
-    fig = Figure(figsize=(cols * 1.6, height))  # fixed spacing: constrained layout is slow here
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / height, hspace=0.45)
+    # Fixed spacing (constrained layout is slow here), measured in inches: the title's line,
+    # then each row's captions (7 pt lines) above its images, so that none overlaps another.
+    lines = max((caption.count("\n") + 1 for _, caption, _ in items), default=1)
+    caption_in, title_in, image_in = lines * 0.14 + 0.06, 0.4, 1.45
+    height = title_in + rows * (image_in + caption_in)
+    fig = Figure(figsize=(cols * 1.6, height))
+    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01,
+                        top=1 - (title_in + caption_in) / height,
+                        hspace=caption_in / image_in)  # fmt: skip
     axes = list(fig.subplots(rows, cols, squeeze=False).flat)
     for ax in axes:
         ax.set_axis_off()
@@ -209,7 +215,7 @@ def image_grid(items: list[tuple[torch.Tensor, str, bool]], title: str) -> Figur
             spine.set_visible(wrong)
             spine.set_color(WRONG)
             spine.set_linewidth(2.5)
-    fig.suptitle(title, fontsize=10)
+    fig.suptitle(title, fontsize=10, y=1 - 0.08 / height, va="top")
     return fig
 
 

@@ -87,6 +87,22 @@ class ClassifyTask(Task):
         return f"accuracy {result['accuracy']:.2%}" if "accuracy" in result else ""
 
     @classmethod
+    def format_value(cls, key: str, value: float) -> str:
+        from kiln.evaluate.notebook import number
+
+        return number(value, key.endswith(("acc", "accuracy")))
+
+    @classmethod
+    def eval_html(cls, result: dict[str, Any]) -> str:
+        """The numbers, then precision, recall and F1 per class."""
+        from kiln.evaluate.notebook import table
+
+        rows = [[c["class"], f"{c['precision']:.3f}", f"{c['recall']:.3f}", f"{c['f1']:.3f}",
+                 f"{c['support']:,}"] for c in result.get("per_class", [])]  # fmt: skip
+        per_class = table(["class", "precision", "recall", "f1", "support"], rows) if rows else ""
+        return super().eval_html(result) + per_class
+
+    @classmethod
     def print_eval(cls, result: dict[str, Any], console) -> None:
         from kiln.tasks.classify.report import print_eval
 
