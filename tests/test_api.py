@@ -38,7 +38,7 @@ def trained(tmp_path_factory):
 # The package -----------------------------------------------------------------------------------
 def test_dir_lists_the_api_and_nothing_else():
     assert dir(kiln) == sorted(kiln.__all__)
-    assert set(API) | {"Run", "__version__"} == set(kiln.__all__)
+    assert set(API) | {"Run", "__version__", "trust_imports"} == set(kiln.__all__)
     for name in ("Any", "TYPE_CHECKING", "annotations"):
         assert name not in dir(kiln)
 
