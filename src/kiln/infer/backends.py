@@ -19,7 +19,8 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 def open_file(model_file: Path, spec: ExportSpec, device: str = "cpu") -> tuple[Forward, str]:
     """(forward, runtime name) for an export file (the spec is trusted as given)."""
-    backends = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict}
+    backends = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict,
+                "executorch": _executorch}  # fmt: skip
     return backends[spec.format](model_file, spec, device)
 
 
@@ -48,6 +49,31 @@ def _onnx(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str
         return torch.from_numpy(session.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
 
     return logits, "onnxruntime"
+
+
+def _executorch(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str]:
+    """ExecuTorch's Python runtime (the C++ runtime a phone runs, with its XNNPACK kernels); a
+    program takes at most its planned batch (64) per call, so larger batches go in parts."""
+    try:
+        from executorch.runtime import Runtime
+    except ImportError as exc:
+        raise RunError(
+            f"{model_file} is an ExecuTorch program and ExecuTorch cannot be imported here "
+            f"({exc}): pip install 'executorch==1.5.1' (the release for torch 2.14.1)"
+        ) from None
+    try:
+        method = Runtime.get().load_program(str(model_file)).load_method("forward")
+    except Exception as exc:  # the runtime raises RuntimeError or ValueError with a code
+        raise RunError(f"ExecuTorch cannot load {model_file}: {exc}") from None
+    part = 64
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().contiguous()
+        # outputs live in the program's planned memory: copy them before the next call
+        outs = [method.execute([x[i : i + part]])[0].clone() for i in range(0, len(x), part)]
+        return torch.cat(outs)
+
+    return logits, "executorch (xnnpack)"
 
 
 def _torchscript(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str]:

@@ -22,7 +22,8 @@ The hooks, by stage (each documented where it is defined):
     report      after_fit, report
     prediction  generates, read_input, input_files, predictions, show_answer, serve_answer,
                 predict_files, sample
-    export      export_module, export_inputs, export_spec, agreement, accuracy
+    export      export_module, export_inputs, calibration_inputs, export_spec, agreement,
+                accuracy
 """
 
 from __future__ import annotations
@@ -344,6 +345,14 @@ class Task:
         from kiln.tasks.common import validation_inputs
 
         return validation_inputs(run, n, spec)
+
+    @classmethod
+    def calibration_inputs(cls, run: RunDir, n: int, spec) -> tuple[torch.Tensor, str]:
+        """(inputs as the graph takes them, where they come from) that a static int8 export
+        measures its activation ranges on: n of the run's training images."""
+        from kiln.tasks.common import training_inputs
+
+        return training_inputs(run, n, spec)
 
     @classmethod
     def export_spec(cls, cfg: RunConfig, info: DataInfo) -> dict[str, Any]:

@@ -63,6 +63,24 @@ def normalized(images: torch.Tensor, mean: list[float], std: list[float]) -> tor
     return (images.float() / 255.0 - m) / s
 
 
+def training_inputs(run: RunDir, n: int, spec) -> tuple[torch.Tensor, str]:
+    """n training images drawn at random (seed 0), normalized as the run trained: what a static
+    int8 export is calibrated on. The run's data must be there: calibrating on noise would set
+    the int8 ranges wrong."""
+    from kiln import data as kdata
+
+    cfg = run.load_config()
+    try:
+        train = kdata.build(cfg.data).train
+    except KilnError as exc:
+        first = str(exc).splitlines()[0]
+        raise RunError(f"calibration needs the run's training images: {first}") from None
+    pick = torch.randperm(len(train), generator=torch.Generator().manual_seed(0))[:n]
+    part = train.take(pick.sort().values)
+    images = normalized(part.head(len(part)), spec.input.mean, spec.input.std)
+    return images, f"training images of {cfg.data.name}"
+
+
 def validation_inputs(run: RunDir, n: int, spec) -> tuple[torch.Tensor, Any, str]:
     """The first n validation images of the run's data, normalized, with their labels; random
     pixels when the data is gone (an export can still be checked against the eager model)."""
