@@ -2,7 +2,8 @@
 
 One module per group of verbs, each with its `add_parsers(verbs)`: train.py (train, config),
 models.py (list, summary), data.py (data show|stats|make), evaluate.py (eval, report, compare),
-predict.py (predict, sample), deploy.py (export, serve) and tune.py (tune). Building
+predict.py (predict, sample), deploy.py (export, serve), compress.py (prune, compress)
+and tune.py (tune). Building
 the parser imports no torch, so `kiln --help` and a config error answer at once.
 """
 
@@ -13,7 +14,7 @@ import os
 import sys
 
 from kiln._version import __version__
-from kiln.cli import data, deploy, evaluate, models, predict, train, tune
+from kiln.cli import compress, data, deploy, evaluate, models, predict, train, tune
 from kiln.errors import KilnError
 
 
@@ -30,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.add_parsers,  # eval, report, compare
         predict.add_parsers,  # predict, sample
         deploy.add_parsers,  # export, serve
+        compress.add_parsers,  # prune, compress
         tune.add_parsers,  # tune
     ):
         add_parsers(verbs)

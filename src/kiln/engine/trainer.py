@@ -25,6 +25,7 @@ from kiln.data.transforms import resolve_augment
 from kiln.data.workers import default_workers
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
+from kiln.engine.distill import load_teacher
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.engine.stopping import EarlyStopping, StopRequest, TrainingInterrupted
 from kiln.errors import ConfigError
@@ -57,6 +58,7 @@ class Trainer:
         self.normalize = Normalize(data.info.mean, data.info.std, device, self.channels_last)
         self.workers = default_workers(cfg.data.workers)
         self.task = get_task(cfg.task).build(cfg, data, device)
+        self.teacher = load_teacher(cfg, data.info, device)  # distill.teacher, or None
         sample_weights = self.task.sample_weights(cfg, data)
         self.metric = self.task.metric  # rows log train_<metric> and val_<metric>
         steps = resolve_augment(cfg.data.augment)
@@ -107,6 +109,7 @@ class Trainer:
             net=self.net, model=self.model, device=self.device,
             precision=self.cfg.train.precision, tta=self.cfg.model.tta, optimize=self.optimize,
             normalize=self.normalize, data=self.data, run_path=self.run.path,
+            teacher=self.teacher,
         )  # fmt: skip
 
     def loader(self, split):
