@@ -28,7 +28,8 @@ def cmd_prune(ns: argparse.Namespace) -> int:
 def cmd_compress(ns: argparse.Namespace) -> int:
     from kiln.compress.table import compress_run
 
-    compress_run(ns.run, extra_runs=ns.runs, rounds=ns.rounds, calls=ns.calls)
+    compress_run(ns.run, extra_runs=ns.runs, rounds=ns.rounds, calls=ns.calls,
+                 formats=tuple(ns.formats))  # fmt: skip
     return 0
 
 
@@ -72,4 +73,8 @@ def add_parsers(verbs) -> None:
         help="latency measured this many times, in turn, the median kept (3)",
     )  # fmt: skip
     p.add_argument("--calls", type=int, default=300, help="batch-1 calls per round (300)")
+    p.add_argument(
+        "--formats", nargs="+", default=["onnx", "executorch"], choices=["onnx", "executorch"],
+        help="the run's own exports to measure (both by default)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_compress)

@@ -88,15 +88,29 @@ def follow(start: fx.Node, modules: dict[str, nn.Module], group: Group) -> Group
         elif passes(node, module):
             todo += node.users
         elif is_flatten(node, module):
-            per_channel = features_per_channel(node)
-            for user in node.users:
-                reader = modules.get(user.target) if user.op == "call_module" else None
-                if not isinstance(reader, nn.Linear):
-                    return None
-                group.linears.append((user.target, per_channel))
+            readers = linear_readers(node, modules)
+            if readers is None:
+                return None
+            group.linears += [(name, features_per_channel(node)) for name in readers]
         else:
             return None
     return group if group.convs or group.linears else None
+
+
+def linear_readers(flatten: fx.Node, modules: dict[str, nn.Module]) -> list[str] | None:
+    """The linear layers reading a flattened output (through dropout or activations), or None
+    when anything else reads it."""
+    found, todo = [], list(flatten.users)
+    while todo:
+        node = todo.pop()
+        module = modules.get(node.target) if node.op == "call_module" else None
+        if isinstance(module, nn.Linear):
+            found.append(node.target)
+        elif passes(node, module) and not isinstance(module, NORMS):
+            todo += node.users
+        else:
+            return None
+    return found
 
 
 def passes(node: fx.Node, module: nn.Module | None) -> bool:
