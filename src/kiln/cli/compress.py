@@ -50,7 +50,11 @@ def add_parsers(verbs) -> None:
     p.add_argument("--structured", choices=["channels"],
                    help="remove whole output channels of convolutions")  # fmt: skip
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs (2)")
-    p.add_argument("--lr", type=float, help="fine-tuning learning rate (a tenth of the run's)")
+    p.add_argument(
+        "--lr",
+        type=float,
+        help="fine-tuning learning rate (the run's; a tenth of it when unstructured)",
+    )
     p.set_defaults(func=cmd_prune)
 
     p = verbs.add_parser(

@@ -12,7 +12,8 @@ the layers are rebuilt narrower, and the new run's config records their sizes
 (model.layer_sizes) so the run folder rebuilds the smaller model like any other.
 
 Fine-tuning is ordinary training (engine/setup.py prepare, engine/run.py) with the parent's
-config, `--epochs` epochs and a tenth of its learning rate; the new run's prune.json and report
+config, `--epochs` epochs and its learning rate (a tenth of it after unstructured pruning, which
+leaves the model nearer to where it was); the new run's prune.json and report
 name the parent and show the sparsity per layer and the metric before pruning, after it, and
 after fine-tuning.
 """
@@ -134,8 +135,8 @@ def check_options(sparsity: float, structured: str | None, epochs: int, lr: floa
 
 def child_config(parent: RunDir, sparsity: float, structured: str | None, epochs: int,
                  lr: float | None, sizes: dict | None, overrides: list[str]):  # fmt: skip
-    """The parent's config, fine-tuning for `epochs` at `lr` (default: a tenth of the
-    parent's), starting from the pruned weights rather than the parent's starting ones."""
+    """The parent's config, fine-tuning for `epochs` at `lr` (default: the parent's for
+    structured pruning, a tenth of it otherwise), from the pruned weights."""
     cfg = parent.load_config()
     if cfg.model.name == "custom":
         raise RunError(
@@ -147,7 +148,10 @@ def child_config(parent: RunDir, sparsity: float, structured: str | None, epochs
     tree["run"]["name"] = f"{parent.path.name}-{kind}{round(sparsity * 100)}"
     tree["train"]["epochs"] = epochs
     tree["train"]["early_stop"]["patience"] = None
-    tree["optim"]["lr"] = lr if lr is not None else cfg.optim.lr / 10
+    # Zeroed weights leave the model nearly as it was: a gentle rate. Removed channels change
+    # what every later layer sees (measured on digits: 98% -> 15-19% before fine-tuning), and a
+    # tenth of the rate recovered too little in two epochs (69-94%; the full rate: 96.5%).
+    tree["optim"]["lr"] = lr if lr is not None else cfg.optim.lr / (1 if structured else 10)
     model = tree["model"]
     model.update(weights=None, freeze="none", unfreeze_epoch=None, layer_sizes=sizes)
     if model.get("pretrained"):  # the pruned weights replace them: nothing to download
