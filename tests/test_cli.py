@@ -25,7 +25,7 @@ from kiln.config import RunConfig
 VERBS = (
     ["train"], ["config"], ["config", "show"], ["list"], ["summary"], ["data"], ["data", "show"],
     ["data", "stats"], ["data", "make"], ["eval"], ["report"], ["compare"], ["predict"],
-    ["sample"], ["export"], ["serve"], ["tune"],
+    ["sample"], ["export"], ["serve"], ["prune"], ["compress"], ["tune"],
 )  # fmt: skip
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "lenet", "cnn", "resnet18")
