@@ -4,6 +4,10 @@ run eagerly. A forward function maps a normalized float batch to the model's raw
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -54,6 +58,7 @@ def _onnx(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str
 def _executorch(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str]:
     """ExecuTorch's Python runtime (the C++ runtime a phone runs, with its XNNPACK kernels); a
     program takes at most its planned batch (64) per call, so larger batches go in parts."""
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import warning
     try:
         from executorch.runtime import Runtime
     except ImportError as exc:
@@ -62,7 +67,8 @@ def _executorch(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forwar
             f"({exc}): pip install 'executorch==1.5.1' (the release for torch 2.14.1)"
         ) from None
     try:
-        method = Runtime.get().load_program(str(model_file)).load_method("forward")
+        with native_stderr_quiet():  # XNNPACK's start-up probes the CPU and logs each step
+            method = Runtime.get().load_program(str(model_file)).load_method("forward")
     except Exception as exc:  # the runtime raises RuntimeError or ValueError with a code
         raise RunError(f"ExecuTorch cannot load {model_file}: {exc}") from None
     part = 64
@@ -74,6 +80,20 @@ def _executorch(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forwar
         return torch.cat(outs)
 
     return logits, "executorch (xnnpack)"
+
+
+@contextlib.contextmanager
+def native_stderr_quiet():
+    """Silence what native code writes to file descriptor 2 (Python's own errors still raise)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _torchscript(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str]:
