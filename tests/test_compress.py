@@ -61,6 +61,7 @@ def run_cli(tmp_path, monkeypatch, capsys):
 def test_unstructured_pruning_is_sparse_and_still_accurate(parent: Path, pruned):
     child = pruned.run.path
     assert child.name == "conv-pruned50" and child.parent == parent.parent
+    assert RunDir.open(child).load_config().train.keep_zeros  # resumed, it keeps them too
     summary = json.loads((child / "prune.json").read_text())
     assert summary["parent"] == str(parent.resolve()) and summary["sparsity"] == 0.5
     model, _ = load_model(RunDir.open(child), "best")  # plain tensors: no pruning masks saved

@@ -228,6 +228,9 @@ class TrainConfig(_Section):
     deterministic: bool = False
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    keep_zeros: bool = Field(
+        False, description="conv/linear weights that are zero at the start stay zero (kiln prune)"
+    )
     early_stop: EarlyStopConfig = EarlyStopConfig()
     devices: Literal["auto"] | int = Field(
         1,

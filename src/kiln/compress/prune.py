@@ -3,9 +3,9 @@ trained run, fine-tuned into a new run folder.
 
 Unstructured (the default): torch.nn.utils.prune's global magnitude pruning zeroes the given
 share of all convolution and linear weights (the smallest, across layers), and the pruning is
-made permanent (prune.remove) before training: the checkpoints hold plain tensors with zeros. A
-callback zeroes the same weights again after every optimizer step, so they stay pruned while
-the rest fine-tune.
+made permanent (prune.remove) before training: the checkpoints hold plain tensors with zeros.
+The new run's config sets train.keep_zeros, so the trainer zeroes them again after every
+optimizer step (a resumed run too): they stay pruned while the rest fine-tune.
 
 Structured (`--structured channels`): whole output channels of convolutions go (channels.py),
 the layers are rebuilt narrower, and the new run's config records their sizes
@@ -88,11 +88,10 @@ def prune_run(
     cfg = child_config(parent, sparsity, structured, epochs, lr, sizes, overrides or [])
     ready = prepare(resolve(cfg))
     before = validation_metric(cfg, model, ready.bundle, ready.device)
-    masks = {}
     if structured:
         ready.model.load_state_dict(state)
     else:
-        masks = magnitude_prune(model, sparsity)
+        magnitude_prune(model, sparsity)
         ready.model.load_state_dict(model.state_dict())
     pruned = validation_metric(cfg, ready.model, ready.bundle, ready.device)
     summary = {
@@ -111,8 +110,7 @@ def prune_run(
               f"{show(before)} before, {show(pruned)} after pruning; fine-tuning for {epochs} "
               "epoch(s)", flush=True)  # fmt: skip
     record = Record(summary)
-    callbacks: list[Callback] = [KeepZeros(masks), record] if masks else [record]
-    run = train_prepared(ready, callbacks, progress)
+    run = train_prepared(ready, [record], progress)
     if progress:
         print(f"Validation {get_task(cfg.task).show(before)} before pruning, "
               f"{get_task(cfg.task).show(record.summary['after_fine_tuning'])} after "
@@ -154,42 +152,23 @@ def child_config(parent: RunDir, sparsity: float, structured: str | None, epochs
     tree["optim"]["lr"] = lr if lr is not None else cfg.optim.lr / (1 if structured else 10)
     model = tree["model"]
     model.update(weights=None, freeze="none", unfreeze_epoch=None, layer_sizes=sizes)
+    tree["train"]["keep_zeros"] = not structured  # the pruned weights stay zero, resumed too
     if model.get("pretrained"):  # the pruned weights replace them: nothing to download
         model["pretrained"] = False
     return build_config(tree, overrides)
 
 
-def magnitude_prune(model: nn.Module, sparsity: float) -> dict[str, torch.Tensor]:
-    """Global L1 pruning of every convolution and linear weight, made permanent; returns the
-    masks ({parameter name: 0/1 tensor}) the fine-tuning keeps."""
+def magnitude_prune(model: nn.Module, sparsity: float) -> None:
+    """Global L1 pruning of every convolution and linear weight, made permanent (the zeros are
+    plain weights: train.keep_zeros keeps them while fine-tuning)."""
     layers = [(name, m) for name, m in model.named_modules() if isinstance(m, PRUNABLE)]
     if not layers:
         raise ConfigError("the model has no convolution or linear layer to prune")
     prune.global_unstructured(
         [(m, "weight") for _, m in layers], pruning_method=prune.L1Unstructured, amount=sparsity
     )
-    masks = {f"{name}.weight": m.weight_mask.detach().clone() for name, m in layers}
     for _, m in layers:
         prune.remove(m, "weight")  # weight_orig * weight_mask becomes the plain weight
-    return masks
-
-
-class KeepZeros(Callback):
-    """Zero the pruned weights again after every optimizer step: they stay pruned while the
-    others learn (the masks' reparametrization, without its extra keys in the checkpoints)."""
-
-    def __init__(self, masks: dict[str, torch.Tensor]):
-        self.masks = masks
-
-    def on_fit_start(self, trainer) -> None:
-        params = dict(trainer.model.named_parameters())
-        self.pairs = [(params[name], mask.to(params[name].device))
-                      for name, mask in self.masks.items()]  # fmt: skip
-
-    @torch.no_grad()
-    def on_batch_end(self, trainer, epoch: int, step: int) -> None:
-        for param, mask in self.pairs:
-            param.mul_(mask)
 
 
 class Record(Callback):

@@ -29,6 +29,7 @@ from kiln.engine.distill import load_teacher
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.engine.stopping import EarlyStopping, StopRequest, TrainingInterrupted
 from kiln.errors import ConfigError
+from kiln.models.resize import CONVS
 from kiln.models.transfer import set_backbone_trainable
 from kiln.rundir import RunDir
 from kiln.tasks import StepContext, get_task
@@ -139,6 +140,8 @@ class Trainer:
         """Train; `resume` is a last.pt state, `reschedule` when train.epochs has changed since."""
         if resume is not None:
             self.load_state(resume, reschedule)
+        # train.keep_zeros (a pruned model): its zeros, also when resuming, stay zeros
+        self.zeros = zero_masks(self.model) if self.cfg.train.keep_zeros else []
         with StopRequest() as stop:
             self.stop = stop
             self._call("on_fit_start")
@@ -221,6 +224,9 @@ class Trainer:
         self.scaler.step(optimizer)
         self.scaler.update()
         self.schedulers[name].step()
+        with torch.no_grad():
+            for weight, mask in self.zeros:
+                weight.mul_(mask)
 
     def l1_penalty(self, module: nn.Module) -> torch.Tensor:
         return self.cfg.optim.l1 * sum(
@@ -356,3 +362,10 @@ class Trainer:
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
+
+
+def zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, 1 where it is not zero) for every convolution and linear layer with zeros."""
+    layers = [m for m in model.modules() if isinstance(m, (*CONVS, nn.Linear))]
+    masks = [(m.weight, (m.weight != 0).to(m.weight.dtype)) for m in layers]
+    return [(w, mask) for w, mask in masks if not bool(mask.all())]
