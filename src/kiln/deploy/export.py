@@ -89,6 +89,7 @@ def export_run(
     calibrate = None
     if quantize == "static":
         calibrate, calibration.source = task.calibration_inputs(run, calibration.images, spec)
+        calibrate = q.whole_batches(calibrate)
         calibration.images = len(calibrate)
         spec.calibration = calibration.to_dict()
         log(f"Calibrating on {len(calibrate)} {calibration.source} ({calibration.method}, "
@@ -103,7 +104,16 @@ def export_run(
                  "executorch": write_executorch}  # fmt: skip
         write[fmt](eager, sample.inputs[:2], tmp_fp32 if quantize else tmp, spec)
         if quantize:
-            quantize_file(fmt, eager, sample.inputs[:2], tmp_fp32, tmp, spec, calibrate)
+            try:
+                quantize_file(fmt, eager, sample.inputs[:2], tmp_fp32, tmp, spec, calibrate)
+            except (KilnError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # the quantizers raise many types: all mean "cannot"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise ExportError(
+                    f"int8 {quantize} quantization of model '{spec.model.name}' failed "
+                    f"({first}); try another --calibration, or --quantize dynamic"
+                ) from None
         log(f"Wrote {fmt}{f' (int8, {quantize})' if quantize else ''} in "
             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
         exported = load_file(tmp, spec)

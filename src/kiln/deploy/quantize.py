@@ -90,10 +90,20 @@ def torchscript_dynamic(module: nn.Module) -> nn.Module:
         )
 
 
+CALIBRATION_BATCH = 32
+
+
+def whole_batches(inputs: torch.Tensor) -> torch.Tensor:
+    """The calibration inputs cut to whole batches of 32 (ONNX Runtime's histogram calibrators,
+    entropy and percentile, stack the batches' outputs: they must all be the same size)."""
+    n = len(inputs)
+    return inputs[: n - n % CALIBRATION_BATCH] if n >= CALIBRATION_BATCH else inputs
+
+
 class Batches:
     """ONNX Runtime's CalibrationDataReader protocol over a tensor of inputs, 32 at a time."""
 
-    def __init__(self, inputs: torch.Tensor, name: str, batch: int = 32):
+    def __init__(self, inputs: torch.Tensor, name: str, batch: int = CALIBRATION_BATCH):
         self.parts = [inputs[i : i + batch] for i in range(0, len(inputs), batch)]
         self.name, self.at = name, 0
 
