@@ -8,8 +8,9 @@ The new run's config sets train.keep_zeros, so the trainer zeroes them again aft
 optimizer step (a resumed run too): they stay pruned while the rest fine-tune.
 
 Structured (`--structured channels`): whole output channels of convolutions go (channels.py),
-the layers are rebuilt narrower, and the new run's config records their sizes
-(model.layer_sizes) so the run folder rebuilds the smaller model like any other.
+the layers are rebuilt narrower, their batch norms' statistics measured again on 20 training
+batches, and the new run's config records their sizes (model.layer_sizes) so the run folder
+rebuilds the smaller model like any other.
 
 Fine-tuning is ordinary training (engine/setup.py prepare, engine/run.py) with the parent's
 config, `--epochs` epochs and its learning rate (a tenth of it after unstructured pruning, which
@@ -32,11 +33,13 @@ from torch.nn.utils import prune
 from kiln.compress.channels import choose, find_groups, shrink
 from kiln.compress.measure import PRUNABLE, layer_sparsity, nonzero_parameters, validation_metric
 from kiln.config import build_config
+from kiln.data import Normalize, make_loader
 from kiln.engine.callbacks import Callback
 from kiln.engine.run import Run, train_prepared
 from kiln.engine.setup import prepare, resolve
 from kiln.errors import ConfigError, RunError
 from kiln.evaluate.report import add_section, table
+from kiln.models.resize import NORMS
 from kiln.rundir import RunDir, load_model
 from kiln.tasks import get_task
 
@@ -90,6 +93,7 @@ def prune_run(
     before = validation_metric(cfg, model, ready.bundle, ready.device)
     if structured:
         ready.model.load_state_dict(state)
+        recalibrate_norms(ready.model, cfg, ready.bundle, ready.device)
     else:
         magnitude_prune(model, sparsity)
         ready.model.load_state_dict(model.state_dict())
@@ -156,6 +160,30 @@ def child_config(parent: RunDir, sparsity: float, structured: str | None, epochs
     if model.get("pretrained"):  # the pruned weights replace them: nothing to download
         model["pretrained"] = False
     return build_config(tree, overrides)
+
+
+@torch.no_grad()
+def recalibrate_norms(model: nn.Module, cfg, bundle, device, batches: int = 20) -> None:
+    """Measure the batch norms' statistics again on training images: once channels are gone,
+    every later layer sees other inputs than the running means and variances it stored."""
+    norms = [m for m in model.modules() if isinstance(m, NORMS) and m.track_running_stats]
+    if not norms:
+        return
+    momenta = [m.momentum for m in norms]
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # a plain average over the batches below
+    normalize = Normalize(bundle.info.mean, bundle.info.std, device)
+    loader = make_loader(bundle.train, cfg.data.batch_size, normalize, device, shuffle=True,
+                         generator=torch.Generator().manual_seed(0))  # fmt: skip
+    model.to(device).train()
+    for i, (x, _) in enumerate(loader):
+        if i == batches:
+            break
+        model(x)
+    for m, momentum in zip(norms, momenta, strict=True):
+        m.momentum = momentum
+    model.eval()
 
 
 def magnitude_prune(model: nn.Module, sparsity: float) -> None:
