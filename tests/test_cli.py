@@ -183,7 +183,7 @@ def test_config_show_prints_the_fully_resolved_config(outputs):
         assert set(cfg[section]) == set(field.annotation.model_fields), section
     assert set(cfg["train"]["early_stop"]) == {"monitor", "patience"}
     # every mlp option is filled in, not just the one given
-    common = {"name", "init", "weights", "freeze", "unfreeze_epoch", "tta"}
+    common = {"name", "init", "weights", "freeze", "unfreeze_epoch", "tta", "layer_sizes"}
     options = {"hidden", "activation", "dropout", "batchnorm", "final_activation"}
     assert set(cfg["model"]) == common | options
     assert RunConfig.model_validate(cfg).train.epochs == 3  # and it is a valid config
