@@ -25,7 +25,7 @@ from kiln.config import RunConfig
 VERBS = (
     ["train"], ["config"], ["config", "show"], ["list"], ["summary"], ["data"], ["data", "show"],
     ["data", "stats"], ["data", "make"], ["eval"], ["report"], ["compare"], ["predict"],
-    ["sample"], ["export"], ["serve"], ["tune"], ["completion"],
+    ["sample"], ["export"], ["serve"], ["prune"], ["compress"], ["tune"], ["completion"],
 )  # fmt: skip
 LEAVES = [v for v in VERBS if v not in (["config"], ["data"])]  # the verbs that run something
 POSITIONALS = {  # what each verb needs before a flag is looked at
@@ -265,7 +265,7 @@ def test_config_show_prints_the_fully_resolved_config(outputs):
         assert set(cfg[section]) == set(field.annotation.model_fields), section
     assert set(cfg["train"]["early_stop"]) == {"monitor", "patience"}
     # every mlp option is filled in, not just the one given
-    common = {"name", "init", "weights", "freeze", "unfreeze_epoch", "tta"}
+    common = {"name", "init", "weights", "freeze", "unfreeze_epoch", "tta", "layer_sizes"}
     options = {"hidden", "activation", "dropout", "batchnorm", "final_activation"}
     assert set(cfg["model"]) == common | options
     assert RunConfig.model_validate(cfg).train.epochs == 3  # and it is a valid config

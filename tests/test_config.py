@@ -29,6 +29,7 @@ SECTIONS = (
     "train",
     "run",
     "tune",
+    "distill",
 )  # task sections (segment:, gan:) belong to the task
 
 
@@ -360,6 +361,7 @@ def test_resolve_fills_in_model_defaults():
         "freeze": "none",
         "unfreeze_epoch": None,
         "tta": "none",
+        "layer_sizes": None,
     }
     assert yaml.safe_load(cfg.to_yaml())["model"] == {"name": "mlp", **common, **MLP_DEFAULTS}
     default = resolve(build_config())  # the default model: convnet, every option filled in

@@ -147,6 +147,64 @@ def test_cli_quantized_export(trained_run: Path, tmp_path: Path):
     assert (tmp_path / "q.onnx").is_file() and (tmp_path / "q.onnx.json").is_file()
 
 
+def test_static_int8_is_calibrated_and_within_a_point_of_fp32(conv_run: Path, tmp_path: Path):
+    result = export_run(conv_run, "onnx", quantize="static", output=tmp_path, log=lambda _: None)
+    q, spec = result.quantized, result.spec
+    assert result.path.name == "model-int8-static.onnx" and spec.quantize == "static"
+    assert spec.calibration == {"method": "minmax", "per_channel": True, "images": 512,
+                                "source": "training images of digits"}  # fmt: skip
+    assert q["images"] == 144 and abs(q["int8_accuracy"] - q["fp32_accuracy"]) <= 0.01
+    assert q["int8_bytes"] < 0.5 * q["fp32_bytes"]
+    assert spec.parity.top1_agreement >= 0.97 and spec.parity.tolerance is None
+    import onnx  # weights and activations both quantized: QDQ pairs around the convolutions
+
+    ops = {node.op_type for node in onnx.load(str(result.path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    served = load_servable(result.path)
+    assert served.spec.quantize == "static" and served.spec.calibration["images"] == 512
+
+
+def test_cli_static_export_prints_agreement_and_accuracy(conv_run: Path, tmp_path: Path):
+    result = run_kiln(
+        "export", conv_run, "--quantize", "static", "--calibration", "entropy",
+        "--no-per-channel", "--calibration-images", "200", "-o", tmp_path,  # 6 batches of 32
+        cwd=tmp_path, data_dir=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    out = result.stdout
+    assert "Calibrating on 192 training images of digits (entropy, per tensor)" in out, out
+    assert re.search(r"top-1 agreement \d+\.\d+%", out), out
+    assert re.search(r"Accuracy on 144 validation images: \S+% fp32, \S+% int8", out), out
+    assert "bins" not in out  # the entropy calibrator's own prints stay quiet
+    sidecar = json.loads((tmp_path / "model-int8-static.onnx.json").read_text())
+    assert sidecar["calibration"]["method"] == "entropy"
+    assert sidecar["calibration"]["per_channel"] is False
+
+
+def test_executorch_program_answers_like_the_run(conv_run: Path, images: list[Path], tmp_path):
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed")
+    result = export_run(conv_run, "executorch", output=tmp_path, log=lambda _: None)
+    assert result.path.name == "model.pte" and result.sidecar.name == "model.pte.json"
+    parity = result.spec.parity
+    assert parity.max_abs_logit_diff <= 1e-4 and parity.top1_agreement == 1.0
+    served = load_servable(result.path)
+    assert served.runtime.startswith("executorch")
+    expected = kiln.load(conv_run).predict(images, top_k=10)
+    for want, got in zip(expected, served.predict(images, top_k=10), strict=True):
+        assert got["label"] == want["label"]
+    many = torch.randn(150, 1, 8, 8)  # more than one call's planned batch (64): split up
+    assert served.logits(many).shape == (150, 10)
+
+
+def test_without_executorch_the_format_names_what_to_install(conv_run, tmp_path, monkeypatch):
+    import sys
+
+    monkeypatch.setitem(sys.modules, "executorch", None)  # `import executorch` now fails
+    with pytest.raises(KilnError, match=r"pip install 'executorch==1\.5\.1'") as caught:
+        export_run(conv_run, "executorch", output=tmp_path, log=lambda _: None)
+    assert len(str(caught.value).splitlines()) == 1 and list(tmp_path.iterdir()) == []
+
+
 def test_disagreeing_export_is_refused_and_nothing_written(
     trained_run: Path, tmp_path: Path, monkeypatch
 ):
@@ -209,6 +267,9 @@ def test_changed_or_lonely_export_files_are_refused(trained_run: Path, tmp_path:
         (["-o", "model.pt"], ["must end in .onnx"]),
         (["--format", "tflite"], ["invalid choice: 'tflite'"]),
         (["--parity-images", "0"], ["--parity-images must be at least 1"]),
+        (["--format", "torchscript", "--quantize", "static"], ["--quantize static writes ONNX"]),
+        (["--format", "executorch", "--quantize", "dynamic"], ["use --quantize static"]),
+        (["--quantize", "static", "--calibration-images", "0"], ["--calibration-images"]),
     ],
 )
 def test_export_errors(trained_run: Path, tmp_path: Path, args, needles):

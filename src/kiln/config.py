@@ -169,6 +169,9 @@ class ModelConfig(BaseModel):
     tta: Literal["none", "flip"] = Field(
         "none", description="evaluate and predict on each image and its mirror image, averaged"
     )
+    layer_sizes: dict[str, list[int]] | None = Field(
+        None, description="written by kiln prune --structured: the narrower layers' sizes"
+    )
 
     def kwargs(self) -> dict[str, Any]:
         return dict(self.model_extra or {})
@@ -181,7 +184,7 @@ class ModelConfig(BaseModel):
 
     def common(self) -> dict[str, Any]:
         """The keys every model has, as set (for writing back into a resolved config)."""
-        keys = ("init", "weights", "freeze", "unfreeze_epoch", "tta")
+        keys = ("init", "weights", "freeze", "unfreeze_epoch", "tta", "layer_sizes")
         return {k: getattr(self, k) for k in keys}
 
 
@@ -256,6 +259,9 @@ class TrainConfig(_Section):
     deterministic: bool = False
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    keep_zeros: bool = Field(
+        False, description="conv/linear weights that are zero at the start stay zero (kiln prune)"
+    )
     early_stop: EarlyStopConfig = EarlyStopConfig()
     devices: Literal["auto"] | int = Field(
         1,
@@ -337,6 +343,17 @@ class TuneConfig(_Section):
         return refuse_literal_password(v)
 
 
+class DistillConfig(_Section):
+    """Knowledge distillation: the model learns from a trained run's softened outputs as well as
+    from the labels (kiln/engine/distill.py; the loss is the task's `distill_loss`)."""
+
+    teacher: str | None = Field(None, description="a trained run of the same task and classes")
+    temperature: float = Field(4.0, gt=0.0, description="softens both models' outputs")
+    alpha: float = Field(
+        0.7, ge=0.0, le=1.0, description="weight of the teacher's term; 1 - alpha: the labels'"
+    )
+
+
 class RunConfig(_Section):
     """Every section below, plus the run's task's own section, named after the task (`segment:`,
     `gan:`): its schema belongs to the task (kiln/tasks/<task>/), which checks it."""
@@ -353,6 +370,7 @@ class RunConfig(_Section):
     train: TrainConfig = TrainConfig()
     run: RunSection = RunSection()
     tune: TuneConfig = TuneConfig()
+    distill: DistillConfig = DistillConfig()
 
     @model_validator(mode="after")
     def _sections_only(self) -> RunConfig:

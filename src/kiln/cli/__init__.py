@@ -2,10 +2,10 @@
 
 One module per group of verbs, each with its `add_parsers(verbs)`: train.py (train, config),
 models.py (list, summary), data.py (data show|stats|make), evaluate.py (eval, report, compare),
-predict.py (predict, sample), deploy.py (export, serve), tune.py (tune) and completion.py.
-usage.py gives every verb the same parser, -q/-v and the words for a bad flag; logs.py sets the
-level of Kiln's messages. Building the parser imports no torch, so `kiln --help` and a config
-error answer at once.
+predict.py (predict, sample), deploy.py (export, serve), compress.py (prune, compress),
+tune.py (tune) and completion.py. usage.py gives every verb the same parser, -q/-v and the words
+for a bad flag; logs.py sets the level of Kiln's messages. Building the parser imports no torch,
+so `kiln --help` and a config error answer at once.
 """
 
 from __future__ import annotations
@@ -15,7 +15,19 @@ import os
 import sys
 
 from kiln._version import __version__
-from kiln.cli import completion, data, deploy, evaluate, logs, models, predict, train, tune, usage
+from kiln.cli import (
+    completion,
+    compress,
+    data,
+    deploy,
+    evaluate,
+    logs,
+    models,
+    predict,
+    train,
+    tune,
+    usage,
+)  # fmt: skip
 from kiln.errors import KilnError
 
 # Verbs that load a run folder or an export, whose `imports:` (code) need --trust-imports.
@@ -39,6 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
         evaluate.add_parsers,  # eval, report, compare
         predict.add_parsers,  # predict, sample
         deploy.add_parsers,  # export, serve
+        compress.add_parsers,  # prune, compress
         tune.add_parsers,  # tune
         completion.add_parsers,  # completion
     ):

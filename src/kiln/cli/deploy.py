@@ -11,6 +11,10 @@ EPILOG_EXPORT = """examples:
   kiln export runs/mnist-cnn                          ONNX at runs/mnist-cnn/exports/model.onnx
   kiln export runs/mnist-cnn --format torchscript -o model.torchscript.pt
   kiln export runs/mnist-cnn --quantize dynamic       int8 weights; prints size, latency, accuracy
+  kiln export runs/mnist-cnn --quantize static        int8 weights and activations, calibrated
+                                                      on 512 training images
+  kiln export runs/mnist-cnn --format executorch      .pte for phones and boards (XNNPACK)
+  kiln export runs/mnist-cnn --format executorch --quantize static     int8 .pte
 Each export gets a sidecar FILE.json (classes, input size, mean/std) that kiln serve reads."""
 
 EPILOG_SERVE = """examples:
@@ -24,10 +28,12 @@ rebinding); with one, any name. Refusals are JSON: 4xx, or 503 with Retry-After 
 
 def cmd_export(ns: argparse.Namespace) -> int:
     from kiln.deploy.export import export_run
+    from kiln.deploy.quantize import Calibration
 
+    calibration = Calibration(ns.calibration, ns.per_channel, ns.calibration_images)
     result = export_run(
         ns.run, ns.format, quantize=ns.quantize, output=ns.output, which=ns.checkpoint,
-        parity_images=ns.parity_images,
+        parity_images=ns.parity_images, calibration=calibration,
     )  # fmt: skip
     p = result.spec.parity
     gate = f" (limit {p.tolerance:.0e})" if p.tolerance is not None else ""
@@ -89,8 +95,25 @@ def add_parsers(verbs) -> None:
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
     p.add_argument("run", metavar="RUN_DIR")
-    p.add_argument("--format", default="onnx", choices=["onnx", "torchscript", "state_dict"])
-    p.add_argument("--quantize", choices=["dynamic"], help="int8 weights (onnx, torchscript)")
+    p.add_argument(
+        "--format", default="onnx", choices=["onnx", "torchscript", "state_dict", "executorch"]
+    )
+    p.add_argument(
+        "--quantize", choices=["dynamic", "static"],
+        help="int8: dynamic (weights; onnx, torchscript) or static (weights and activations, "
+        "calibrated on training images; onnx, executorch)",
+    )  # fmt: skip
+    p.add_argument(
+        "--calibration", default="minmax", choices=["minmax", "entropy", "percentile"],
+        help="static int8, onnx: how activation ranges are set from the calibration images "
+        "(minmax: the observed range; entropy, percentile: clip outliers)",
+    )  # fmt: skip
+    p.add_argument(
+        "--per-channel", action=argparse.BooleanOptionalAction, default=True,
+        help="static int8: a scale per output channel of each weight (default), or per tensor",
+    )  # fmt: skip
+    p.add_argument("--calibration-images", type=int, default=512,
+                   help="static int8: training images to calibrate on (512)")  # fmt: skip
     p.add_argument("-o", "--output", help="file or folder (default RUN_DIR/exports/)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--parity-images", type=int, default=256, help="images to check (256)")

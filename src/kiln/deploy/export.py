@@ -7,7 +7,6 @@ disagrees (above 1e-4 for fp32) is deleted and the command fails, so a bad file 
 
 from __future__ import annotations
 
-import copy
 import os
 import time
 import warnings
@@ -19,6 +18,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from kiln.deploy import quantize as q
+from kiln.deploy.quantize import QUANTIZE, Calibration
 from kiln.errors import ConfigError, KilnError, RunError, require
 from kiln.infer import Predictor, open_export, spec_from_run
 from kiln.infer.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
@@ -26,7 +27,7 @@ from kiln.rundir import RunDir, load_model
 from kiln.tasks import get_task
 
 TOLERANCE = 1e-4
-QUANTIZE = ("dynamic",)
+NAMES = {None: "model", "dynamic": "model-int8", "static": "model-int8-static"}
 
 
 class ExportError(KilnError):
@@ -63,18 +64,14 @@ def export_run(
     output: str | Path | None = None,
     which: str = "best",
     parity_images: int = 256,
+    calibration: Calibration | None = None,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    """Export checkpoint `which` of a run; see the module docstring for the checks."""
-    if fmt not in FORMATS:
-        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
-    if quantize is not None and quantize not in QUANTIZE:
-        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got '{quantize}'")
-    if quantize and fmt == "state_dict":
-        raise ConfigError(
-            "--quantize needs --format onnx or torchscript: int8 weights cannot be loaded back "
-            "into the plain model a state_dict export rebuilds"
-        )
+    """Export checkpoint `which` of a run; see the module docstring for the checks.
+    `calibration`: how a static int8 export measures its activation ranges (--quantize static)."""
+    check_options(fmt, quantize)
+    calibration = calibration or Calibration()
+    calibration.check()
     if parity_images < 1:
         raise ConfigError(f"--parity-images must be at least 1, got {parity_images}")
     if fmt == "onnx":  # written with onnxscript, checked with onnx, loaded back in onnxruntime
@@ -96,17 +93,35 @@ def export_run(
     eager = task.export_module(model, spec.tta).eval()  # what the graph computes
     sample = Sample(*task.export_inputs(run, n, spec))  # inputs as the graph takes them
     log(f"Checking on {len(sample.inputs)} {sample.source}")
+    calibrate = None
+    if quantize == "static":
+        calibrate, calibration.source = task.calibration_inputs(run, calibration.images, spec)
+        calibrate = q.whole_batches(calibrate)
+        calibration.images = len(calibrate)
+        spec.calibration = calibration.to_dict()
+        log(f"Calibrating on {len(calibrate)} {calibration.source} ({calibration.method}, "
+            f"{'per channel' if calibration.per_channel else 'per tensor'})")  # fmt: skip
 
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp_fp32 = path.with_name(f".{path.name}.{os.getpid()}.fp32.tmp")
     try:
         started = time.perf_counter()
-        write = {"onnx": write_onnx, "torchscript": write_torchscript, "state_dict": write_state}
+        write = {"onnx": write_onnx, "torchscript": write_torchscript, "state_dict": write_state,
+                 "executorch": write_executorch}  # fmt: skip
         write[fmt](eager, sample.inputs[:2], tmp_fp32 if quantize else tmp, spec)
         if quantize:
-            quantize_file(fmt, eager, sample.inputs[:2], tmp_fp32, tmp, spec)
-        log(f"Wrote {fmt}{' (int8, dynamic)' if quantize else ''} in "
+            try:
+                quantize_file(fmt, eager, sample.inputs[:2], tmp_fp32, tmp, spec, calibrate)
+            except (KilnError, KeyboardInterrupt):
+                raise
+            except Exception as exc:  # the quantizers raise many types: all mean "cannot"
+                first = str(exc).strip().splitlines()[0] if str(exc).strip() else repr(exc)
+                raise ExportError(
+                    f"int8 {quantize} quantization of model '{spec.model.name}' failed "
+                    f"({first}); try another --calibration, or --quantize dynamic"
+                ) from None
+        log(f"Wrote {fmt}{f' (int8, {quantize})' if quantize else ''} in "
             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
         exported = load_file(tmp, spec)
         spec.parity = check_parity(eager, exported, sample, parity_images, quantize is None)
@@ -123,9 +138,32 @@ def export_run(
         tmp_fp32.unlink(missing_ok=True)
 
 
+def check_options(fmt: str, quantize: str | None) -> None:
+    """The format and the int8 method go together (one line when they do not)."""
+    if fmt not in FORMATS:
+        raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
+    if quantize is not None and quantize not in QUANTIZE:
+        raise ConfigError(f"--quantize must be one of {', '.join(QUANTIZE)}, got '{quantize}'")
+    if quantize and fmt == "state_dict":
+        raise ConfigError(
+            "--quantize needs --format onnx, torchscript or executorch: int8 weights cannot be "
+            "loaded back into the plain model a state_dict export rebuilds"
+        )
+    if quantize == "static" and fmt == "torchscript":
+        raise ConfigError(
+            "--quantize static writes ONNX (ONNX Runtime's QDQ int8) or ExecuTorch (XNNPACK "
+            "int8): use --format onnx or --format executorch, or --quantize dynamic"
+        )
+    if quantize == "dynamic" and fmt == "executorch":
+        raise ConfigError(
+            "an ExecuTorch program's int8 is calibrated (XNNPACK runs static int8): use "
+            "--quantize static with --format executorch"
+        )
+
+
 def output_path(run: RunDir, fmt: str, quantize: str | None, output: str | Path | None) -> Path:
     """-o FILE, -o FOLDER (existing, ending in /, or without a suffix), or RUN/exports/."""
-    name = f"model{'-int8' if quantize else ''}{SUFFIXES[fmt]}"
+    name = f"{NAMES[quantize]}{SUFFIXES[fmt]}"
     if output is None:
         return run.path / "exports" / name
     out = Path(output)
@@ -192,22 +230,27 @@ def write_state(module: nn.Module, example: torch.Tensor, path: Path, spec) -> N
     checkpoint.save({"model": state}, path)
 
 
-def quantize_file(fmt: str, module: nn.Module, example, fp32: Path, out: Path, spec) -> None:
-    """Dynamic int8: weights stored as int8, activations quantized on the fly per batch."""
-    if fmt == "onnx":
-        from onnxruntime.quantization import QuantType, quant_pre_process, quantize_dynamic
+def write_executorch(module: nn.Module, example: torch.Tensor, path: Path, spec) -> None:
+    """An ExecuTorch program (.pte) for phones and boards, delegated to XNNPACK."""
+    from kiln.deploy.executorch import write_program
 
-        prepared = out.with_name(out.name + ".pre")
-        try:  # shape inference and graph clean-up first, as onnxruntime recommends
-            quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-            quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8)
-        finally:
-            prepared.unlink(missing_ok=True)
-        return
-    with warnings.catch_warnings():  # torch.ao.quantization is deprecated, still the eager API
-        warnings.simplefilter("ignore")
-        q = torch.ao.quantization.quantize_dynamic(copy.deepcopy(module), {nn.Linear}, torch.qint8)
-    write_torchscript(q, example, out, spec)
+    write_program(module, example, path, spec)
+
+
+def quantize_file(fmt: str, module: nn.Module, example, fp32: Path, out: Path, spec,
+                  calibrate: torch.Tensor | None = None) -> None:  # fmt: skip
+    """The int8 file, from the fp32 one just written (ONNX) or from the module: dynamic, or
+    static with its activation ranges measured on `calibrate`."""
+    if spec.quantize == "static" and fmt == "executorch":
+        from kiln.deploy.executorch import write_program
+
+        write_program(module, example, out, spec, calibrate=calibrate)
+    elif spec.quantize == "static":
+        q.onnx_static(fp32, out, calibrate, spec.input.name, Calibration(**spec.calibration))
+    elif fmt == "onnx":
+        q.onnx_dynamic(fp32, out)
+    else:
+        write_torchscript(q.torchscript_dynamic(module), example, out, spec)
 
 
 def load_file(path: Path, spec: ExportSpec) -> Predictor:

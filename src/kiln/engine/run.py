@@ -29,7 +29,7 @@ from kiln.rundir import RunDir
 from kiln.secrets import mask
 from kiln.tasks import get_task
 
-__all__ = ["Run", "train"]
+__all__ = ["Run", "train", "train_prepared"]
 
 log = logging.getLogger("kiln.engine")
 
@@ -59,7 +59,13 @@ def train(
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
-    ready = prepare(resolve(cfg, model), model)
+    return train_prepared(prepare(resolve(cfg, model), model), callbacks, progress)
+
+
+def train_prepared(ready: Prepared, callbacks: list[Callback] | None = None,
+                   progress: bool = True) -> Run:  # fmt: skip
+    """Train what `prepare` set up, from the weights its model holds now, into a new run folder
+    (`kiln prune` fine-tunes a pruned model this way)."""
     run = distributed.on_main(lambda: _create_run(ready, progress))
     return _fit(ready, run, callbacks, progress)
 

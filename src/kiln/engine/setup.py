@@ -28,6 +28,7 @@ from kiln.engine.device import (
     set_threads,
     settle,
 )
+from kiln.engine.distill import teacher_run
 from kiln.engine.loggers import check_loggers
 from kiln.errors import ConfigError
 from kiln.models import (
@@ -77,6 +78,7 @@ def resolve(cfg: RunConfig, model: nn.Module | None = None) -> RunConfig:
         es["monitor"] = f"val_{task.metric}"
     cfg = RunConfig.model_validate(tree)
     task.check_config(cfg)
+    teacher_run(cfg)  # distill.teacher: refused here, before any data is read
     return cfg
 
 

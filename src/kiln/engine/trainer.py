@@ -26,9 +26,11 @@ from kiln.data.transforms import resolve_augment
 from kiln.data.workers import default_workers
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
+from kiln.engine.distill import load_teacher
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.engine.stopping import EarlyStopping, StopRequest, TrainingInterrupted
 from kiln.errors import ConfigError
+from kiln.models.resize import CONVS
 from kiln.models.transfer import set_backbone_trainable
 from kiln.rundir import RunDir
 from kiln.tasks import StepContext, get_task
@@ -60,6 +62,7 @@ class Trainer:
         self.normalize = Normalize(data.info.mean, data.info.std, device, self.channels_last)
         self.workers = default_workers(cfg.data.workers)
         self.task = get_task(cfg.task).build(cfg, data, device)
+        self.teacher = load_teacher(cfg, data.info, device)  # distill.teacher, or None
         sample_weights = self.task.sample_weights(cfg, data)
         self.metric = self.task.metric  # rows log train_<metric> and val_<metric>
         steps = resolve_augment(cfg.data.augment)
@@ -110,6 +113,7 @@ class Trainer:
             net=self.net, model=self.model, device=self.device,
             precision=self.cfg.train.precision, tta=self.cfg.model.tta, optimize=self.optimize,
             normalize=self.normalize, data=self.data, run_path=self.run.path,
+            teacher=self.teacher,
         )  # fmt: skip
 
     def loader(self, split):
@@ -139,6 +143,8 @@ class Trainer:
         """Train; `resume` is a last.pt state, `reschedule` when train.epochs has changed since."""
         if resume is not None:
             self.load_state(resume, reschedule)
+        # train.keep_zeros (a pruned model): its zeros, also when resuming, stay zeros
+        self.zeros = zero_masks(self.model) if self.cfg.train.keep_zeros else []
         with StopRequest() as stop:
             self.stop = stop
             self._call("on_fit_start")
@@ -221,6 +227,9 @@ class Trainer:
         self.scaler.step(optimizer)
         self.scaler.update()
         self.schedulers[name].step()
+        with torch.no_grad():
+            for weight, mask in self.zeros:
+                weight.mul_(mask)
 
     def l1_penalty(self, module: nn.Module) -> torch.Tensor:
         return self.cfg.optim.l1 * sum(
@@ -357,3 +366,10 @@ class Trainer:
     def _call(self, hook: str, *args: Any) -> None:
         for cb in self.callbacks:
             getattr(cb, hook)(self, *args)
+
+
+def zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """(weight, 1 where it is not zero) for every convolution and linear layer with zeros."""
+    layers = [m for m in model.modules() if isinstance(m, (*CONVS, nn.Linear))]
+    masks = [(m.weight, (m.weight != 0).to(m.weight.dtype)) for m in layers]
+    return [(w, mask) for w, mask in masks if not bool(mask.all())]

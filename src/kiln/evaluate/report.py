@@ -82,6 +82,7 @@ def write_run_report(
         "<h3>Per epoch</h3>",
         epoch_table(rows),
         *sections,
+        *added_sections(run),
         "<h2>Model</h2>",
         f"<pre>{escape(model_text)}</pre>",
         "<h2>Config</h2>",
@@ -90,6 +91,22 @@ def write_run_report(
         versions_table(info),
     ]
     return write_page(run, body, css)
+
+
+SECTIONS = "report-sections"  # RUN/report-sections/*.html: parts other commands add to the page
+
+
+def add_section(run: RunDir, name: str, html: str) -> Path:
+    """Add (or replace) a part of the run's report page made by another command (kiln prune,
+    kiln compress); it shows from the next time the page is written."""
+    path = run.path / SECTIONS / f"{name}.html"
+    path.parent.mkdir(exist_ok=True)
+    write_text_atomic(path, html)
+    return path
+
+
+def added_sections(run: RunDir) -> list[str]:
+    return [p.read_text() for p in sorted((run.path / SECTIONS).glob("*.html"))]
 
 
 def write_page(run: RunDir, body: list[str], css: str = "") -> Path:

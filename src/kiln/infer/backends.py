@@ -4,6 +4,10 @@ run eagerly. A forward function maps a normalized float batch to the model's raw
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -19,7 +23,8 @@ Forward = Callable[[torch.Tensor], torch.Tensor]
 
 def open_file(model_file: Path, spec: ExportSpec, device: str = "cpu") -> tuple[Forward, str]:
     """(forward, runtime name) for an export file (the spec is trusted as given)."""
-    backends = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict}
+    backends = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict,
+                "executorch": _executorch}  # fmt: skip
     return backends[spec.format](model_file, spec, device)
 
 
@@ -45,6 +50,47 @@ def _onnx(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str
         return torch.from_numpy(session.run(None, {name: np.ascontiguousarray(x.numpy())})[0])
 
     return logits, "onnxruntime"
+
+
+def _executorch(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str]:
+    """ExecuTorch's Python runtime (the C++ runtime a phone runs, with its XNNPACK kernels); a
+    program takes at most its planned batch (64) per call, so larger batches go in parts."""
+    logging.getLogger("torch.utils._pytree").setLevel(logging.ERROR)  # torchao's import warning
+    try:
+        from executorch.runtime import Runtime
+    except ImportError as exc:
+        raise RunError(
+            f"{model_file} is an ExecuTorch program and ExecuTorch cannot be imported here "
+            f"({exc}): pip install 'executorch==1.5.1' (the release for torch 2.14.1)"
+        ) from None
+    try:
+        with native_stderr_quiet():  # XNNPACK's start-up probes the CPU and logs each step
+            method = Runtime.get().load_program(str(model_file)).load_method("forward")
+    except Exception as exc:  # the runtime raises RuntimeError or ValueError with a code
+        raise RunError(f"ExecuTorch cannot load {model_file}: {exc}") from None
+    part = 64
+
+    def logits(x: torch.Tensor) -> torch.Tensor:
+        x = x.float().contiguous()
+        # outputs live in the program's planned memory: copy them before the next call
+        outs = [method.execute([x[i : i + part]])[0].clone() for i in range(0, len(x), part)]
+        return torch.cat(outs)
+
+    return logits, "executorch (xnnpack)"
+
+
+@contextlib.contextmanager
+def native_stderr_quiet():
+    """Silence what native code writes to file descriptor 2 (Python's own errors still raise)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "w") as null:
+            os.dup2(null.fileno(), 2)
+            yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _torchscript(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str]:

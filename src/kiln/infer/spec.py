@@ -16,8 +16,9 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from kiln.errors import RunError
 
-FORMATS = ("onnx", "torchscript", "state_dict")
-SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state_dict": ".state_dict.pt"}
+FORMATS = ("onnx", "torchscript", "state_dict", "executorch")
+SUFFIXES = {"onnx": ".onnx", "torchscript": ".torchscript.pt", "state_dict": ".state_dict.pt",
+            "executorch": ".pte"}  # fmt: skip
 SIDECAR_SUFFIX = ".json"
 
 
@@ -64,10 +65,11 @@ class Parity(BaseModel):
 class ExportSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     kiln_export: Literal[1] = 1
-    format: Literal["onnx", "torchscript", "state_dict", "run"]
+    format: Literal["onnx", "torchscript", "state_dict", "executorch", "run"]
     file: str  # the model file, relative to the sidecar's folder
     sha256: str | None = None
-    quantize: Literal["dynamic"] | None = None
+    quantize: Literal["dynamic", "static"] | None = None
+    calibration: dict[str, Any] | None = None  # static int8: method, per_channel, images, source
     task: str = "classify"  # what an answer is (kiln.tasks): top-k classes, numbers, ...
     tta: Literal["none", "flip"] = "none"
     tta_in_graph: bool = False  # True: the exported graph already averages over the flips

@@ -17,6 +17,7 @@ from kiln.data.registry import DataInfo
 from kiln.errors import ConfigError, RunError
 from kiln.models.init import init_weights
 from kiln.models.registry import create_model
+from kiln.models.resize import resize_layers
 from kiln.models.transfer import WeightsReport, head_of, load_weights, set_backbone_trainable
 
 
@@ -34,6 +35,8 @@ def build_model(cfg: ModelConfig, info: DataInfo, *, load: bool = True) -> Built
     if not load and pretrained:
         options["pretrained"] = False
     model = create_model(cfg.name, info, **options)
+    if cfg.layer_sizes:  # a structurally pruned model (kiln prune --structured channels)
+        resize_layers(model, cfg.layer_sizes)
     return prepare_model(model, cfg, pretrained=pretrained and load, load=load)
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 # The built-in tasks register on import, in this order.
 # isort: off
 from kiln.tasks import classify, generate, regress, segment  # noqa: E402,F401
-from kiln.tasks.base import Optimizes, StepContext, Task
+from kiln.tasks.base import Optimizes, StepContext, Task, Teacher
 from kiln.tasks.registry import (
     TASKS,
     direction,
@@ -22,6 +22,7 @@ __all__ = [
     "TASKS",
     "Optimizes",
     "StepContext",
+    "Teacher",
     "Task",
     "direction",
     "generative_names",

@@ -17,12 +17,13 @@ The hooks, by stage (each documented where it is defined):
 
     config      Options (the task's own config section), models, check_config, options
     training    build, sample_weights, optimizers, train_step, eval_step, score, summarize, show,
-                state_dict / load_state_dict, epoch_images
+                state_dict / load_state_dict, epoch_images, check_teacher / distill_loss
     evaluation  evaluate (kiln eval's numbers), print_eval, headline
     report      after_fit, report
     prediction  generates, read_input, input_files, predictions, show_answer, serve_answer,
                 predict_files, sample
-    export      export_module, export_inputs, export_spec, agreement, accuracy
+    export      export_module, export_inputs, calibration_inputs, export_spec, agreement,
+                accuracy
 """
 
 from __future__ import annotations
@@ -63,6 +64,7 @@ class StepContext:
     normalize: Callable[[torch.Tensor], torch.Tensor] | None = None  # uint8 batch -> model input
     data: DataBundle | None = None
     run_path: Path | None = None  # where a task may write per-epoch pictures
+    teacher: Teacher | None = None  # distill.teacher: its outputs on the batch, for distill_loss
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the forward pass, as train.precision says."""
@@ -74,6 +76,29 @@ class StepContext:
         if self.optimize is None:
             raise RuntimeError("this step context evaluates only: it has no optimizer")
         self.optimize(loss, name)
+
+
+@dataclass
+class Teacher:
+    """distill.teacher: a trained model whose outputs the model being trained learns from, called
+    on the same (augmented) batch. `shift`/`scale` turn the student's normalized inputs into the
+    teacher's (their training splits may differ, and so their mean and std)."""
+
+    model: nn.Module
+    temperature: float = 4.0
+    alpha: float = 0.7
+    scale: torch.Tensor | None = None  # per channel: teacher input = x * scale + shift
+    shift: torch.Tensor | None = None
+    channels_last: bool = False  # the memory format the teacher trained in (its faster one)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if self.scale is not None:
+            shape = (1, -1) + (1,) * (x.dim() - 2)
+            x = x * self.scale.view(shape) + self.shift.view(shape)
+        if self.channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.model(x).float()
 
 
 @dataclass
@@ -170,12 +195,32 @@ class Task:
         return self.train_loss(outputs, targets) * len(targets)
 
     def train_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor):
-        """One batch: forward, loss, one optimizer step -> (mean loss, outputs for `score`)."""
+        """One batch: forward, loss, one optimizer step -> (mean loss, outputs for `score`).
+        With a teacher (distill.teacher), the loss is `distill_loss` of its outputs."""
         with ctx.autocast():
             outputs = ctx.net(x)
             loss = self.train_loss(outputs, y)
+            if ctx.teacher is not None:
+                loss = self.distill_loss(outputs, ctx.teacher(x), loss, ctx.teacher)
         ctx.step(loss)
         return loss.detach(), outputs.detach()
+
+    @classmethod
+    def check_teacher(cls, teacher_cfg: RunConfig, teacher_info: DataInfo,
+                      info: DataInfo | None, where: str) -> None:  # fmt: skip
+        """Refuse a teacher run (`where`) this task cannot learn from: its config (before any data
+        is read, `info` None) and then its classes against the data's. By default a task has no
+        distillation loss, so every teacher is refused."""
+        raise ConfigError(
+            f"distill.teacher={where}: task={cls.name} has no distillation loss (tasks that "
+            "have one: kiln list tasks); remove distill.teacher"
+        )
+
+    def distill_loss(self, outputs: Any, teacher: torch.Tensor, loss: torch.Tensor,
+                     distill: Teacher) -> torch.Tensor:  # fmt: skip
+        """The batch's mean loss when learning from a teacher's outputs on the same batch as well
+        as from the labels (`loss`, the labels' train_loss)."""
+        raise ConfigError(f"task={self.name} has no distillation loss; remove distill.teacher")
 
     def eval_step(self, ctx: StepContext, x: torch.Tensor, y: torch.Tensor):
         """One batch without learning -> (summed loss, outputs for `score`)."""
@@ -363,6 +408,14 @@ class Task:
         from kiln.tasks.common import validation_inputs
 
         return validation_inputs(run, n, spec)
+
+    @classmethod
+    def calibration_inputs(cls, run: RunDir, n: int, spec) -> tuple[torch.Tensor, str]:
+        """(inputs as the graph takes them, where they come from) that a static int8 export
+        measures its activation ranges on: n of the run's training images."""
+        from kiln.tasks.common import training_inputs
+
+        return training_inputs(run, n, spec)
 
     @classmethod
     def export_spec(cls, cfg: RunConfig, info: DataInfo) -> dict[str, Any]:

@@ -12,6 +12,7 @@ from kiln.data.registry import are_masks
 from kiln.errors import ConfigError
 from kiln.models.tta import infer
 from kiln.tasks.base import StepContext, Task
+from kiln.tasks.common import check_same_outputs, distilled
 from kiln.tasks.registry import register_task
 
 
@@ -68,6 +69,14 @@ class ClassifyTask(Task):
     def score(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Number of right answers in a batch, as a tensor (no device sync)."""
         return (logits.argmax(dim=1) == labels).sum()
+
+    @classmethod
+    def check_teacher(cls, teacher_cfg, teacher_info, info, where: str) -> None:
+        check_same_outputs(cls.name, teacher_cfg, teacher_info, info, where)
+
+    def distill_loss(self, outputs, teacher, loss, distill) -> torch.Tensor:
+        """KL on class scores softened by distill.temperature, plus the labels' loss."""
+        return distilled(outputs, teacher, loss, distill)
 
     # Evaluation and report --------------------------------------------------------------------
     @torch.inference_mode()

@@ -86,6 +86,11 @@ class GenerativeTask(Task):
         return fixed_noise(spec.latent, 0, n), None, "latent vectors z ~ N(0, I), seed 0"
 
     @classmethod
+    def calibration_inputs(cls, run, n: int, spec) -> tuple[torch.Tensor, str]:
+        """Latent vectors drawn as sampling draws them (seed 1: not the parity check's)."""
+        return fixed_noise(spec.latent, 1, n), "latent vectors z ~ N(0, I), seed 1"
+
+    @classmethod
     def export_spec(cls, cfg, info) -> dict[str, Any]:
         return {"latent": cfg.model.kwargs().get("latent"),
                 "output": {"name": "images", "shape": ["batch", *info.input_shape],

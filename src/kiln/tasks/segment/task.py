@@ -25,6 +25,7 @@ from kiln.data.batch_augment import IGNORE, per_sample_only
 from kiln.errors import ConfigError
 from kiln.models.tta import infer
 from kiln.tasks.base import StepContext, Task
+from kiln.tasks.common import check_same_outputs, distilled
 from kiln.tasks.registry import register_task
 from kiln.tasks.segment.metrics import confusion_matrix, metrics_report, scores
 
@@ -129,6 +130,15 @@ class SegmentTask(Task):
             return {"miou": 0.0, "dice": 0.0, "pixel_acc": 0.0}
         s = scores(score_sum.view(k, k))
         return {"miou": s["miou"], "dice": s["mean_dice"], "pixel_acc": s["pixel_acc"]}
+
+    @classmethod
+    def check_teacher(cls, teacher_cfg, teacher_info, info, where: str) -> None:
+        check_same_outputs(cls.name, teacher_cfg, teacher_info, info, where)
+
+    def distill_loss(self, outputs, teacher, loss, distill) -> torch.Tensor:
+        """KL on class scores softened by distill.temperature, pixel by pixel, plus the labels'
+        loss."""
+        return distilled(outputs, teacher, loss, distill)
 
     # Evaluation and report --------------------------------------------------------------------
     @torch.inference_mode()

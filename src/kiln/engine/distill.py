@@ -1,0 +1,59 @@
+"""Knowledge distillation (`distill.teacher=RUN`): the teacher run is checked when the config is
+resolved (it exists, has a checkpoint, and its task can teach this run's task) and again against
+the data (same classes, same inputs), then loaded for the trainer, which hands it to every step
+(StepContext.teacher). What the loss does with its outputs is the task's (`Task.distill_loss`).
+"""
+
+from __future__ import annotations
+
+import torch
+
+from kiln.config import RunConfig
+from kiln.data.registry import DataInfo
+from kiln.errors import ConfigError, KilnError
+from kiln.rundir import RunDir, load_model
+from kiln.tasks import Teacher, get_task
+
+
+def teacher_run(cfg: RunConfig, info: DataInfo | None = None) -> RunDir | None:
+    """The teacher's run directory, checked against the config (and the data's `info`, once it
+    is known); None without distill.teacher. Every refusal is one line naming the key."""
+    where = cfg.distill.teacher
+    if where is None:
+        return None
+    try:
+        run = RunDir.open(where)
+        teacher_cfg, teacher_info = run.load_config(), run.data_info()
+    except KilnError as exc:
+        raise ConfigError(f"distill.teacher={where}: {exc}") from None
+    if not run.checkpoint("best").is_file():
+        raise ConfigError(
+            f"distill.teacher={where} has no checkpoint ({run.checkpoint('best')}): train it "
+            "first, or name a finished run"
+        )
+    get_task(cfg.task).check_teacher(teacher_cfg, teacher_info, info, where)
+    return run
+
+
+def load_teacher(cfg: RunConfig, info: DataInfo, device: torch.device) -> Teacher | None:
+    """The teacher's best checkpoint, in eval mode on `device`, taking this run's inputs."""
+    run = teacher_run(cfg, info)
+    if run is None:
+        return None
+    try:
+        model, _ = load_model(run, "best", device)
+    except KilnError as exc:
+        raise ConfigError(f"distill.teacher={cfg.distill.teacher}: {exc}") from None
+    for p in model.parameters():
+        p.requires_grad_(False)
+    theirs = run.data_info()
+    scale = shift = None
+    if (theirs.mean, theirs.std) != (info.mean, info.std):  # x_theirs = x_ours * scale + shift
+        mean_s, std_s = torch.tensor(info.mean), torch.tensor(info.std)
+        mean_t, std_t = torch.tensor(theirs.mean), torch.tensor(theirs.std)
+        scale, shift = (std_s / std_t).to(device), ((mean_s - mean_t) / std_t).to(device)
+    fast = run.load_config().train.channels_last is True
+    if fast:
+        model = model.to(memory_format=torch.channels_last)
+    d = cfg.distill
+    return Teacher(model.eval(), d.temperature, d.alpha, scale, shift, fast)
