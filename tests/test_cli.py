@@ -32,6 +32,7 @@ POSITIONALS = {  # what each verb needs before a flag is looked at
     "list": ["models"], "summary": ["mlp"], "data make": ["mnist-seg"], "eval": ["run"],
     "report": ["run"], "compare": ["a", "b"], "predict": ["run", "x.png"], "sample": ["run"],
     "export": ["run"], "serve": ["run"], "completion": ["bash"],
+    "prune": ["run", "--sparsity", "0.5"], "compress": ["run"],
 }  # fmt: skip
 DATASETS = ("digits", "mnist", "fashion-mnist", "cifar10")
 MODELS = ("mlp", "lenet", "cnn", "resnet18")
