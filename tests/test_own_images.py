@@ -132,7 +132,8 @@ def test_skip_trains_on_the_rest_and_lists_the_skipped(tmp_path):
     assert out.returncode == 0, out.stderr
     skipped = (tmp_path / "runs" / "skip" / "skipped.txt").read_text()
     assert "empty.png" in skipped and "0 bytes" in skipped
-    assert "Skipped 1 bad file" in out.stdout
+    # a warning since the kiln logger (issue 20): on stderr, with the file that lists them
+    assert "warning: Skipped 1 bad file" in out.stderr and "skipped.txt" in out.stderr
 
 
 def test_csv_problems_name_the_line(tmp_path):
