@@ -11,6 +11,7 @@ EPILOG_EXPORT = """examples:
   kiln export runs/mnist-cnn                          ONNX at runs/mnist-cnn/exports/model.onnx
   kiln export runs/mnist-cnn --format torchscript -o model.torchscript.pt
   kiln export runs/mnist-cnn --quantize dynamic       int8 weights; prints size, latency, accuracy
+  kiln export runs/mnist-cnn --embed-preprocessing    takes decoded images of any size
 Each export gets a sidecar FILE.json (classes, input size, mean/std) that kiln serve reads."""
 
 EPILOG_SERVE = """examples:
@@ -25,13 +26,13 @@ def cmd_export(ns: argparse.Namespace) -> int:
 
     result = export_run(
         ns.run, ns.format, quantize=ns.quantize, output=ns.output, which=ns.checkpoint,
-        parity_images=ns.parity_images,
+        parity_images=ns.parity_images, embed_preprocessing=ns.embed_preprocessing,
     )  # fmt: skip
-    p = result.spec.parity
-    gate = f" (limit {p.tolerance:.0e})" if p.tolerance is not None else ""
-    agree = f", top-1 agreement {p.top1_agreement:.2%}" if p.top1_agreement is not None else ""
-    print(f"Parity on {p.images} {p.source}: largest output difference "
-          f"{p.max_abs_logit_diff:.2e}{gate}{agree}")  # fmt: skip
+    for p in filter(None, (result.spec.parity, result.spec.parity_resized)):
+        gate = f" (limit {p.tolerance:.0e})" if p.tolerance is not None else ""
+        agree = f", top-1 agreement {p.top1_agreement:.2%}" if p.top1_agreement is not None else ""
+        print(f"Parity on {p.images} {p.source}: largest output difference "
+              f"{p.max_abs_logit_diff:.2e}{gate}{agree}")  # fmt: skip
     q = result.quantized
     if q:
         print(f"Size: {q['fp32_bytes'] / 1e6:.3f} MB fp32 -> {q['int8_bytes'] / 1e6:.3f} MB int8 "
@@ -78,6 +79,11 @@ def add_parsers(verbs) -> None:
     p.add_argument("-o", "--output", help="file or folder (default RUN_DIR/exports/)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--parity-images", type=int, default=256, help="images to check (256)")
+    p.add_argument(
+        "--embed-preprocessing", action="store_true",
+        help="the graph takes decoded uint8 RGB images (N, H, W, 3) of any size and resizes, "
+        "crops and normalizes them itself (onnx, torchscript)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = verbs.add_parser(

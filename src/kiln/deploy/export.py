@@ -59,9 +59,11 @@ def export_run(
     output: str | Path | None = None,
     which: str = "best",
     parity_images: int = 256,
+    embed_preprocessing: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
-    """Export checkpoint `which` of a run; see the module docstring for the checks."""
+    """Export checkpoint `which` of a run; see the module docstring for the checks.
+    `embed_preprocessing`: the graph takes decoded images (kiln/deploy/embed.py)."""
     if fmt not in FORMATS:
         raise ConfigError(f"--format must be one of {', '.join(FORMATS)}, got '{fmt}'")
     if quantize is not None and quantize not in QUANTIZE:
@@ -79,6 +81,12 @@ def export_run(
             f"{run.path} learned from table rows: kiln export and kiln serve take image models; "
             "predict on a CSV of rows with `kiln predict RUN rows.csv`"
         )
+    if embed_preprocessing:
+        from kiln.deploy.embed import export_embedded
+
+        if quantize:
+            raise ConfigError("--embed-preprocessing and --quantize do not combine (yet)")
+        return export_embedded(run, fmt, output, which, parity_images, log)
     path = output_path(run, fmt, quantize, output)
     model, epoch = load_model(run, which, "cpu")
     spec = spec_from_run(run, fmt, which, epoch, file=path.name)
@@ -116,9 +124,11 @@ def export_run(
         tmp_fp32.unlink(missing_ok=True)
 
 
-def output_path(run: RunDir, fmt: str, quantize: str | None, output: str | Path | None) -> Path:
+def output_path(
+    run: RunDir, fmt: str, quantize: str | None, output: str | Path | None, stem: str = "model"
+) -> Path:
     """-o FILE, -o FOLDER (existing, ending in /, or without a suffix), or RUN/exports/."""
-    name = f"model{'-int8' if quantize else ''}{SUFFIXES[fmt]}"
+    name = f"{stem}{'-int8' if quantize else ''}{SUFFIXES[fmt]}"
     if output is None:
         return run.path / "exports" / name
     out = Path(output)

@@ -139,7 +139,7 @@ class Batcher:
                 jobs.append(queue.get_nowait())
                 size += len(jobs[-1][0])
             try:
-                batch = torch.cat([x for x, _ in jobs])
+                batch = self.servable.join([x for x, _ in jobs])
                 outputs = await run_in_threadpool(self.servable.logits, batch)
             except Exception as exc:  # the model failed: every waiting request hears it
                 for _, future in jobs:
@@ -397,8 +397,9 @@ async def read_json(request: Request, top_k: int) -> tuple[list[Upload], int]:
     return uploads, body.top_k or top_k
 
 
-def decode_all(servable: Servable, uploads: list[Upload], max_pixels: int) -> torch.Tensor:
-    """Images -> one normalized batch, through the same preprocessing as `kiln predict`."""
+def decode_all(servable: Servable, uploads: list[Upload], max_pixels: int):
+    """Images -> one batch, through the same preprocessing as `kiln predict` (normalized; or
+    decoded pixels as they are for an export that carries its preprocessing)."""
     from kiln.errors import KilnError
 
     batch = []
@@ -408,7 +409,7 @@ def decode_all(servable: Servable, uploads: list[Upload], max_pixels: int) -> to
             batch.append(servable.preprocess(image))
         except KilnError as exc:
             raise BadRequest(400, f"{upload.name}: {exc}") from None
-    return torch.stack(batch)
+    return servable.collate(batch)
 
 
 def serve(

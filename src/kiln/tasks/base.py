@@ -22,7 +22,8 @@ The hooks, by stage (each documented where it is defined):
     report      after_fit, report
     prediction  generates, read_input, input_files, predictions, show_answer, serve_answer,
                 predict_files, sample
-    export      export_module, export_inputs, export_spec, agreement, accuracy
+    export      export_module, export_inputs, export_spec, agreement, accuracy, export_head,
+                from_export_head
 """
 
 from __future__ import annotations
@@ -349,6 +350,18 @@ class Task:
     def export_spec(cls, cfg: RunConfig, info: DataInfo) -> dict[str, Any]:
         """The sidecar's fields this task decides: what the output holds, the latent size."""
         return {"output": {"name": "outputs", "shape": ["batch", "..."]}}
+
+    @classmethod
+    def export_head(cls) -> tuple[nn.Module, str]:
+        """What an export that carries its preprocessing (`kiln export --embed-preprocessing`)
+        ends with, and its output's name: by default the raw outputs."""
+        return nn.Identity(), "outputs"
+
+    @classmethod
+    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
+        """Such an export's outputs back to raw outputs, for `predictions` (the inverse of
+        `export_head`, up to what `predictions` ignores)."""
+        return outputs
 
     @classmethod
     def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float | None:

@@ -115,6 +115,15 @@ class ClassifyTask(Task):
                            "softmax": False}}  # fmt: skip
 
     @classmethod
+    def export_head(cls) -> tuple[torch.nn.Module, str]:
+        """An export that carries its preprocessing answers class probabilities."""
+        return torch.nn.Softmax(dim=1), "probabilities"
+
+    @classmethod
+    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.clamp_min(1e-30).log()  # softmax(log p) = p
+
+    @classmethod
     def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
         return (exported.argmax(1) == reference.argmax(1)).float().mean().item()
 
