@@ -56,8 +56,14 @@ def param_groups(model: nn.Module, head_lr: float, backbone_lr: float) -> list[d
 
 
 def build_scheduler(
-    cfg: SchedConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+    cfg: SchedConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    step_scale: float = 1.0,
 ) -> torch.optim.lr_scheduler.LRScheduler:
+    """`step_scale` stretches sched.step_size (a time budget's plan: the decays keep their place
+    in the run)."""
     total = steps_per_epoch * epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.name == "onecycle":
@@ -71,8 +77,9 @@ def build_scheduler(
             pct_start=pct,
             cycle_momentum=cycle_momentum,
         )
+    step_every = max(1, round(steps_per_epoch * cfg.step_size * step_scale))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _LrFactor(cfg.name, warmup, total, steps_per_epoch * cfg.step_size, cfg.gamma)
+        optimizer, _LrFactor(cfg.name, warmup, total, step_every, cfg.gamma)
     )
 
 

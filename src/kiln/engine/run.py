@@ -14,7 +14,8 @@ from torch import nn
 from kiln import checkpoint
 from kiln import data as kdata
 from kiln.config import RunConfig, build_config
-from kiln.engine import distributed
+from kiln.engine import budget, distributed
+from kiln.engine.budget import TimeBudget, check_resume
 from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard
 from kiln.engine.evaluate import evaluate_run
 from kiln.engine.setup import Prepared, prepare, resolve
@@ -87,15 +88,16 @@ def train(
     `model=` trains a module of your own instead of a registered one; `resume=RUN_DIR` continues
     an interrupted run from its last checkpoint.
     """
+    started = budget.now()  # a time budget (train.time) counts from here
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
     if resume is not None:
-        return _resume(Path(resume), model, callbacks, progress, overrides)
+        return _resume(Path(resume), model, callbacks, progress, overrides, started)
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
     ready = prepare(resolve(cfg, model), model)
     run = distributed.on_main(lambda: _create_run(ready, progress))
-    return _fit(ready, run, callbacks, progress)
+    return _fit(ready, run, callbacks, progress, budget_started=started)
 
 
 def _create_run(ready: Prepared, progress: bool) -> RunDir:
@@ -122,20 +124,29 @@ def _create_run(ready: Prepared, progress: bool) -> RunDir:
 
 
 def _resume(
-    path: Path, model: nn.Module | None, callbacks, progress: bool, overrides: dict[str, Any]
+    path: Path,
+    model: nn.Module | None,
+    callbacks,
+    progress: bool,
+    overrides: dict[str, Any],
+    started: float,
 ) -> Run:
     run = RunDir.open(path)
     cfg = run.load_config()
-    changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout")
+    changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout", "train.time")
     unsupported = [k for k in overrides if k not in changeable]
     if unsupported:
         raise ConfigError(
-            f"--resume continues a run with its saved config; only train.epochs, train.devices "
-            f"and train.dist_timeout can be changed (got {', '.join(unsupported)})"
+            f"--resume continues a run with its saved config; only train.epochs, train.time, "
+            f"train.devices and train.dist_timeout can be changed (got {', '.join(unsupported)})"
         )
     planned = cfg.train.epochs
     state = checkpoint.load(run.checkpoint("last"))
-    if overrides:
+    budgeted = cfg.train.time is not None and state.get("budget") is not None
+    if budgeted or "train.time" in overrides:  # the budget decides the epochs
+        cfg = build_config(cfg.to_dict(), overrides)
+        check_resume(cfg.train.time, state, "train.time" in overrides, run)
+    elif overrides:
         cfg = build_config(cfg.to_dict(), overrides)
         if cfg.train.epochs <= state["epoch"]:
             raise ConfigError(
@@ -157,12 +168,18 @@ def _resume(
         overrides["train.devices"] = cfg.train.devices
     if overrides and distributed.is_main():
         run.write_config(cfg)
-    reschedule = cfg.train.epochs != planned
-    return _fit(ready, run, callbacks, progress, state, reschedule)
+    reschedule = cfg.train.epochs != planned and not budgeted
+    return _fit(ready, run, callbacks, progress, state, reschedule, started)
 
 
 def _fit(
-    ready: Prepared, run: RunDir, callbacks, progress, resume_state=None, reschedule=False
+    ready: Prepared,
+    run: RunDir,
+    callbacks,
+    progress,
+    resume_state=None,
+    reschedule=False,
+    budget_started: float | None = None,
 ) -> Run:
     cfg, net, bundle, device = ready.cfg, ready.model, ready.bundle, ready.device
     started = time.perf_counter()
@@ -170,6 +187,10 @@ def _fit(
     progress = progress and main
     try:
         trainer = Trainer(cfg, net, bundle, run, device)  # checks the task, augment, balance
+        if cfg.train.time is not None:  # train.time: epochs and schedule fitted to the budget
+            say = (lambda line: print(line, flush=True)) if progress else (lambda line: None)
+            begun = budget.now() if budget_started is None else budget_started
+            trainer.budget = TimeBudget(cfg.train.time, begun, cfg.run.report, say)
         purge = resume_state["epoch"] + 1 if resume_state else None
         trainer.callbacks += [ProgressBar()] if progress else []
         if main:
@@ -191,6 +212,8 @@ def _fit(
             run.discard()  # no checkpoint was written: leave no half-made run folder behind
         raise
     distributed.teardown()  # what follows is rank 0's alone
+    if trainer.budget is not None:
+        trainer.budget.end_training()
     if not main:
         return Run(path=run.path, config=cfg, history=history)
     best = trainer.early_stop
@@ -208,6 +231,8 @@ def _fit(
     for label, path in trainer.task.after_fit(run, net, bundle, device).items():
         if progress:  # the task's plots and report
             print(f"{label}: {path}", flush=True)
+    if trainer.budget is not None:
+        trainer.budget.finish(run, trainer)  # info.json's "budget", and a line
     if progress:
         print(f"Run directory: {run.path}", flush=True)
     return Run(path=run.path, config=cfg, history=history, test=test)

@@ -24,6 +24,7 @@ The hooks, by stage (each documented where it is defined):
                 predict_files, sample
     export      export_module, export_inputs, export_spec, agreement, accuracy, export_head,
                 from_export_head
+    explanation explain
 """
 
 from __future__ import annotations
@@ -372,3 +373,15 @@ class Task:
     def accuracy(cls, outputs: torch.Tensor, labels: torch.Tensor) -> float | None:
         """Accuracy of outputs against labels, where the task has one (quantized exports)."""
         return None
+
+    # Explanation ------------------------------------------------------------------------------
+    @classmethod
+    def explain(cls, model: nn.Module, inputs: torch.Tensor, info: DataInfo, top_k: int = 3,
+                method: str = "auto") -> list[list[Any]]:  # fmt: skip
+        """Why the model answered as it did (`kiln predict --explain`, POST /explain, the
+        report): for each normalized input (C, H, W) of `inputs`, a list of
+        kiln.evaluate.explain.Explanation (a label, its score and a heat map over the image)."""
+        raise KilnError(
+            f"explanations are not available for task={cls.name}: they show which pixels drove "
+            "a class (task=classify) or a class's pixels (task=segment)"
+        )

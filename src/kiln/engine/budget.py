@@ -1,0 +1,244 @@
+"""Training to a time budget (`train.time=10m`): the epochs and the schedule fitted to end by then.
+
+The clock starts when `kiln.train` starts (reading the data counts) and stops once the report is
+written; a resumed run adds to what it spent before. What the budget does:
+
+    early in the first epoch   a first plan from the speed of its first batches
+    after every epoch          the epochs that still fit = (time left - what the end costs) / the
+                               last epoch's time; the schedules are rebuilt for that many epochs
+                               and replayed to this step (Trainer.reschedule), so that one-cycle
+                               and cosine finish their decay at the last epoch and step decays keep
+                               their place in the run; when none fits, training ends here
+    during an epoch            if even stopping now would end past the budget (the machine slowed
+                               down), training stops: the epoch is dropped, best.pt is evaluated
+
+What the end costs: best.pt on the test split twice (the summary line and eval-test.json) and,
+with run.report, the validation split once more and the report's figures, estimated from this
+run's own validation speed plus REPORT_SECONDS. The plans, the time spent and why training ended
+go into info.json ("budget") and the log.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from typing import TYPE_CHECKING, Any
+
+from kiln.engine import distributed
+from kiln.errors import ConfigError, RunError
+
+if TYPE_CHECKING:
+    from kiln.engine.trainer import Trainer
+    from kiln.rundir import RunDir
+
+REPORT_SECONDS = 3.0  # the report's figures and page beyond predicting the validation split
+END_SECONDS = 0.5  # loading best.pt, writing eval files
+EARLY_BATCHES = 5  # batches of the first epoch timed before the first plan (the first is skipped)
+MARGIN = 0.25  # a plan grows only when a further epoch fits with this share of one to spare
+EVAL_COST = 0.4  # an evaluated sample costs about this share of a trained one (first plan only)
+
+
+def now() -> float:
+    """The budget's clock: wall time, in seconds (a test may replace it)."""
+    return time.perf_counter()
+
+
+def epochs_that_fit(left: float, epoch_seconds: float, end_seconds: float) -> int:
+    """Whole epochs that fit in `left` seconds with `end_seconds` kept for the end."""
+    if epoch_seconds <= 0:
+        return 0
+    return max(0, math.floor((left - end_seconds) / epoch_seconds))
+
+
+def show(seconds: float) -> str:
+    """90.0 -> '1m 30s', 5400 -> '1h 30m', 12.34 -> '12.3s'."""
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(round(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m {secs:02d}s"
+    return f"{minutes // 60}h {minutes % 60:02d}m"
+
+
+class TimeBudget:
+    """The plan for one run (see the module docstring). The trainer calls `start`, `out_of_time`
+    after each batch and `after_epoch`; `kiln.train` calls `finish` after the report."""
+
+    def __init__(self, seconds: float, started: float, report: bool = True, say=print):
+        self.seconds, self.started, self.report, self.say = seconds, started, report, say
+        self.spent_before = 0.0  # what earlier sessions of this run spent (resume)
+        self.planned: int | None = None
+        self.epoch_seconds: float | None = None  # the last epoch's wall time
+        self.val_seconds_per_sample: float | None = None
+        self.plans: list[dict[str, Any]] = []
+        self.reason = ""
+        self.mark = started  # when the current epoch began
+        self.timing_first_batches = True  # until the first plan, early in the first epoch
+        self.batches = 0
+        self.first_batch_end = 0.0
+        self.training_ended: float | None = None
+
+    def spent(self) -> float:
+        return self.spent_before + now() - self.started
+
+    # The trainer's hooks -------------------------------------------------------------------------
+    def start(self, trainer: Trainer) -> None:
+        """Fit start (after a resume's state is loaded): a resumed run plans at once from the
+        epoch time it measured before."""
+        self.mark = now()
+        if self.planned is not None:
+            trainer.epochs = self.planned  # the horizon its schedules were saved with
+        if self.epoch_seconds is not None:
+            self.timing_first_batches = False
+            part = trainer.start_step / trainer.steps_per_epoch  # resumed mid-epoch
+            pending = self.epoch_seconds * (1 - part) if part else 0.0
+            counted = trainer.start_epoch + (1 if part else 0)
+            self.plan(trainer, counted, self.epoch_seconds, "resumed", pending)
+
+    def out_of_time(self, trainer: Trainer, epoch: int, step: int) -> bool:
+        """After each batch: a first plan early in the first epoch; True when even stopping now
+        would end past the budget."""
+        if self.timing_first_batches:
+            self.batches += 1
+            at = now()
+            if self.batches == 1:
+                self.first_batch_end = at  # the first batch pays for warming up: not timed
+            elif self.batches > EARLY_BATCHES or step + 1 == trainer.steps_per_epoch:
+                self.first_plan(trainer, epoch, step, at)
+        if not trainer.history:  # the run needs one finished epoch (best.pt) to end with
+            return False
+        over = self.spent() + self.end_seconds(trainer) >= self.seconds
+        over = distributed.any_rank(over and distributed.is_main())  # rank 0's clock decides
+        if over:
+            self.reason = (
+                f"the budget ran out during epoch {epoch} (batch {step + 1} of "
+                f"{trainer.steps_per_epoch}): that epoch was dropped"
+            )
+            trainer.epochs = epoch - 1
+        return over
+
+    def after_epoch(self, trainer: Trainer, epoch: int) -> None:
+        """Each epoch's end (its checkpoints written): plan again from its measured time."""
+        at = now()
+        seconds, self.mark = at - self.mark, at
+        n_val = max(trainer.val_loader.num_samples, 1)
+        self.val_seconds_per_sample = trainer.val_seconds / n_val
+        self.timing_first_batches = False
+        self.plan(trainer, epoch, seconds, f"after epoch {epoch}")
+
+    # Planning ----------------------------------------------------------------------------------
+    def end_seconds(self, trainer: Trainer) -> float:
+        """What the end will cost: test twice, validation and figures again for the report."""
+        per_sample = self.val_seconds_per_sample or 0.0
+        passes = 2 * len(trainer.data.test) + (len(trainer.data.val) if self.report else 0)
+        return END_SECONDS + per_sample * passes + (REPORT_SECONDS if self.report else 0.0)
+
+    def first_plan(self, trainer: Trainer, epoch: int, step: int, at: float) -> None:
+        """From the batches timed so far: the epoch's training and an estimate of validation."""
+        self.timing_first_batches = False
+        per_batch = (at - self.first_batch_end) / (self.batches - 1)
+        self.val_seconds_per_sample = EVAL_COST * per_batch / max(trainer.cfg.data.batch_size, 1)
+        n_val = max(trainer.val_loader.num_samples, 1)
+        epoch_seconds = per_batch * trainer.steps_per_epoch + self.val_seconds_per_sample * n_val
+        pending = epoch_seconds * (1 - (step + 1) / trainer.steps_per_epoch)
+        self.plan(trainer, epoch, epoch_seconds, f"epoch {epoch}, batch {step + 1}", pending)
+
+    def plan(self, trainer: Trainer, counted: int, epoch_seconds: float, when: str,
+             pending: float = 0.0) -> None:  # fmt: skip
+        """The epochs: `counted` (done, or done once the `pending` seconds of the current epoch
+        have run) plus those that fit after them, the same on every process; the schedules are
+        set to end there."""
+        self.epoch_seconds = epoch_seconds
+        left = self.seconds - self.spent() - pending
+        end = self.end_seconds(trainer)
+        counted = max(counted, 1)
+        more = counted + epochs_that_fit(left - MARGIN * epoch_seconds, epoch_seconds, end)
+        needed = (trainer.epochs - counted) * epoch_seconds + end  # what the plan needs from here
+        if more > trainer.epochs:  # another epoch fits, with a margin: no back and forth
+            epochs = more
+        elif needed > left or trainer.epochs < counted:  # the plan no longer fits
+            epochs = counted + epochs_that_fit(left, epoch_seconds, end)
+        else:
+            epochs = trainer.epochs
+        (epochs,) = distributed.sum_across(epochs if distributed.is_main() else 0)
+        epochs = int(epochs)
+        self.plans.append({
+            "when": when, "epochs": epochs, "epoch_seconds": round(epoch_seconds, 3),
+            "end_seconds": round(end, 3), "left_seconds": round(left, 3),
+        })  # fmt: skip
+        if epochs != trainer.epochs:
+            self.say(
+                f"Time budget {show(self.seconds)} ({when}): an epoch takes {show(epoch_seconds)}, "
+                f"the test and report about {show(end)}, {show(max(left, 0))} left: "
+                f"{epochs} epoch{'s' if epochs != 1 else ''} in all; the schedule now ends at "
+                f"epoch {epochs}"
+            )
+            trainer.reschedule(epochs)
+        self.planned = epochs
+        if epochs <= counted:
+            self.reason = f"no further epoch fits ({when})"
+
+    # The end and the record --------------------------------------------------------------------
+    def end_training(self) -> None:
+        self.training_ended = now()
+
+    def finish(self, run: RunDir, trainer: Trainer) -> dict[str, Any]:
+        """After the report: the record in info.json and one line on the log."""
+        spent = self.spent()
+        ended = self.training_ended or now()
+        reason = self.reason or (
+            "early stopping" if trainer.early_stop.should_stop else "the planned epochs ran"
+        )
+        record = {
+            "seconds": self.seconds,
+            "spent_seconds": round(spent, 3),
+            "over_seconds": round(spent - self.seconds, 3),
+            "epochs": len(trainer.history),
+            "planned_epochs": self.planned,
+            "end_seconds_estimate": round(self.end_seconds(trainer), 3),
+            "end_seconds": round(now() - ended, 3),
+            "reason": reason,
+            "plans": self.plans,
+        }
+        info = run.load_info()
+        info["budget"] = record
+        run.write_json("info.json", info)
+        over = spent - self.seconds
+        self.say(
+            f"Time budget {show(self.seconds)}: spent {show(spent)} "
+            f"({'over' if over > 0 else 'under'} by {abs(over):.1f}s), {record['epochs']} epochs; "
+            f"{reason}"
+        )
+        return record
+
+    # Resume ------------------------------------------------------------------------------------
+    def state_dict(self) -> dict[str, Any]:
+        return {
+            "seconds": self.seconds, "spent": self.spent(), "planned": self.planned,
+            "epoch_seconds": self.epoch_seconds, "val_seconds_per_sample":
+            self.val_seconds_per_sample, "plans": list(self.plans),
+        }  # fmt: skip
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.spent_before = float(state["spent"])
+        self.planned = state.get("planned")
+        self.epoch_seconds = state.get("epoch_seconds")
+        self.val_seconds_per_sample = state.get("val_seconds_per_sample")
+        self.plans = list(state.get("plans", []))
+
+
+def check_resume(seconds: float | None, state: dict[str, Any], time_changed: bool, run) -> None:
+    """A budget run that ended (its plan ran, or its time is spent) resumes only with more time."""
+    saved = state.get("budget")
+    if seconds is None or saved is None:
+        return
+    if time_changed and seconds <= saved["spent"]:
+        raise ConfigError(
+            f"train.time={show(seconds)}: {run.path} already spent {show(saved['spent'])}; "
+            "give it more time than that"
+        )
+    if not time_changed and state["epoch"] >= (saved.get("planned") or 0):
+        raise RunError(
+            f"{run.path} used its time budget of {show(seconds)} ({state['epoch']} epochs); "
+            "to train on, give it more: kiln train --resume RUN train.time=..."
+        )
