@@ -300,6 +300,10 @@ def create_app(
 
     if servable.task.generates:
         add_sampling(app, servable, limits)
+    else:
+        from kiln.deploy.explain_route import add_explain
+
+        add_explain(app, servable, limits, ERRORS, PREDICT_BODY)  # POST /explain
 
     app.add_middleware(BodyLimit, max_bytes=limits.max_upload_bytes)
     if token:

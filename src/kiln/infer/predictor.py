@@ -186,6 +186,7 @@ class Predictor:
             "raw_input": s.raw_input.model_dump() if s.raw_input else None,
             "tta": s.tta,
             "parity": s.parity.model_dump() if s.parity else None,
+            "explain": self.model is not None and self.task.explains,  # POST /explain answers
         }
 
 

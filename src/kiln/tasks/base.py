@@ -105,6 +105,8 @@ class Task:
     Options: ClassVar[type[BaseModel] | None] = None
     # True for a generator: its predictions start from noise (latent vectors), not from images.
     generates: ClassVar[bool] = False
+    # True when `explain` gives heat maps (kiln serve offers POST /explain and the page's button).
+    explains: ClassVar[bool] = False
 
     # Config -----------------------------------------------------------------------------------
     @classmethod
@@ -376,11 +378,19 @@ class Task:
 
     # Explanation ------------------------------------------------------------------------------
     @classmethod
-    def explain(cls, model: nn.Module, inputs: torch.Tensor, info: DataInfo, top_k: int = 3,
-                method: str = "auto") -> list[list[Any]]:  # fmt: skip
-        """Why the model answered as it did (`kiln predict --explain`, POST /explain, the
-        report): for each normalized input (C, H, W) of `inputs`, a list of
-        kiln.evaluate.explain.Explanation (a label, its score and a heat map over the image)."""
+    def explain(
+        cls,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        info: DataInfo,
+        top_k: int = 3,
+        method: str = "auto",
+        targets: list[list[int]] | None = None,
+    ) -> list[list[Any]]:
+        """Why the model answered as it did (`kiln predict --explain`, POST /explain, the report):
+        for each normalized input of `inputs` (N, C, H, W), a list of
+        kiln.evaluate.explain.Explanation (a label, its score, a heat map over the image) for its
+        top_k classes, or for the class indices `targets` gives per input."""
         raise KilnError(
             f"explanations are not available for task={cls.name}: they show which pixels drove "
             "a class (task=classify) or a class's pixels (task=segment)"
