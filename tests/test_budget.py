@@ -121,6 +121,23 @@ def test_cosine_and_step_schedules_follow_the_plan(clock, tmp_path, sched):
         assert sum(lr == pytest.approx(0.01) for lr in lrs) == pytest.approx(epochs / 2, abs=1)
 
 
+def test_a_budget_shorter_than_an_epoch_trains_part_of_it(clock, tmp_path):
+    run, out = train(tmp_path, "short", **{"train.time": 3, "data.subset": None})  # 21 batches
+    rec = record(run)
+    assert "less than one epoch fits" in rec["reason"] and len(run.history) == 1
+    (cut,) = [plan["steps"] for plan in rec["plans"] if "steps" in plan]
+    assert 6 <= cut < 21  # timed five batches, then cut before the epoch's end
+    assert f"the first {cut} of its" in out
+    weight = torch.zeros(1, requires_grad=True)
+    optimizer = torch.optim.AdamW([weight], lr=0.01)
+    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.01, total_steps=cut,
+                                                   pct_start=0.25)  # fmt: skip
+    for _ in range(cut):
+        optimizer.step()
+        schedule.step()
+    assert run.history[0]["lr"] == pytest.approx(optimizer.param_groups[0]["lr"], rel=1e-6)
+
+
 def test_time_running_out_mid_epoch_ends_cleanly_with_the_best_checkpoint(clock, tmp_path):
     """The machine slows down twentyfold in the third epoch: that epoch is dropped, the run
     ends with best.pt evaluated, and the reason is on record."""

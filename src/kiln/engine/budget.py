@@ -3,7 +3,8 @@
 The clock starts when `kiln.train` starts (reading the data counts) and stops once the report is
 written; a resumed run adds to what it spent before. What the budget does:
 
-    early in the first epoch   a first plan from the speed of its first batches
+    early in the first epoch   a first plan from the speed of its first batches; when not even
+                               one epoch fits, the run is the first epoch's batches that do
     after every epoch          the epochs that still fit = (time left - what the end costs) / the
                                last epoch's time; the schedules are rebuilt for that many epochs
                                and replayed to this step (Trainer.reschedule), so that one-cycle
@@ -68,6 +69,7 @@ class TimeBudget:
         self.seconds, self.started, self.report, self.say = seconds, started, report, say
         self.spent_before = 0.0  # what earlier sessions of this run spent (resume)
         self.planned: int | None = None
+        self.last_steps: int | None = None  # the first epoch cut to this many batches
         self.epoch_seconds: float | None = None  # the last epoch's wall time
         self.val_seconds_per_sample: float | None = None
         self.plans: list[dict[str, Any]] = []
@@ -88,6 +90,7 @@ class TimeBudget:
         self.mark = now()
         if self.planned is not None:
             trainer.epochs = self.planned  # the horizon its schedules were saved with
+            trainer.last_epoch_steps = self.last_steps
         if self.epoch_seconds is not None:
             self.timing_first_batches = False
             part = trainer.start_step / trainer.steps_per_epoch  # resumed mid-epoch
@@ -97,7 +100,7 @@ class TimeBudget:
 
     def out_of_time(self, trainer: Trainer, epoch: int, step: int) -> bool:
         """After each batch: a first plan early in the first epoch; True when even stopping now
-        would end past the budget."""
+        would end past the budget (the trainer drops the epoch, or ends the first one here)."""
         if self.timing_first_batches:
             self.batches += 1
             at = now()
@@ -105,16 +108,17 @@ class TimeBudget:
                 self.first_batch_end = at  # the first batch pays for warming up: not timed
             elif self.batches > EARLY_BATCHES or step + 1 == trainer.steps_per_epoch:
                 self.first_plan(trainer, epoch, step, at)
-        if not trainer.history:  # the run needs one finished epoch (best.pt) to end with
-            return False
         over = self.spent() + self.end_seconds(trainer) >= self.seconds
         over = distributed.any_rank(over and distributed.is_main())  # rank 0's clock decides
-        if over:
+        if over and trainer.history:
             self.reason = (
                 f"the budget ran out during epoch {epoch} (batch {step + 1} of "
                 f"{trainer.steps_per_epoch}): that epoch was dropped"
             )
             trainer.epochs = epoch - 1
+        elif over:  # the run needs one epoch (best.pt) to end with: the first one ends here
+            self.reason = f"the budget ran out during epoch {epoch}: it ended at batch {step + 1}"
+            trainer.epochs = epoch
         return over
 
     def after_epoch(self, trainer: Trainer, epoch: int) -> None:
@@ -141,7 +145,29 @@ class TimeBudget:
         n_val = max(trainer.val_loader.num_samples, 1)
         epoch_seconds = per_batch * trainer.steps_per_epoch + self.val_seconds_per_sample * n_val
         pending = epoch_seconds * (1 - (step + 1) / trainer.steps_per_epoch)
-        self.plan(trainer, epoch, epoch_seconds, f"epoch {epoch}, batch {step + 1}", pending)
+        when = f"epoch {epoch}, batch {step + 1}"
+        left = self.seconds - self.spent() - self.end_seconds(trainer)
+        if epoch == 1 and left < pending:  # not even one epoch fits: the first one is cut short
+            val = self.val_seconds_per_sample * n_val
+            steps = step + 1 + max(0, math.floor((left - val) / per_batch))
+            self.cut_first_epoch(trainer, min(steps, trainer.steps_per_epoch - 1), when)
+            return
+        self.plan(trainer, epoch, epoch_seconds, when, pending)
+
+    def cut_first_epoch(self, trainer: Trainer, steps: int, when: str) -> None:
+        """The budget is shorter than one epoch: the run is its first `steps` batches, with the
+        schedule over them, then validation."""
+        (steps,) = distributed.sum_across(steps if distributed.is_main() else 0)
+        steps = max(int(steps), 1)
+        self.plans.append({"when": when, "epochs": 1, "steps": steps})
+        self.say(
+            f"Time budget {show(self.seconds)} ({when}): less than one epoch fits: the run is "
+            f"the first {steps} of its {trainer.steps_per_epoch} batches; the schedule now ends "
+            "there"
+        )
+        trainer.reschedule(1, last_steps=steps)
+        self.planned, self.last_steps = 1, steps
+        self.reason = f"less than one epoch fits ({when}): epoch 1 was cut to {steps} batches"
 
     def plan(self, trainer: Trainer, counted: int, epoch_seconds: float, when: str,
              pending: float = 0.0) -> None:  # fmt: skip
@@ -175,7 +201,9 @@ class TimeBudget:
             )
             trainer.reschedule(epochs)
         self.planned = epochs
-        if epochs <= counted:
+        if epochs > counted:
+            self.reason = ""
+        elif not self.reason:  # keep why it ended, when it did (cut short, out of time)
             self.reason = f"no further epoch fits ({when})"
 
     # The end and the record --------------------------------------------------------------------
@@ -216,7 +244,7 @@ class TimeBudget:
         return {
             "seconds": self.seconds, "spent": self.spent(), "planned": self.planned,
             "epoch_seconds": self.epoch_seconds, "val_seconds_per_sample":
-            self.val_seconds_per_sample, "plans": list(self.plans),
+            self.val_seconds_per_sample, "plans": list(self.plans), "last_steps": self.last_steps,
         }  # fmt: skip
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
@@ -225,6 +253,7 @@ class TimeBudget:
         self.epoch_seconds = state.get("epoch_seconds")
         self.val_seconds_per_sample = state.get("val_seconds_per_sample")
         self.plans = list(state.get("plans", []))
+        self.last_steps = state.get("last_steps")
 
 
 def check_resume(seconds: float | None, state: dict[str, Any], time_changed: bool, run) -> None:

@@ -61,10 +61,11 @@ def build_scheduler(
     steps_per_epoch: int,
     epochs: int,
     step_scale: float = 1.0,
+    total_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    """`step_scale` stretches sched.step_size (a time budget's plan: the decays keep their place
-    in the run)."""
-    total = steps_per_epoch * epochs
+    """`step_scale` stretches sched.step_size and `total_steps` sets the end (a time budget's
+    plan, whose last epoch may be cut short)."""
+    total = total_steps or steps_per_epoch * epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.name == "onecycle":
         group = optimizer.param_groups[0]

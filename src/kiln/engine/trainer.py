@@ -104,6 +104,7 @@ class Trainer:
         self.start_step = 0  # batches already done in the next epoch (mid-epoch resume)
         self.budget: TimeBudget | None = None  # train.time: set by kiln.train (engine/budget.py)
         self.val_seconds = 0.0  # the last validation's wall time
+        self.last_epoch_steps: int | None = None  # a time budget may cut the last epoch short
         self._reset_totals()
 
     @property
@@ -194,8 +195,12 @@ class Trainer:
             if distributed.any_rank(self.stop.requested):  # every process stops at this step
                 self.interrupt(epoch, step + 1, epoch_rng)
             if self.budget is not None and self.budget.out_of_time(self, epoch, step):
-                self._reset_totals()
-                return None  # this epoch is dropped: the run ends with best.pt evaluated
+                if self.history:
+                    self._reset_totals()
+                    return None  # this epoch is dropped: the run ends with best.pt evaluated
+                break  # the first epoch ends here: validated, it is the run's one epoch
+            if epoch == self.epochs and step + 1 == self.last_epoch_steps:
+                break  # a time budget's plan ends this epoch early
         train_seconds = time.perf_counter() - started
         loss_sum, score_sum, seen = distributed.sum_across(self.loss_sum, self.score_sum, self.seen)
         val_started = time.perf_counter()
@@ -238,19 +243,21 @@ class Trainer:
         self.scaler.update()
         self.schedulers[name].step()
 
-    def reschedule(self, epochs: int) -> None:
-        """A new end for training (a time budget's plan): every schedule rebuilt for `epochs` and
-        replayed to the step it had reached, as a resume with more epochs replays it."""
+    def reschedule(self, epochs: int, last_steps: int | None = None) -> None:
+        """A new end for training (a time budget's plan): every schedule rebuilt for `epochs`
+        (the last one `last_steps` batches long) and replayed to the step it had reached, as a
+        resume with more epochs replays it."""
         step_scale = epochs / self.cfg.train.epochs  # sched=step: its decays keep their place
+        total = (epochs - 1) * self.steps_per_epoch + (last_steps or self.steps_per_epoch)
         for name, optimizer in self.optimizers.items():
             done = self.schedulers[name].last_epoch
             for group, lr in zip(optimizer.param_groups, self.base_lrs[name], strict=True):
                 group["lr"] = lr
             scheduler = build_scheduler(self.cfg.sched, optimizer, self.steps_per_epoch, epochs,
-                                        step_scale)  # fmt: skip
+                                        step_scale, total)  # fmt: skip
             replay(scheduler, done)
             self.schedulers[name] = scheduler
-        self.epochs = epochs
+        self.epochs, self.last_epoch_steps = epochs, last_steps
 
     def l1_penalty(self, module: nn.Module) -> torch.Tensor:
         return self.cfg.optim.l1 * sum(
