@@ -237,6 +237,8 @@ class SegmentTask(Task):
         from kiln.evaluate.explain import Explanation, heat_maps
         from kiln.tasks.classify.task import black_image
 
+        if inputs.dim() != 4:
+            raise ConfigError("explanations are heat maps over 2-D images; this run has volumes")
         with torch.no_grad():
             found = model(inputs).float().argmax(dim=1)  # (N, H, W)
         answers = []
