@@ -21,7 +21,7 @@ from conftest import interrupt_at, kiln_env
 import kiln
 from kiln.config import build_config
 from kiln.engine import budget
-from kiln.engine.budget import epochs_that_fit, show
+from kiln.engine.budget import batches_that_fit, show
 from kiln.engine.stopping import TrainingInterrupted
 from kiln.errors import ConfigError, RunError
 
@@ -62,18 +62,20 @@ def record(run) -> dict:
 
 
 def planned_from_the_start(run, epochs: int) -> float:
-    """The last epoch's rate of a one-cycle schedule built for `epochs` from the start."""
+    """The last epoch's rate of a one-cycle schedule built from the start for the plan's batches
+    (`epochs`, the last one maybe cut short)."""
+    info = json.loads((Path(run.path) / "info.json").read_text())
+    steps = -(-info["samples"]["train"] // run.config.data.batch_size)  # batches per epoch
+    total = (epochs - 1) * steps + (info["budget"]["last_epoch_batches"] or steps)
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.AdamW([weight], lr=0.01)
-    train = json.loads((Path(run.path) / "info.json").read_text())["samples"]["train"]
-    steps = -(-train // run.config.data.batch_size)  # batches per epoch
     schedule = torch.optim.lr_scheduler.OneCycleLR(
         optimizer,
         0.01,
-        total_steps=steps * epochs,
+        total_steps=total,
         pct_start=0.25,  # as kiln.engine.optim
     )
-    for _ in range(steps * epochs):
+    for _ in range(total):
         optimizer.step()
         schedule.step()
     return optimizer.param_groups[0]["lr"]
@@ -88,11 +90,14 @@ def test_durations_read_as_people_write_them():
     assert (show(12.34), show(90), show(5400)) == ("12.3s", "1m 30s", "1h 30m")
 
 
-def test_epochs_that_fit_keep_the_end_in_the_budget():
-    assert epochs_that_fit(100.0, 10.0, 5.0) == 9
-    assert epochs_that_fit(100.0, 10.0, 0.0) == 10
-    assert epochs_that_fit(4.0, 10.0, 1.0) == 0
-    assert epochs_that_fit(-5.0, 10.0, 1.0) == 0
+def test_whole_epochs_fit_then_part_of_one_when_a_quarter_fits():
+    # epochs of 100 batches: 9 s of training and 1 s of validation each
+    assert batches_that_fit(100.0, 10.0, 0.09, 1.0, 100) == 1000
+    assert batches_that_fit(105.0, 10.0, 0.09, 1.0, 100) == 1044  # 4 s left after validating
+    assert batches_that_fit(103.0, 10.0, 0.09, 1.0, 100) == 1000  # 22 batches: under a quarter
+    assert batches_that_fit(101.5, 10.0, 0.09, 1.0, 100) == 1000  # not even its validation
+    assert batches_that_fit(4.0, 10.0, 0.09, 1.0, 100) == 33
+    assert batches_that_fit(-5.0, 10.0, 0.09, 1.0, 100) == 0
 
 
 def test_the_schedule_ends_exactly_at_the_budgets_last_epoch(clock, tmp_path):
@@ -117,10 +122,11 @@ def test_cosine_and_step_schedules_follow_the_plan(clock, tmp_path, sched):
     if sched == "cosine":  # the decay reaches zero at the last step of the last epoch
         assert lrs[-1] == pytest.approx(0.0, abs=1e-9) and max(lrs) <= 0.01
     else:  # step_size=4 of train.epochs=8: a decay every half of the planned epochs
-        samples = json.loads((Path(run.path) / "info.json").read_text())["samples"]["train"]
-        steps = -(-samples // run.config.data.batch_size)
+        info = json.loads((Path(run.path) / "info.json").read_text())
+        steps = -(-info["samples"]["train"] // run.config.data.batch_size)
+        total = (epochs - 1) * steps + (info["budget"]["last_epoch_batches"] or steps)
         every = round(steps * 4 * epochs / 8)
-        assert lrs[-1] == pytest.approx(0.01 * 0.1 ** (steps * epochs // every))
+        assert lrs[-1] == pytest.approx(0.01 * 0.1 ** (total // every))
         assert lrs[0] == pytest.approx(0.01) and lrs[-1] < 0.01
 
 

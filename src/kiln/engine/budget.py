@@ -5,11 +5,12 @@ written; a resumed run adds to what it spent before. What the budget does:
 
     early in the first epoch   a first plan from the speed of its first batches; when not even
                                one epoch fits, the run is the first epoch's batches that do
-    after every epoch          the epochs that still fit = (time left - what the end costs) / the
-                               last epoch's time; the schedules are rebuilt for that many epochs
-                               and replayed to this step (Trainer.reschedule), so that one-cycle
-                               and cosine finish their decay at the last epoch and step decays keep
-                               their place in the run; when none fits, training ends here
+    after every epoch          what still fits in the time left, less what the end costs, at the
+                               last epoch's pace: whole epochs, then part of one more when a
+                               quarter of it fits; the schedules are rebuilt for that and replayed
+                               to this step (Trainer.reschedule), so that one-cycle and cosine
+                               finish their decay at the last batch and step decays keep their
+                               place in the run; when nothing fits, training ends here
     during an epoch            if even stopping now would end past the budget (the machine slowed
                                down), training stops: the epoch is dropped, best.pt is evaluated
 
@@ -35,7 +36,8 @@ if TYPE_CHECKING:
 REPORT_SECONDS = 3.0  # the report's figures and page beyond predicting the validation split
 END_SECONDS = 0.5  # loading best.pt, writing eval files
 EARLY_BATCHES = 5  # batches of the first epoch timed before the first plan (the first is skipped)
-MARGIN = 0.25  # a plan grows only when a further epoch fits with this share of one to spare
+MARGIN = 0.25  # a plan grows only by more than this share of an epoch
+MIN_PART = 0.25  # a last epoch cut short is planned when at least this share of it fits
 EVAL_COST = 0.4  # an evaluated sample costs about this share of a trained one (first plan only)
 
 
@@ -44,11 +46,17 @@ def now() -> float:
     return time.perf_counter()
 
 
-def epochs_that_fit(left: float, epoch_seconds: float, end_seconds: float) -> int:
-    """Whole epochs that fit in `left` seconds with `end_seconds` kept for the end."""
-    if epoch_seconds <= 0:
+def batches_that_fit(
+    seconds: float, epoch_seconds: float, step_seconds: float, val_seconds: float, per_epoch: int
+) -> int:
+    """Batches that fit in `seconds`: whole epochs (each validated), then part of one more (also
+    validated) when at least MIN_PART of it fits."""
+    if seconds <= 0 or epoch_seconds <= 0:
         return 0
-    return max(0, math.floor((left - end_seconds) / epoch_seconds))
+    whole = math.floor(seconds / epoch_seconds)
+    rest = seconds - whole * epoch_seconds - val_seconds
+    part = min(math.floor(rest / step_seconds), per_epoch - 1) if rest > 0 else 0
+    return whole * per_epoch + (part if part >= MIN_PART * per_epoch else 0)
 
 
 def show(seconds: float) -> str:
@@ -96,7 +104,8 @@ class TimeBudget:
             part = trainer.start_step / trainer.steps_per_epoch  # resumed mid-epoch
             pending = self.epoch_seconds * (1 - part) if part else 0.0
             counted = trainer.start_epoch + (1 if part else 0)
-            self.plan(trainer, counted, self.epoch_seconds, "resumed", pending)
+            val = (self.val_seconds_per_sample or 0.0) * trainer.val_loader.num_samples
+            self.plan(trainer, counted, self.epoch_seconds, val, "resumed", pending)
 
     def out_of_time(self, trainer: Trainer, epoch: int, step: int) -> bool:
         """After each batch: a first plan early in the first epoch; True when even stopping now
@@ -128,7 +137,13 @@ class TimeBudget:
         n_val = max(trainer.val_loader.num_samples, 1)
         self.val_seconds_per_sample = trainer.val_seconds / n_val
         self.timing_first_batches = False
-        self.plan(trainer, epoch, seconds, f"after epoch {epoch}")
+        if epoch == trainer.epochs and trainer.last_epoch_steps:  # the plan's cut epoch has run
+            self.reason = self.reason or (
+                f"the plan ran: {epoch} epochs, the last cut to {trainer.last_epoch_steps} "
+                f"of {trainer.steps_per_epoch} batches"
+            )
+            return
+        self.plan(trainer, epoch, seconds, trainer.val_seconds, f"after epoch {epoch}")
 
     # Planning ----------------------------------------------------------------------------------
     def end_seconds(self, trainer: Trainer) -> float:
@@ -147,12 +162,12 @@ class TimeBudget:
         pending = epoch_seconds * (1 - (step + 1) / trainer.steps_per_epoch)
         when = f"epoch {epoch}, batch {step + 1}"
         left = self.seconds - self.spent() - self.end_seconds(trainer)
+        val = self.val_seconds_per_sample * n_val
         if epoch == 1 and left < pending:  # not even one epoch fits: the first one is cut short
-            val = self.val_seconds_per_sample * n_val
             steps = step + 1 + max(0, math.floor((left - val) / per_batch))
             self.cut_first_epoch(trainer, min(steps, trainer.steps_per_epoch - 1), when)
             return
-        self.plan(trainer, epoch, epoch_seconds, when, pending)
+        self.plan(trainer, epoch, epoch_seconds, val, when, pending)
 
     def cut_first_epoch(self, trainer: Trainer, steps: int, when: str) -> None:
         """The budget is shorter than one epoch: the run is its first `steps` batches, with the
@@ -169,38 +184,46 @@ class TimeBudget:
         self.planned, self.last_steps = 1, steps
         self.reason = f"less than one epoch fits ({when}): epoch 1 was cut to {steps} batches"
 
-    def plan(self, trainer: Trainer, counted: int, epoch_seconds: float, when: str,
-             pending: float = 0.0) -> None:  # fmt: skip
-        """The epochs: `counted` (done, or done once the `pending` seconds of the current epoch
-        have run) plus those that fit after them, the same on every process; the schedules are
-        set to end there."""
+    def plan(self, trainer: Trainer, counted: int, epoch_seconds: float, val_seconds: float,
+             when: str, pending: float = 0.0) -> None:  # fmt: skip
+        """The batches to train: the `counted` epochs (done, or done once the `pending` seconds
+        of the current one have run), then the whole epochs that fit and part of one more when
+        a quarter of it fits; the same on every process. The schedules are set to end there."""
+        per_epoch = trainer.steps_per_epoch
         self.epoch_seconds = epoch_seconds
+        step_seconds = max(epoch_seconds - val_seconds, 1e-9) / per_epoch
         left = self.seconds - self.spent() - pending
         end = self.end_seconds(trainer)
         counted = max(counted, 1)
-        more = counted + epochs_that_fit(left - MARGIN * epoch_seconds, epoch_seconds, end)
-        needed = (trainer.epochs - counted) * epoch_seconds + end  # what the plan needs from here
-        if more > trainer.epochs:  # another epoch fits, with a margin: no back and forth
-            epochs = more
-        elif needed > left or trainer.epochs < counted:  # the plan no longer fits
-            epochs = counted + epochs_that_fit(left, epoch_seconds, end)
-        else:
-            epochs = trainer.epochs
-        (epochs,) = distributed.sum_across(epochs if distributed.is_main() else 0)
-        epochs = int(epochs)
+        planned = (trainer.epochs - 1) * per_epoch + (trainer.last_epoch_steps or per_epoch)
+
+        def fit(spare: float) -> int:
+            more = batches_that_fit(left - end - spare, epoch_seconds, step_seconds, val_seconds,
+                                    per_epoch)  # fmt: skip
+            return counted * per_epoch + more
+
+        if fit(MARGIN * epoch_seconds) > planned:  # grows only with a margin: no back and forth
+            planned = fit(MARGIN * epoch_seconds)
+        elif fit(0.0) < planned or planned < counted * per_epoch:  # the plan no longer fits
+            planned = fit(0.0)
+        (planned,) = distributed.sum_across(planned if distributed.is_main() else 0)
+        epochs, part = divmod(int(planned), per_epoch)
+        epochs, last = (epochs + 1, part) if part else (epochs, None)
         self.plans.append({
-            "when": when, "epochs": epochs, "epoch_seconds": round(epoch_seconds, 3),
-            "end_seconds": round(end, 3), "left_seconds": round(left, 3),
+            "when": when, "epochs": epochs, "last_epoch_batches": last or per_epoch,
+            "epoch_seconds": round(epoch_seconds, 3), "end_seconds": round(end, 3),
+            "left_seconds": round(left, 3),
         })  # fmt: skip
-        if epochs != trainer.epochs:
+        if (epochs, last) != (trainer.epochs, trainer.last_epoch_steps):
+            cut = f", the last one {last} of its {per_epoch} batches" if last else ""
             self.say(
                 f"Time budget {show(self.seconds)} ({when}): an epoch takes {show(epoch_seconds)}, "
                 f"the test and report about {show(end)}, {show(max(left, 0))} left: "
-                f"{epochs} epoch{'s' if epochs != 1 else ''} in all; the schedule now ends at "
-                f"epoch {epochs}"
+                f"{epochs} epoch{'s' if epochs != 1 else ''} in all{cut}; the schedule now ends "
+                "there"
             )
-            trainer.reschedule(epochs)
-        self.planned = epochs
+            trainer.reschedule(epochs, last)
+        self.planned, self.last_steps = epochs, last
         if epochs > counted:
             self.reason = ""
         elif not self.reason:  # keep why it ended, when it did (cut short, out of time)
@@ -225,6 +248,7 @@ class TimeBudget:
             "planned_epochs": self.planned,
             "end_seconds_estimate": round(self.end_seconds(trainer), 3),
             "end_seconds": round(now() - ended, 3),
+            "last_epoch_batches": self.last_steps,
             "reason": reason,
             "plans": self.plans,
         }
