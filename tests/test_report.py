@@ -24,7 +24,7 @@ from PIL import Image
 import kiln
 from kiln.engine.evaluate import report_run
 
-PLOTS = ("curves", "confusion", "samples", "mistakes", "per_class")
+PLOTS = ("curves", "confusion", "samples", "mistakes", "per_class", "explained")
 REPO = Path(__file__).resolve().parents[1]
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')
 REMOTE = re.compile(r"""(?:src|href)\s*=\s*["']?\s*(?:https?:)?//""", re.IGNORECASE)

@@ -31,7 +31,9 @@ def operations(trained_run: Path) -> dict:
 
 
 def test_schema_lists_the_routes(operations: dict):
-    assert set(operations) == {("GET", "/health"), ("GET", "/metadata"), ("POST", "/predict")}
+    assert set(operations) == {
+        ("GET", "/health"), ("GET", "/metadata"), ("POST", "/predict"), ("POST", "/explain")
+    }  # fmt: skip
 
 
 @pytest.mark.parametrize(
@@ -41,6 +43,8 @@ def test_schema_lists_the_routes(operations: dict):
         (("GET", "/metadata"), GenerationMode.POSITIVE),
         (("POST", "/predict"), GenerationMode.POSITIVE),
         (("POST", "/predict"), GenerationMode.NEGATIVE),  # the GETs take no input to get wrong
+        (("POST", "/explain"), GenerationMode.POSITIVE),
+        (("POST", "/explain"), GenerationMode.NEGATIVE),
     ],
 )
 def test_no_server_errors(operations: dict, route, mode):

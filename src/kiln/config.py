@@ -82,6 +82,18 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str:
     return f" (did you mean '{close[0]}'?)" if close else ""
 
 
+DURATION_UNITS = {"": 1, "s": 1, "sec": 1, "m": 60, "min": 60, "h": 3600, "hr": 3600}
+
+
+def parse_duration(text: Any, key: str = "train.time") -> float:
+    """'90s', '10m', '1.5h' or a number of seconds -> seconds."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-zA-Z]*)\s*", str(text))
+    unit = match.group(2).lower() if match else None
+    if isinstance(text, bool) or match is None or unit not in DURATION_UNITS:
+        raise ConfigError(f"{key}={text!r}: expected a duration like 90s, 10m or 1.5h")
+    return float(match.group(1)) * DURATION_UNITS[unit]
+
+
 def load_yaml(text: str) -> Any:
     return yaml.load(text, Loader=_Loader)  # noqa: S506 (a SafeLoader subclass)
 
@@ -271,6 +283,20 @@ class TrainConfig(_Section):
     dist_timeout: float = Field(
         300.0, gt=0.0, description="seconds a process waits for the others before failing"
     )
+    time: float | None = Field(
+        None, gt=0.0, description="a time budget (90s, 10m, 1.5h): the epochs and the schedule "
+        "are fitted to end by then, test and report included (train.epochs is ignored)",
+    )  # fmt: skip
+
+    @field_validator("time", mode="before")
+    @classmethod
+    def _duration(cls, v: Any) -> Any:
+        if v is None or (isinstance(v, (int, float)) and not isinstance(v, bool)):
+            return v
+        try:
+            return parse_duration(v)
+        except ConfigError as exc:
+            raise ValueError(str(exc).split(": ", 1)[-1]) from None
 
     @field_validator("device")
     @classmethod

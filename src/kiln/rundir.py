@@ -146,17 +146,19 @@ class RunDir:
         config.yaml only after the first of them (see `record_config`): a run killed before that
         resumes as it was, never with a config.yaml that its last.pt does not match. The epochs
         that last.pt's schedule was built for win over config.yaml's."""
-        changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout")
+        changeable = ("train.epochs", "epochs", "train.devices", "train.dist_timeout", "train.time")
         unsupported = [k for k in overrides if k not in changeable]
         if unsupported:
             raise ConfigError(
                 f"--resume continues a run with its saved config; only train.epochs, "
-                f"train.devices and train.dist_timeout can be changed (got "
+                f"train.time, train.devices and train.dist_timeout can be changed (got "
                 f"{', '.join(unsupported)})"
             )
         cfg = self.load_config()
         planned = state.get("planned_epochs", cfg.train.epochs)
         cfg = build_config(cfg.to_dict(), {"train.epochs": planned, **overrides})
+        if cfg.train.time is not None and (state.get("budget") or "train.time" in overrides):
+            return cfg, False  # the time budget plans the epochs (kiln.engine.budget)
         if overrides and cfg.train.epochs <= state["epoch"]:
             raise ConfigError(
                 f"train.epochs={cfg.train.epochs}: the run already finished {state['epoch']}"

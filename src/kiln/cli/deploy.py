@@ -15,6 +15,7 @@ EPILOG_EXPORT = """examples:
                                                       on 512 training images
   kiln export runs/mnist-cnn --format executorch      .pte for phones and boards (XNNPACK)
   kiln export runs/mnist-cnn --format executorch --quantize static     int8 .pte
+  kiln export runs/mnist-cnn --embed-preprocessing    takes decoded images of any size
 Each export gets a sidecar FILE.json (classes, input size, mean/std) that kiln serve reads."""
 
 EPILOG_SERVE = """examples:
@@ -34,12 +35,13 @@ def cmd_export(ns: argparse.Namespace) -> int:
     result = export_run(
         ns.run, ns.format, quantize=ns.quantize, output=ns.output, which=ns.checkpoint,
         parity_images=ns.parity_images, calibration=calibration,
+        embed_preprocessing=ns.embed_preprocessing,
     )  # fmt: skip
-    p = result.spec.parity
-    gate = f" (limit {p.tolerance:.0e})" if p.tolerance is not None else ""
-    agree = f", top-1 agreement {p.top1_agreement:.2%}" if p.top1_agreement is not None else ""
-    print(f"Parity on {p.images} {p.source}: largest output difference "
-          f"{p.max_abs_logit_diff:.2e}{gate}{agree}")  # fmt: skip
+    for p in filter(None, (result.spec.parity, result.spec.parity_resized)):
+        gate = f" (limit {p.tolerance:.0e})" if p.tolerance is not None else ""
+        agree = f", top-1 agreement {p.top1_agreement:.2%}" if p.top1_agreement is not None else ""
+        print(f"Parity on {p.images} {p.source}: largest output difference "
+              f"{p.max_abs_logit_diff:.2e}{gate}{agree}")  # fmt: skip
     q = result.quantized
     if q:
         print(f"Size: {q['fp32_bytes'] / 1e6:.3f} MB fp32 -> {q['int8_bytes'] / 1e6:.3f} MB int8 "
@@ -117,6 +119,11 @@ def add_parsers(verbs) -> None:
     p.add_argument("-o", "--output", help="file or folder (default RUN_DIR/exports/)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--parity-images", type=int, default=256, help="images to check (256)")
+    p.add_argument(
+        "--embed-preprocessing", action="store_true",
+        help="the graph takes decoded uint8 RGB images (N, H, W, 3) of any size and resizes, "
+        "crops and normalizes them itself (onnx, torchscript)",
+    )  # fmt: skip
     p.set_defaults(func=cmd_export)
 
     p = verbs.add_parser(

@@ -20,6 +20,8 @@ def cmd_predict(ns: argparse.Namespace) -> int:
 
     predictor = load_predictor(ns.run, ns.checkpoint)
     task = predictor.task
+    if ns.explain:
+        return explain(ns, predictor)
     if predictor.info.features:  # a table run: CSV files of rows
         results = []
         for table in task.input_files(ns.paths, predictor.info):
@@ -33,6 +35,24 @@ def cmd_predict(ns: argparse.Namespace) -> int:
         return 0
     for r in results:
         print(task.show_answer(r))
+    return 0
+
+
+def explain(ns: argparse.Namespace, predictor) -> int:
+    """--explain: a heat map per top class of each file, written to -o (RUN/explanations)."""
+    from kiln.infer.explain import explain_files, show
+
+    files = predictor.task.input_files(ns.paths, predictor.info)
+    folder = predictor.source if predictor.source.is_dir() else predictor.source.parent
+    output = Path(ns.output) if ns.output else folder / "explanations"
+    results = explain_files(predictor, files, output, ns.top_k, ns.explain)
+    if ns.json:
+        print(json.dumps(results))
+        return 0
+    if results:
+        print(f"{results[0]['method']}: heat maps over each image in {output}")
+    for r in results:
+        print(show(r))
     return 0
 
 
@@ -56,8 +76,17 @@ def add_parsers(verbs) -> None:
     p.add_argument("-k", "--top-k", type=int, default=3, help="answers per image (3)")
     p.add_argument("--checkpoint", default="best", choices=["best", "last"])
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.add_argument("-o", "--output", help="segment runs: folder for the masks (RUN/predictions)")
+    p.add_argument(
+        "-o", "--output", help="segment runs: folder for the masks (RUN/predictions); --explain: "
+        "folder for the heat maps (RUN/explanations)",
+    )  # fmt: skip
     p.add_argument("--overlay", action="store_true", help="segment runs: NAME.overlay.png too")
+    p.add_argument(
+        "--explain", nargs="?", const="auto", choices=["auto", "gradcam", "ig"], metavar="METHOD",
+        help="why: a heat map over each image per top class, written to -o (default "
+        "RUN/explanations); METHOD auto (Grad-CAM for convolutional models, else integrated "
+        "gradients), gradcam or ig",
+    )  # fmt: skip
     p.set_defaults(func=cmd_predict)
 
     p = verbs.add_parser(

@@ -65,8 +65,22 @@ def fit_size(
         sx, sy = image.width / resized[0], image.height / resized[1]
         box = (left * sx, top * sy, (left + width) * sx, (top + height) * sy)
         return image.resize((width, height), resample, box=box, reducing_gap=None)
-    image = image.resize(resized, resample, reducing_gap=None)
+    image = resize(image, resized, resample)
     return image.crop((left, top, left + width, top + height))
+
+
+def resize(image: Image.Image, size: tuple[int, int], resample) -> Image.Image:
+    """Pillow's resize with its horizontal pass first, always. Pillow 13 picks the order of its
+    two passes by a cost estimate, and the order moves some pixels by one level: two one-axis
+    calls give the same pixels with every Pillow, and what an export's graph computes
+    (kiln/deploy/preprocess.py)."""
+    if resample == Image.Resampling.NEAREST:  # no rounding between passes: the order is moot
+        return image.resize(size, resample, reducing_gap=None)
+    if image.width != size[0]:
+        image = image.resize((size[0], image.height), resample, reducing_gap=None)
+    if image.height != size[1]:
+        image = image.resize(size, resample, reducing_gap=None)
+    return image
 
 
 def decode(image: Image.Image | Path | str, channels: int, height: int, width: int) -> torch.Tensor:

@@ -37,7 +37,7 @@ class Batcher:
                 jobs.append(queue.get_nowait())
                 size += len(jobs[-1][0])
             try:
-                batch = torch.cat([x for x, _ in jobs])
+                batch = self.servable.join([x for x, _ in jobs])
                 outputs = await run_in_threadpool(self.servable.logits, batch)
             except Exception as exc:  # the model failed: every waiting request hears it
                 for _, future in jobs:

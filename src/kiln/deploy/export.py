@@ -27,7 +27,7 @@ from kiln.rundir import RunDir, load_model
 from kiln.tasks import get_task
 
 TOLERANCE = 1e-4
-NAMES = {None: "model", "dynamic": "model-int8", "static": "model-int8-static"}
+NAMES = {None: "", "dynamic": "-int8", "static": "-int8-static"}  # after the file's stem
 
 
 class ExportError(KilnError):
@@ -65,10 +65,12 @@ def export_run(
     which: str = "best",
     parity_images: int = 256,
     calibration: Calibration | None = None,
+    embed_preprocessing: bool = False,
     log: Callable[[str], None] = print,
 ) -> ExportResult:
     """Export checkpoint `which` of a run; see the module docstring for the checks.
-    `calibration`: how a static int8 export measures its activation ranges (--quantize static)."""
+    `calibration`: how a static int8 export measures its activation ranges (--quantize static);
+    `embed_preprocessing`: the graph takes decoded images (kiln/deploy/embed.py)."""
     check_options(fmt, quantize)
     calibration = calibration or Calibration()
     calibration.check()
@@ -83,6 +85,15 @@ def export_run(
             f"{run.path} learned from table rows: kiln export and kiln serve take image models; "
             "predict on a CSV of rows with `kiln predict RUN rows.csv`"
         )
+    if embed_preprocessing:
+        from kiln.deploy.embed import export_embedded
+
+        if quantize:
+            raise ConfigError(
+                "--embed-preprocessing writes a float graph: drop --quantize, or export an int8 "
+                "model without --embed-preprocessing"
+            )
+        return export_embedded(run, fmt, output, which, parity_images, log)
     path = output_path(run, fmt, quantize, output)
     model, epoch = load_model(run, which, "cpu")
     spec = spec_from_run(run, fmt, which, epoch, file=path.name)
@@ -161,9 +172,11 @@ def check_options(fmt: str, quantize: str | None) -> None:
         )
 
 
-def output_path(run: RunDir, fmt: str, quantize: str | None, output: str | Path | None) -> Path:
+def output_path(
+    run: RunDir, fmt: str, quantize: str | None, output: str | Path | None, stem: str = "model"
+) -> Path:
     """-o FILE, -o FOLDER (existing, ending in /, or without a suffix), or RUN/exports/."""
-    name = f"{NAMES[quantize]}{SUFFIXES[fmt]}"
+    name = f"{stem}{NAMES[quantize]}{SUFFIXES[fmt]}"
     if output is None:
         return run.path / "exports" / name
     out = Path(output)

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from typing import Annotated, Any
 
-import torch
 from fastapi import Request
 from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError
 from starlette.exceptions import HTTPException
@@ -104,8 +103,9 @@ def read_json(body: bytes, top_k: int, max_images: int) -> tuple[list[Upload], i
     return uploads, parsed.top_k or top_k
 
 
-def decode_all(servable: Servable, uploads: list[Upload], max_pixels: int) -> torch.Tensor:
-    """Images -> one normalized batch, through the same preprocessing as `kiln predict`."""
+def decode_all(servable: Servable, uploads: list[Upload], max_pixels: int):
+    """Images -> one batch, through the same preprocessing as `kiln predict` (normalized; or
+    decoded pixels as they are for an export that carries its preprocessing)."""
     from kiln.errors import KilnError
 
     batch = []
@@ -115,4 +115,4 @@ def decode_all(servable: Servable, uploads: list[Upload], max_pixels: int) -> to
             batch.append(servable.preprocess(image))
         except KilnError as exc:
             raise BadRequest(400, f"{upload.name}: {exc}") from None
-    return torch.stack(batch)
+    return servable.collate(batch)

@@ -219,6 +219,10 @@ def create_app(
 
     if servable.task.generates:
         add_sampling(app, servable, limits)
+    else:
+        from kiln.deploy.explain_route import add_explain
+
+        add_explain(app, servable, limits, work, ERRORS, PREDICT_BODY)  # POST /explain
 
     # The last added runs first: LastResort, HostCheck, CORS, BearerToken, BodyLimit, the app.
     app.add_middleware(

@@ -56,9 +56,16 @@ def param_groups(model: nn.Module, head_lr: float, backbone_lr: float) -> list[d
 
 
 def build_scheduler(
-    cfg: SchedConfig, optimizer: torch.optim.Optimizer, steps_per_epoch: int, epochs: int
+    cfg: SchedConfig,
+    optimizer: torch.optim.Optimizer,
+    steps_per_epoch: int,
+    epochs: int,
+    step_scale: float = 1.0,
+    total_steps: int | None = None,
 ) -> torch.optim.lr_scheduler.LRScheduler:
-    total = steps_per_epoch * epochs
+    """`step_scale` stretches sched.step_size and `total_steps` sets the end (a time budget's
+    plan, whose last epoch may be cut short)."""
+    total = total_steps or steps_per_epoch * epochs
     warmup = int(cfg.warmup_epochs * steps_per_epoch)
     if cfg.name == "onecycle":
         group = optimizer.param_groups[0]
@@ -71,8 +78,9 @@ def build_scheduler(
             pct_start=pct,
             cycle_momentum=cycle_momentum,
         )
+    step_every = max(1, round(steps_per_epoch * cfg.step_size * step_scale))
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, _LrFactor(cfg.name, warmup, total, steps_per_epoch * cfg.step_size, cfg.gamma)
+        optimizer, _LrFactor(cfg.name, warmup, total, step_every, cfg.gamma)
     )
 
 

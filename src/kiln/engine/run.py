@@ -15,7 +15,8 @@ from kiln import checkpoint
 from kiln import data as kdata
 from kiln import logs as kiln_logs
 from kiln.config import RunConfig, build_config
-from kiln.engine import distributed
+from kiln.engine import budget, distributed
+from kiln.engine.budget import TimeBudget, check_resume
 from kiln.engine.callbacks import Callback, RecordConfig
 from kiln.engine.evaluate import evaluate_run
 from kiln.engine.loggers import build_loggers
@@ -50,24 +51,25 @@ def train(
     an interrupted run from its last checkpoint (`trust_imports=True` lets it import the modules
     its config.yaml names under `imports:`).
     """
+    started = budget.now()  # a time budget (train.time) counts from here
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
     if progress:
         kiln_logs.ensure()
     if resume is not None:
         with trust(trust_imports):
-            return _resume(Path(resume), model, callbacks, progress, overrides)
+            return _resume(Path(resume), model, callbacks, progress, overrides, started)
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
-    return train_prepared(prepare(resolve(cfg, model), model), callbacks, progress)
+    return train_prepared(prepare(resolve(cfg, model), model), callbacks, progress, started)
 
 
 def train_prepared(ready: Prepared, callbacks: list[Callback] | None = None,
-                   progress: bool = True) -> Run:  # fmt: skip
+                   progress: bool = True, started: float | None = None) -> Run:  # fmt: skip
     """Train what `prepare` set up, from the weights its model holds now, into a new run folder
-    (`kiln prune` fine-tunes a pruned model this way)."""
+    (`kiln prune` fine-tunes a pruned model this way); `started`: when a time budget began."""
     run = distributed.on_main(lambda: _create_run(ready, progress))
-    return _fit(ready, run, callbacks, progress)
+    return _fit(ready, run, callbacks, progress, budget_started=started)
 
 
 def _create_run(ready: Prepared, progress: bool) -> RunDir:
@@ -95,11 +97,18 @@ def _create_run(ready: Prepared, progress: bool) -> RunDir:
 
 
 def _resume(
-    path: Path, model: nn.Module | None, callbacks, progress: bool, overrides: dict[str, Any]
+    path: Path,
+    model: nn.Module | None,
+    callbacks,
+    progress: bool,
+    overrides: dict[str, Any],
+    started: float,
 ) -> Run:
     run = RunDir.open(path)
     state = checkpoint.load_for_resume(run.path)
     cfg, reschedule = run.resume_config(state, overrides)
+    if cfg.train.time is not None:  # a budget run, or one given a budget now
+        check_resume(cfg.train.time, state, "train.time" in overrides, run)
     if cfg.model.name == "custom" and model is None:
         raise RunError(
             f"{run.path} was trained with a model passed in Python; resume it with "
@@ -111,11 +120,17 @@ def _resume(
         ready.cfg = cfg = build_config(cfg.to_dict(), {"train.devices": distributed.world_size()})
     checkpoint.check_weights(state, ready.model, run.path)
     callbacks = [*(callbacks or []), RecordConfig(cfg)]  # config.yaml after the next checkpoint
-    return _fit(ready, run, callbacks, progress, state, reschedule)
+    return _fit(ready, run, callbacks, progress, state, reschedule, started)
 
 
 def _fit(
-    ready: Prepared, run: RunDir, callbacks, progress, resume_state=None, reschedule=False
+    ready: Prepared,
+    run: RunDir,
+    callbacks,
+    progress,
+    resume_state=None,
+    reschedule=False,
+    budget_started: float | None = None,
 ) -> Run:
     cfg, net, bundle, device = ready.cfg, ready.model, ready.bundle, ready.device
     started = time.perf_counter()
@@ -123,6 +138,10 @@ def _fit(
     progress = progress and main
     try:
         trainer = Trainer(cfg, net, bundle, run, device)  # checks the task, augment, balance
+        if cfg.train.time is not None:  # train.time: epochs and schedule fitted to the budget
+            say = log.info if progress else (lambda line: None)
+            begun = budget.now() if budget_started is None else budget_started
+            trainer.budget = TimeBudget(cfg.train.time, begun, cfg.run.report, say)
         purge = resume_state["epoch"] + 1 if resume_state else None
         trainer.callbacks += [progress_callback()] if progress else []
         if main:
@@ -145,6 +164,8 @@ def _fit(
             run.discard()  # no checkpoint was written: leave no half-made run folder behind
         raise
     distributed.teardown()  # what follows is rank 0's alone
+    if trainer.budget is not None:
+        trainer.budget.end_training()
     if not main:
         return Run(path=run.path, config=cfg, history=history)
     best = trainer.early_stop
@@ -167,6 +188,8 @@ def _fit(
         for label, path in made.items():
             log.info(f"{label}: {path}")
         log.info(f"Report written in {time.perf_counter() - writing:.1f}s")
+    if trainer.budget is not None:
+        trainer.budget.finish(run, trainer)  # info.json's "budget", and a line
     result = Run(path=run.path, config=cfg, history=history, test=test)
     for callback in trainer.callbacks:  # the trackers log the test metrics, plots and model
         callback.on_run_end(trainer, result)

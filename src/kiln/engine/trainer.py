@@ -14,7 +14,7 @@ from __future__ import annotations
 import logging
 import time
 import warnings
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from torch import nn
@@ -34,6 +34,9 @@ from kiln.models.resize import CONVS
 from kiln.models.transfer import set_backbone_trainable
 from kiln.rundir import RunDir
 from kiln.tasks import StepContext, get_task
+
+if TYPE_CHECKING:
+    from kiln.engine.budget import TimeBudget
 
 __all__ = ["EarlyStopping", "Trainer", "TrainingInterrupted"]
 
@@ -84,10 +87,11 @@ class Trainer:
         self.steps_per_epoch = len(self.train_loader)
 
         self.freeze = cfg.model.freeze == "backbone"
-        self.optimizers, self.schedulers, self.trains = {}, {}, {}
+        self.optimizers, self.schedulers, self.trains, self.base_lrs = {}, {}, {}, {}
         for name, wanted in self.task.optimizers(self.model, cfg).items():
             opt = build_optimizer(cfg.optim, wanted.module, self.freeze, **wanted.options)
             self.optimizers[name], self.trains[name] = opt, wanted.module
+            self.base_lrs[name] = [group["lr"] for group in opt.param_groups]
             self.schedulers[name] = build_scheduler(cfg.sched, opt, self.steps_per_epoch,
                                                     self.epochs)  # fmt: skip
         self.optimizer = next(iter(self.optimizers.values()))  # its lr is the one logged
@@ -104,6 +108,9 @@ class Trainer:
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0  # epochs already completed (non-zero when resuming)
         self.start_step = 0  # batches already done in the next epoch (mid-epoch resume)
+        self.budget: TimeBudget | None = None  # train.time: set by kiln.train (engine/budget.py)
+        self.val_seconds = 0.0  # the last validation's wall time
+        self.last_epoch_steps: int | None = None  # a time budget may cut the last epoch short
         self._reset_totals()
 
     @property
@@ -145,13 +152,21 @@ class Trainer:
             self.load_state(resume, reschedule)
         # train.keep_zeros (a pruned model): its zeros, also when resuming, stay zeros
         self.zeros = zero_masks(self.model) if self.cfg.train.keep_zeros else []
+        if self.budget is not None:
+            self.budget.start(self)
         with StopRequest() as stop:
             self.stop = stop
             self._call("on_fit_start")
             try:
-                for epoch in range(self.start_epoch + 1, self.epochs + 1):
+                epoch = self.start_epoch
+                while epoch < self.epochs:  # a time budget may move the end (self.reschedule)
+                    epoch += 1
                     row = self.run_epoch(epoch)
+                    if row is None:  # the time budget ran out during the epoch
+                        break
                     self.end_epoch(epoch, row)
+                    if self.budget is not None:
+                        self.budget.after_epoch(self, epoch)
                     if self.early_stop.should_stop:  # the same on every process: same values
                         self.say_early_stop()
                         break
@@ -169,7 +184,7 @@ class Trainer:
                 f"(best {es.best:.4f} at epoch {es.best_epoch})"
             )
 
-    def run_epoch(self, epoch: int) -> dict[str, Any]:
+    def run_epoch(self, epoch: int) -> dict[str, Any] | None:
         self._call("on_epoch_start", epoch)
         if self.freeze:
             self.thaw(epoch)
@@ -188,9 +203,18 @@ class Trainer:
             self._call("on_batch_end", epoch, step)
             if distributed.any_rank(self.stop.requested):  # every process stops at this step
                 self.interrupt(epoch, step + 1, epoch_rng)
+            if self.budget is not None and self.budget.out_of_time(self, epoch, step):
+                if self.history:
+                    self._reset_totals()
+                    return None  # this epoch is dropped: the run ends with best.pt evaluated
+                break  # the first epoch ends here: validated, it is the run's one epoch
+            if epoch == self.epochs and step + 1 == self.last_epoch_steps:
+                break  # a time budget's plan ends this epoch early
         train_seconds = time.perf_counter() - started
         loss_sum, score_sum, seen = distributed.sum_across(self.loss_sum, self.score_sum, self.seen)
+        val_started = time.perf_counter()
         val_loss, val_scores = self.evaluate_all(self.val_loader)
+        self.val_seconds = time.perf_counter() - val_started
         row = {
             "epoch": epoch,
             "train_loss": float(loss_sum) / seen,
@@ -230,6 +254,22 @@ class Trainer:
         with torch.no_grad():
             for weight, mask in self.zeros:
                 weight.mul_(mask)
+
+    def reschedule(self, epochs: int, last_steps: int | None = None) -> None:
+        """A new end for training (a time budget's plan): every schedule rebuilt for `epochs`
+        (the last one `last_steps` batches long) and replayed to the step it had reached, as a
+        resume with more epochs replays it."""
+        step_scale = epochs / self.cfg.train.epochs  # sched=step: its decays keep their place
+        total = (epochs - 1) * self.steps_per_epoch + (last_steps or self.steps_per_epoch)
+        for name, optimizer in self.optimizers.items():
+            done = self.schedulers[name].last_epoch
+            for group, lr in zip(optimizer.param_groups, self.base_lrs[name], strict=True):
+                group["lr"] = lr
+            scheduler = build_scheduler(self.cfg.sched, optimizer, self.steps_per_epoch, epochs,
+                                        step_scale, total)  # fmt: skip
+            replay(scheduler, done)
+            self.schedulers[name] = scheduler
+        self.epochs, self.last_epoch_steps = epochs, last_steps
 
     def l1_penalty(self, module: nn.Module) -> torch.Tensor:
         return self.cfg.optim.l1 * sum(
@@ -319,6 +359,7 @@ class Trainer:
             "early_stop": self.early_stop.state_dict(),
             "history": self.history,
             "task": self.task.state_dict(),
+            **({"budget": self.budget.state_dict()} if self.budget is not None else {}),
         }
 
     def load_state(self, state: dict[str, Any], reschedule: bool = False) -> None:
@@ -328,16 +369,15 @@ class Trainer:
         done = state["epoch"] * self.steps_per_epoch + state["step"]
         for name, scheduler in self.schedulers.items():
             if reschedule:  # more epochs than planned: the horizon moves, replay to here
-                with warnings.catch_warnings():
-                    warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
-                    for _ in range(done):
-                        scheduler.step()
+                replay(scheduler, done)
             else:
                 scheduler.load_state_dict(state["schedulers"][name])
         self.scaler.load_state_dict(state["scaler"])
         self.early_stop.load_state_dict(state["early_stop"])
         self.history = list(state["history"])
         self.task.load_state_dict(state.get("task", {}))
+        if self.budget is not None and state.get("budget"):
+            self.budget.load_state_dict(state["budget"])
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         if state["partial"] and self.main:  # the sums over every process (ranks > 0 start at 0)
             p = state["partial"]
@@ -373,3 +413,11 @@ def zero_masks(model: nn.Module) -> list[tuple[torch.Tensor, torch.Tensor]]:
     layers = [m for m in model.modules() if isinstance(m, (*CONVS, nn.Linear))]
     masks = [(m.weight, (m.weight != 0).to(m.weight.dtype)) for m in layers]
     return [(w, mask) for w, mask in masks if not bool(mask.all())]
+
+
+def replay(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
+    """Step a fresh schedule `steps` times (to where training is)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
+        for _ in range(steps):
+            scheduler.step()

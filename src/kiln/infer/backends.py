@@ -1,6 +1,7 @@
 """Model files to forward functions: an export read by the runtime its format needs (ONNX by
 onnxruntime, TorchScript, a state_dict rebuilt from the sidecar's config), or a run's checkpoint
-run eagerly. A forward function maps a normalized float batch to the model's raw outputs."""
+run eagerly. A forward function maps a normalized float batch (or, for an export that carries its
+preprocessing, uint8 images (N, H, W, 3)) to the model's raw outputs."""
 
 from __future__ import annotations
 
@@ -25,7 +26,13 @@ def open_file(model_file: Path, spec: ExportSpec, device: str = "cpu") -> tuple[
     """(forward, runtime name) for an export file (the spec is trusted as given)."""
     backends = {"onnx": _onnx, "torchscript": _torchscript, "state_dict": _state_dict,
                 "executorch": _executorch}  # fmt: skip
-    return backends[spec.format](model_file, spec, device)
+    forward, runtime = backends[spec.format](model_file, spec, device)
+    if spec.raw_input is None:
+        return forward, runtime
+    from kiln.tasks import get_task
+
+    back = get_task(spec.task).from_export_head  # e.g. probabilities -> log-probabilities
+    return (lambda images: back(forward(images))), runtime
 
 
 def onnx_session(model_file: Path):

@@ -22,6 +22,7 @@ from kiln.data.images import ImageLike, normalize, to_uint8
 from kiln.data.registry import DataInfo
 from kiln.errors import KilnError
 from kiln.infer.backends import Forward
+from kiln.infer.raw import by_size, ragged, raw_rgb
 from kiln.infer.spec import ExportSpec
 from kiln.tasks import Task, get_task
 
@@ -64,32 +65,56 @@ class Predictor:
         return (i.channels, i.height, i.width) if i.depth is None else (
             i.channels, i.depth, i.height, i.width)  # fmt: skip
 
+    @property
+    def raw(self) -> bool:
+        """The graph takes decoded images as they are and preprocesses them itself."""
+        return self.spec.raw_input is not None
+
     # Inputs -----------------------------------------------------------------------------------
     def preprocess(self, image: ImageLike) -> torch.Tensor:
-        """Any image -> normalized float (C, H, W) at the model's input size (what an exported
-        graph takes, and what `kiln serve` sends it)."""
+        """Any image -> what the graph takes and `kiln serve` sends it: normalized float
+        (C, H, W) at the model's input size, or uint8 RGB (H, W, 3) at its own size for an export
+        that carries its preprocessing."""
+        if self.raw:
+            return raw_rgb(image)
         return normalize(to_uint8(image, self.input_shape), self.mean, self.std)
 
     def read(self, item: Any) -> torch.Tensor:
         """One input as the task reads it (a segmentation run: at the image's own size),
-        normalized."""
+        normalized (or as it is, for an export that carries its preprocessing)."""
+        if self.raw:
+            return raw_rgb(item)
         return normalize(self.task.read_input(item, self.info), self.mean, self.std)
 
     def example(self, n: int = 1) -> torch.Tensor:
         """Zeros shaped like the graph's input: images, or latent vectors for a generator."""
         if self.spec.latent is not None:
             return torch.zeros(n, self.spec.latent)
+        if self.raw:
+            return torch.zeros(n, *self.input_shape[1:], 3, dtype=torch.uint8)
         return torch.zeros(n, *self.input_shape)
 
+    def collate(self, items: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:
+        """Preprocessed inputs -> one batch for `logits`: a tensor, or a list when they are raw
+        images of several sizes."""
+        return ragged(items) if self.raw else torch.stack(items)
+
+    def join(self, batches: list) -> torch.Tensor | list[torch.Tensor]:
+        """Several batches -> one (what `kiln serve` does with requests that arrive together)."""
+        return ragged([x for b in batches for x in b]) if self.raw else torch.cat(batches)
+
     # The model --------------------------------------------------------------------------------
-    def logits(self, batch: torch.Tensor) -> torch.Tensor:
-        """Normalized float batch -> the model's raw outputs, float32 on the CPU."""
+    def logits(self, batch: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        """A batch as `collate` makes it -> the model's raw outputs, float32 on the CPU."""
+        if isinstance(batch, list):  # raw images of several sizes: one pass per size
+            return by_size(self.logits, batch)
         with self._lock, torch.inference_mode():
-            return self._logits(batch.float().contiguous()).float().cpu()
+            x = batch.contiguous() if self.raw else batch.float().contiguous()
+            return self._logits(x).float().cpu()
 
     def outputs(self, images: Sequence[Any]) -> torch.Tensor:
         """The raw outputs for inputs of one size (logits, standardized values, ...)."""
-        return self.logits(torch.stack([self.read(im) for im in images]))
+        return self.logits(self.collate([self.read(im) for im in images]))
 
     def predict_proba(self, images: Sequence[Any]) -> torch.Tensor:
         return self.outputs(images).softmax(dim=1)
@@ -158,8 +183,10 @@ class Predictor:
             "task": s.task,
             "classes": s.classes,
             "input": s.input.model_dump(),
+            "raw_input": s.raw_input.model_dump() if s.raw_input else None,
             "tta": s.tta,
             "parity": s.parity.model_dump() if s.parity else None,
+            "explain": self.model is not None and self.task.explains,  # POST /explain answers
         }
 
     def __repr__(self) -> str:

@@ -40,6 +40,20 @@ class InputSpec(BaseModel):
     std: list[float]
 
 
+class RawInput(BaseModel):
+    """The input of an export that carries its preprocessing (`--embed-preprocessing`): decoded
+    images as they are, the graph does the rest (what InputSpec describes)."""
+
+    model_config = ConfigDict(extra="forbid")
+    name: str = "image"
+    layout: Literal["NHWC"] = "NHWC"
+    dtype: Literal["uint8"] = "uint8"
+    channels: Literal[3] = 3
+    color: Literal["RGB"] = "RGB"
+    size: str = "any height and width from 1 to 8192 pixels; one size per batch"
+    resize: str = "cover"  # kiln.deploy.preprocess.RESIZE_MODES
+
+
 class ModelSpec(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str
@@ -78,9 +92,11 @@ class ExportSpec(BaseModel):
     target_std: list[float] | None = None
     latent: int | None = None  # task=vae|gan: the graph takes z (N, latent), gives images
     input: InputSpec  # for a generator: the images it makes (channels, size)
+    raw_input: RawInput | None = None  # set: the graph takes decoded images and preprocesses them
     output: dict[str, Any] = Field(default_factory=lambda: {"name": "logits", "softmax": False})
     model: ModelSpec
     parity: Parity | None = None
+    parity_resized: Parity | None = None  # raw_input: the same images at other sizes
     config: dict[str, Any] = Field(default_factory=dict)  # the run's resolved config
 
     def write(self, path: Path) -> None:

@@ -23,7 +23,8 @@ The hooks, by stage (each documented where it is defined):
     prediction  generates, read_input, input_files, predictions, show_answer, serve_answer,
                 predict_files, sample
     export      export_module, export_inputs, calibration_inputs, export_spec, agreement,
-                accuracy
+                accuracy, export_head, from_export_head
+    explanation explain
 """
 
 from __future__ import annotations
@@ -128,6 +129,8 @@ class Task:
     Options: ClassVar[type[BaseModel] | None] = None
     # True for a generator: its predictions start from noise (latent vectors), not from images.
     generates: ClassVar[bool] = False
+    # True when `explain` gives heat maps (kiln serve offers POST /explain and the page's button).
+    explains: ClassVar[bool] = False
 
     # Config -----------------------------------------------------------------------------------
     @classmethod
@@ -423,6 +426,18 @@ class Task:
         return {"output": {"name": "outputs", "shape": ["batch", "..."]}}
 
     @classmethod
+    def export_head(cls) -> tuple[nn.Module, str]:
+        """What an export that carries its preprocessing (`kiln export --embed-preprocessing`)
+        ends with, and its output's name: by default the raw outputs."""
+        return nn.Identity(), "outputs"
+
+    @classmethod
+    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
+        """Such an export's outputs back to raw outputs, for `predictions` (the inverse of
+        `export_head`, up to what `predictions` ignores)."""
+        return outputs
+
+    @classmethod
     def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float | None:
         """The share of inputs an export answers like the eager model (class scores: top-1)."""
         return None
@@ -431,3 +446,23 @@ class Task:
     def accuracy(cls, outputs: torch.Tensor, labels: torch.Tensor) -> float | None:
         """Accuracy of outputs against labels, where the task has one (quantized exports)."""
         return None
+
+    # Explanation ------------------------------------------------------------------------------
+    @classmethod
+    def explain(
+        cls,
+        model: nn.Module,
+        inputs: torch.Tensor,
+        info: DataInfo,
+        top_k: int = 3,
+        method: str = "auto",
+        targets: list[list[int]] | None = None,
+    ) -> list[list[Any]]:
+        """Why the model answered as it did (`kiln predict --explain`, POST /explain, the report):
+        for each normalized input of `inputs` (N, C, H, W), a list of
+        kiln.evaluate.explain.Explanation (a label, its score, a heat map over the image) for its
+        top_k classes, or for the class indices `targets` gives per input."""
+        raise KilnError(
+            f"explanations are not available for task={cls.name}: they show which pixels drove "
+            "a class (task=classify) or a class's pixels (task=segment)"
+        )

@@ -25,7 +25,7 @@ MAX_SAMPLES = 10_000  # validation images predicted for the plots, at most
 GRID_ROWS, GRID_COLS = 4, 8  # samples.png and mistakes.png
 CELL_TEXT_LIMIT = 20  # confusion matrices with more classes get no numbers in the cells
 WRONG = "#c62828"
-PLOTS = ("curves", "confusion", "per_class", "samples", "mistakes")
+PLOTS = ("curves", "confusion", "per_class", "samples", "mistakes", "explained")
 
 
 @dataclass
@@ -107,6 +107,11 @@ def write_plots(
     written["per_class"] = save(per_class_figure(counts, classes), out / "per_class.png")
     written["samples"] = save(samples_figure(pred, bundle.val, classes), out / "samples.png")
     written["mistakes"] = save(mistakes_figure(pred, bundle.val, classes), out / "mistakes.png")
+    from kiln.tasks.classify.explained import explained_figure
+
+    explained = explained_figure(model, pred, bundle.val, info, device)
+    if explained is not None:
+        written["explained"] = save(explained, out / "explained.png")
     return written
 
 

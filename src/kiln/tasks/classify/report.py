@@ -21,7 +21,9 @@ FIGURES = (
     ("per_class", "Precision, recall and F1 per class on the validation split."),
     ("samples", "Validation images with the predicted class and its probability; wrong in red."),
     ("mistakes", "The validation images with the highest loss: predicted and true class."),
-)
+    ("explained", "Why: the highest-loss validation images with heat maps of what drove the "
+     "predicted class and of what speaks for the true class (red: most)."),
+)  # fmt: skip
 CURVES = "Loss, accuracy and learning rate per epoch; the dashed line marks the best epoch."
 TEST_METRICS = (
     "accuracy", "loss", "precision_macro", "recall_macro", "f1_macro",

@@ -139,6 +139,37 @@ class ClassifyTask(Task):
         return {"output": {"name": "logits", "shape": ["batch", len(info.classes)],
                            "softmax": False}}  # fmt: skip
 
+    # Explanation ------------------------------------------------------------------------------
+    explains = True
+
+    @classmethod
+    def explain(cls, model, inputs, info, top_k=3, method="auto", targets=None) -> list[list]:
+        """Heat maps of what drove each of the top-k classes (the logit's gradient)."""
+        from kiln.evaluate.explain import Explanation, heat_maps
+
+        with torch.no_grad():
+            probs = model(inputs).float().softmax(dim=1)
+        if targets is None:
+            k = max(1, min(top_k, probs.shape[1]))
+            targets = probs.topk(k, dim=1).indices.tolist()
+        classes = torch.tensor(targets, device=inputs.device)
+        maps, name = heat_maps(model, inputs, lambda out, c: out[:, c], classes,
+                               black_image(info, inputs), method)  # fmt: skip
+        return [
+            [Explanation(info.classes[c], round(float(probs[n, c]), 6), maps[n, j].cpu(), name)
+             for j, c in enumerate(row)]
+            for n, row in enumerate(targets)
+        ]  # fmt: skip
+
+    @classmethod
+    def export_head(cls) -> tuple[torch.nn.Module, str]:
+        """An export that carries its preprocessing answers class probabilities."""
+        return torch.nn.Softmax(dim=1), "probabilities"
+
+    @classmethod
+    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.clamp_min(1e-30).log()  # softmax(log p) = p
+
     @classmethod
     def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
         return (exported.argmax(1) == reference.argmax(1)).float().mean().item()
@@ -160,3 +191,10 @@ def top_labels(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict
         results.append({"label": top[0]["label"], "probability": top[0]["probability"],
                         "top_k": top})  # fmt: skip
     return results
+
+
+def black_image(info, inputs: torch.Tensor) -> torch.Tensor:
+    """A black image as the model takes it (normalized): integrated gradients' baseline."""
+    mean = torch.tensor(info.mean, device=inputs.device).view(1, -1, *[1] * (inputs.dim() - 2))
+    std = torch.tensor(info.std, device=inputs.device).view_as(mean)
+    return (torch.zeros_like(inputs[:1]) - mean) / std

@@ -237,6 +237,52 @@ class SegmentTask(Task):
         return {"output": {"name": "logits", "shape": ["batch", len(info.classes),
                            *info.input_shape[1:]], "softmax": False, "per": "pixel"}}  # fmt: skip
 
+    # Explanation ------------------------------------------------------------------------------
+    explains = True
+
+    @classmethod
+    def explain(cls, model, inputs, info, top_k=3, method="auto", targets=None) -> list[list]:
+        """Per class found in the image (the top_k by pixels): a heat map of what drove the
+        class's mean score over the pixels given to it."""
+        from kiln.evaluate.explain import Explanation, heat_maps
+        from kiln.tasks.classify.task import black_image
+
+        if inputs.dim() != 4:
+            raise ConfigError("explanations are heat maps over 2-D images; this run has volumes")
+        with torch.no_grad():
+            found = model(inputs).float().argmax(dim=1)  # (N, H, W)
+        answers = []
+        for n in range(len(inputs)):
+            shares = torch.bincount(found[n].flatten(), minlength=info.num_classes).float()
+            shares = shares / shares.sum()
+            row = (
+                targets[n]
+                if targets is not None
+                else [c for c in shares.argsort(descending=True).tolist() if shares[c] > 0][:top_k]
+            )
+            masks = {c: (found[n : n + 1] == c).float() for c in row}
+
+            def score(out, c, masks=masks):  # the class's mean logit over its pixels
+                return (out[:, c] * masks[c]).sum(dim=(1, 2)) / masks[c].sum().clamp_min(1)
+
+            x = inputs[n : n + 1]
+            maps, name = heat_maps(model, x, score, torch.tensor([row]), black_image(info, x),
+                                   method)  # fmt: skip
+            answers.append([
+                Explanation(info.classes[c], round(float(shares[c]), 6), maps[0, j].cpu(), name)
+                for j, c in enumerate(row)
+            ])  # fmt: skip
+        return answers
+
+    @classmethod
+    def export_head(cls) -> tuple[torch.nn.Module, str]:
+        """An export that carries its preprocessing answers class probabilities per pixel."""
+        return torch.nn.Softmax(dim=1), "probabilities"
+
+    @classmethod
+    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.clamp_min(1e-30).log()  # softmax(log p) = p
+
     @classmethod
     def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
         return (exported.argmax(1) == reference.argmax(1)).float().mean().item()
