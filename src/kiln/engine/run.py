@@ -14,9 +14,10 @@ from torch import nn
 from kiln import checkpoint
 from kiln import data as kdata
 from kiln.config import RunConfig, build_config
-from kiln.engine import distributed
+from kiln.engine import distributed, phases
 from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard
 from kiln.engine.evaluate import evaluate_run
+from kiln.engine.preload import PreloadReport
 from kiln.engine.setup import Prepared, prepare, resolve
 from kiln.engine.trainer import Trainer
 from kiln.errors import ConfigError, RunError
@@ -87,6 +88,7 @@ def train(
     `model=` trains a module of your own instead of a registered one; `resume=RUN_DIR` continues
     an interrupted run from its last checkpoint.
     """
+    phases.begin()
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
     if resume is not None:
         return _resume(Path(resume), model, callbacks, progress, overrides)
@@ -171,9 +173,10 @@ def _fit(
     try:
         trainer = Trainer(cfg, net, bundle, run, device)  # checks the task, augment, balance
         purge = resume_state["epoch"] + 1 if resume_state else None
-        trainer.callbacks += [ProgressBar()] if progress else []
+        trainer.callbacks += [phases.FirstStep(), *([ProgressBar()] if progress else [])]
         if main:
             trainer.callbacks += [TensorBoard(str(run.tb), purge), *(callbacks or [])]
+            trainer.callbacks += [PreloadReport()] if cfg.run.report else []
         if progress:
             n = sum(p.numel() for p in net.parameters())
             verb = "Resuming" if resume_state else "Training"
@@ -186,6 +189,7 @@ def _fit(
             print(trainer.data_path, flush=True)
         with distributed.peer_failures(cfg.train.dist_timeout):
             history = trainer.fit(resume_state, reschedule)
+        phases.mark("trained")
     except ConfigError:  # a mistake found while setting up or in the first step (model vs task)
         if main and resume_state is None:
             run.discard()  # no checkpoint was written: leave no half-made run folder behind
@@ -193,21 +197,27 @@ def _fit(
     distributed.teardown()  # what follows is rank 0's alone
     if not main:
         return Run(path=run.path, config=cfg, history=history)
-    best = trainer.early_stop
+    best, task = trainer.early_stop, trainer.task
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
-    test_loss, test_score = trainer.evaluate(trainer.loader(bundle.test))
+    # One pass over the test split: its numbers make the line below, eval-test.json and, where
+    # the task keeps the outputs (classify), the report's figures.
+    test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device, task=task,
+                        loader=trainer.loader(bundle.test))  # fmt: skip
+    phases.mark("tested")
     if progress:
-        show = trainer.task.show
+        score = test.get(task.test_key or task.metric)
+        loss = f"loss {test['loss']:.4f}, " if isinstance(test.get("loss"), float) else ""
         print(
             f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} {best.best:.4f} at "
-            f"epoch {best.best_epoch}; final val {show(history[-1][f'val_{trainer.metric}'])}; "
-            f"test {show(test_score)} (loss {test_loss:.4f}, best checkpoint)",
+            f"epoch {best.best_epoch}; final val {task.show(history[-1][f'val_{task.metric}'])}; "
+            f"test {task.show(score) if isinstance(score, float) else '-'} ({loss}best checkpoint)",
             flush=True,
         )
-    test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)
-    for label, path in trainer.task.after_fit(run, net, bundle, device).items():
+    for label, path in task.after_fit(run, net, bundle, device).items():
         if progress:  # the task's plots and report
             print(f"{label}: {path}", flush=True)
+    phases.mark("reported")
+    phases.write(run)
     if progress:
         print(f"Run directory: {run.path}", flush=True)
     return Run(path=run.path, config=cfg, history=history, test=test)
