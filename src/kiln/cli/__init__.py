@@ -55,3 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("Interrupted.", file=sys.stderr)
         return 130
+
+
+def run() -> None:
+    """The `kiln` console script: `main()`, then a quick exit (kiln/cli/exit.py)."""
+    from kiln.cli.exit import exit_now
+
+    exit_now(main())
