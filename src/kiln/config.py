@@ -141,8 +141,10 @@ class ModelConfig(BaseModel):
     weights: str | None = Field(None, description="start from these weights: a run, .pt or .pth")
     freeze: Literal["none", "backbone"] = "none"
     unfreeze_epoch: int | None = Field(None, ge=1, description="train the backbone from this epoch")
-    tta: Literal["none", "flip"] = Field(
-        "none", description="evaluate and predict on each image and its mirror image, averaged"
+    tta: Literal["none", "flip", "flip_translate"] = Field(
+        "none",
+        description="evaluate and predict on each image and its mirror image, averaged "
+        "(flip_translate: also both shifted by a pixel, six views)",
     )
 
     def kwargs(self) -> dict[str, Any]:
@@ -225,6 +227,9 @@ class TrainConfig(_Section):
     deterministic: bool = False
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
+    lookahead: bool = Field(
+        False, description="average the weights over the last part of training (lookahead)"
+    )
     early_stop: EarlyStopConfig = EarlyStopConfig()
     devices: Literal["auto"] | int = Field(
         1,

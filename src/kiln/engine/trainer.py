@@ -25,6 +25,7 @@ from kiln.data.transforms import resolve_augment
 from kiln.data.workers import default_workers
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
+from kiln.engine.lookahead import Lookahead
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.engine.stopping import EarlyStopping, StopRequest, TrainingInterrupted
 from kiln.errors import ConfigError
@@ -85,6 +86,8 @@ class Trainer:
             self.schedulers[name] = build_scheduler(cfg.sched, opt, self.steps_per_epoch,
                                                     self.epochs)  # fmt: skip
         self.optimizer = next(iter(self.optimizers.values()))  # its lr is the one logged
+        total_steps = self.steps_per_epoch * self.epochs
+        self.lookahead = Lookahead(self.model, total_steps, enabled=cfg.train.lookahead)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         es = cfg.train.early_stop
         logged = ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}")
@@ -172,6 +175,7 @@ class Trainer:
         ctx = self.ctx
         for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
             loss, out = self.task.train_step(ctx, x, y)
+            self.lookahead.after_step((epoch - 1) * self.steps_per_epoch + step + 1)
             self.loss_sum += loss * len(y)
             self.score_sum = self.score_sum + self.task.score(out, y)
             self.seen += len(y)
@@ -179,6 +183,7 @@ class Trainer:
             self._call("on_batch_end", epoch, step)
             if distributed.any_rank(self.stop.requested):  # every process stops at this step
                 self.interrupt(epoch, step + 1, epoch_rng)
+        self.lookahead.end_epoch()  # validated and saved: the averaged weights (when on)
         train_seconds = time.perf_counter() - started
         loss_sum, score_sum, seen = distributed.sum_across(self.loss_sum, self.score_sum, self.seen)
         val_loss, val_scores = self.evaluate_all(self.val_loader)
@@ -306,6 +311,7 @@ class Trainer:
             "early_stop": self.early_stop.state_dict(),
             "history": self.history,
             "task": self.task.state_dict(),
+            "lookahead": self.lookahead.state_dict(),
         }
 
     def load_state(self, state: dict[str, Any], reschedule: bool = False) -> None:
@@ -325,6 +331,7 @@ class Trainer:
         self.early_stop.load_state_dict(state["early_stop"])
         self.history = list(state["history"])
         self.task.load_state_dict(state.get("task", {}))
+        self.lookahead.load_state_dict(state.get("lookahead"))
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         if state["partial"] and self.main:  # the sums over every process (ranks > 0 start at 0)
             p = state["partial"]
