@@ -17,7 +17,6 @@ from kiln.config import RunConfig, build_config
 from kiln.engine import distributed, phases
 from kiln.engine.callbacks import Callback, ProgressBar, TensorBoard
 from kiln.engine.evaluate import evaluate_run
-from kiln.engine.preload import PreloadReport
 from kiln.engine.setup import Prepared, prepare, resolve
 from kiln.engine.trainer import Trainer
 from kiln.errors import ConfigError, RunError
@@ -176,7 +175,6 @@ def _fit(
         trainer.callbacks += [phases.FirstStep(), *([ProgressBar()] if progress else [])]
         if main:
             trainer.callbacks += [TensorBoard(str(run.tb), purge), *(callbacks or [])]
-            trainer.callbacks += [PreloadReport()] if cfg.run.report else []
         if progress:
             n = sum(p.numel() for p in net.parameters())
             verb = "Resuming" if resume_state else "Training"
