@@ -343,3 +343,26 @@ def test_predict_a_folder(outputs):
 def test_predict_does_not_write_to_the_run(outputs):
     ok(outputs["predict-folder"])
     assert outputs["trained_after"] == outputs["trained_before"]
+
+
+EXIT_SCRIPT = """
+import atexit, sys, threading, time
+from kiln.cli.exit import exit_now
+
+atexit.register(lambda: open(sys.argv[1], "w").write("atexit ran"))
+if sys.argv[2] == "thread":  # a thread still at work: the normal exit waits for it
+    threading.Thread(target=lambda: (time.sleep(0.5), print("thread done", flush=True))).start()
+print("unflushed output", end="")
+exit_now(3)
+"""
+
+
+@pytest.mark.parametrize("mode", ["alone", "thread"])
+def test_the_quick_exit_runs_exit_handlers_flushes_and_keeps_the_code(tmp_path: Path, mode: str):
+    marker = tmp_path / "marker"
+    out = subprocess.run([sys.executable, "-c", EXIT_SCRIPT, str(marker), mode],
+                         capture_output=True, text=True, timeout=120)  # fmt: skip
+    assert out.returncode == 3
+    assert out.stdout.startswith("unflushed output")
+    assert marker.read_text() == "atexit ran"
+    assert ("thread done" in out.stdout) == (mode == "thread")

@@ -27,6 +27,34 @@ def test_digits_splits_shapes_and_normalization():
     assert info.std[0] == pytest.approx(x.std(unbiased=False).item(), abs=1e-5)
 
 
+def test_digits_are_scikit_learns_images_and_test_split_read_without_scikit_learn():
+    import subprocess
+    import sys
+
+    import numpy as np
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    from kiln.data.builtin import load_digits as kiln_digits
+
+    raw = kiln_digits(None, None)
+    bunch = load_digits()
+    images = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8)[:, None]
+    train_x, test_x, train_y, test_y = train_test_split(
+        images, bunch.target, test_size=0.2, stratify=bunch.target, random_state=0
+    )
+    assert np.array_equal(raw.train.images.numpy(), train_x)
+    assert np.array_equal(raw.test.images.numpy(), test_x)
+    assert np.array_equal(raw.train.labels.numpy(), train_y)
+    assert np.array_equal(raw.test.labels.numpy(), test_y)
+    code = (
+        "import sys; from kiln.data.builtin import load_digits; load_digits(None, None); "
+        "print('sklearn' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"
+
+
 def test_validation_split_is_fixed_whatever_the_seed():
     a = kdata.build(DataConfig(name="digits"))
     b = kdata.build(DataConfig(name="digits"))

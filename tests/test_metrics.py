@@ -94,3 +94,23 @@ def test_ece_of_one_bin_by_hand():
     probs = [[0.9, 0.05, 0.05]] * 4
     m = classification_metrics(logits_from_probs(probs), torch.tensor([0, 1, 0, 2]), list("abc"))
     assert m["ece"] == pytest.approx(0.4, abs=1e-5)
+
+
+def test_the_scores_match_torchmetrics_with_classes_missing_from_truth_or_predictions():
+    tm = pytest.importorskip("torchmetrics.functional.classification")
+    g = torch.Generator().manual_seed(1)
+    k = 8
+    labels = torch.randint(0, 5, (60,), generator=g)  # classes 5, 6, 7 never true
+    logits = torch.randn(60, k, generator=g) * 2
+    logits[:, 7] -= 100  # and class 7 never predicted either
+    m = classification_metrics(logits, labels, [str(i) for i in range(k)])
+    preds = logits.argmax(1)
+    for average in ("macro", "weighted"):
+        for name, fn in (("precision", tm.multiclass_precision), ("recall", tm.multiclass_recall),
+                         ("f1", tm.multiclass_f1_score)):  # fmt: skip
+            expected = fn(preds, labels, num_classes=k, average=average)
+            assert m[f"{name}_{average}"] == pytest.approx(float(expected), abs=1e-5)
+    top5 = tm.multiclass_accuracy(logits, labels, num_classes=k, top_k=5, average="micro")
+    assert m["top5_accuracy"] == pytest.approx(float(top5), abs=1e-6)
+    ece = tm.multiclass_calibration_error(logits.softmax(1), labels, num_classes=k, n_bins=15)
+    assert m["ece"] == pytest.approx(float(ece), abs=1e-5)

@@ -152,16 +152,50 @@ def full_page_screenshot(driver) -> bytes:
 
 @pytest.mark.parametrize("k", [3, 25])
 def test_confusion_cell_numbers_only_for_few_classes(k: int):
-    from kiln.tasks.classify.plots import (
-        CELL_TEXT_LIMIT,
-        Predictions,
-        confusion_counts,
-        confusion_figure,
-    )
+    from kiln.tasks.classify.metrics import confusion_counts
+    from kiln.tasks.classify.plots import CELL_TEXT_LIMIT, confusion_figure
 
     labels = torch.arange(4 * k) % k
-    pred = Predictions(torch.arange(4 * k), labels, torch.randn(4 * k, k))
-    counts = confusion_counts(pred, k)
+    counts = confusion_counts(torch.randn(4 * k, k).argmax(dim=1), labels, k)
     assert int(counts.sum()) == 4 * k and counts.sum(dim=1).tolist() == [4] * k
     figure = confusion_figure(counts, [f"class {i}" for i in range(k)])
     assert len(figure.axes[0].texts) == (k * k if k <= CELL_TEXT_LIMIT else 0)
+
+
+def test_the_report_draws_from_the_test_evaluation_without_a_second_pass(tmp_path: Path):
+    """After training, the test split goes through the model once: its outputs make the final
+    line, eval-test.json and the report's figures."""
+    from torch import nn
+
+    from kiln.engine.callbacks import Callback
+
+    class Counting(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.layers = nn.Sequential(nn.Flatten(), nn.Linear(64, 10))
+            self.evaluated: list[int] = []  # batch sizes seen in evaluation mode, no gradients
+            self.explained: list[int] = []  # the same with gradients: the explanations' passes
+
+        def forward(self, x):
+            if not self.training:
+                (self.explained if torch.is_grad_enabled() else self.evaluated).append(len(x))
+            return self.layers(x)
+
+    class ForgetTraining(Callback):  # count only what happens once training has ended
+        def on_fit_end(self, trainer):
+            trainer.model.evaluated.clear()
+
+    model = Counting()
+    config = {"train": {"epochs": 1}, "run": {"dir": str(tmp_path)}}
+    run = kiln.train(config, model=model, callbacks=[ForgetTraining()], progress=False)
+    test_images = run.metrics["test"]["samples"]
+    assert test_images == 360
+    # one pass over the test split; besides it only the one-image pass of the report's model
+    # summary and explained.png's scores of the 8 highest-loss images (its maps take gradients)
+    passes = sorted(model.evaluated)
+    assert passes.count(test_images) == 1
+    assert sorted(n for n in passes if n != test_images) == [1, 8]
+    assert model.explained and max(model.explained) < test_images
+    assert (run.path / "report.html").is_file()
+    for name in PLOTS:
+        assert (run.path / "plots" / f"{name}.png").is_file()

@@ -1,8 +1,7 @@
 """`python -m kiln ...` (and `torchrun ... -m kiln train ...`) is the `kiln` command."""
 
-import sys
-
 from kiln.cli import main
+from kiln.cli.exit import exit_now
 
 if __name__ == "__main__":
-    sys.exit(main())  # the exit code matters: torchrun reads each rank's
+    exit_now(main())  # the exit code matters: torchrun reads each rank's

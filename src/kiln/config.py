@@ -178,8 +178,10 @@ class ModelConfig(BaseModel):
     weights: str | None = Field(None, description="start from these weights: a run, .pt or .pth")
     freeze: Literal["none", "backbone"] = "none"
     unfreeze_epoch: int | None = Field(None, ge=1, description="train the backbone from this epoch")
-    tta: Literal["none", "flip"] = Field(
-        "none", description="evaluate and predict on each image and its mirror image, averaged"
+    tta: Literal["none", "flip", "flip_translate"] = Field(
+        "none",
+        description="evaluate and predict on each image and its mirror image, averaged "
+        "(flip_translate: also both shifted by a pixel, six views)",
     )
     layer_sizes: dict[str, list[int]] | None = Field(
         None, description="written by kiln prune --structured: the narrower layers' sizes"
@@ -273,6 +275,9 @@ class TrainConfig(_Section):
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)
     keep_zeros: bool = Field(
         False, description="conv/linear weights that are zero at the start stay zero (kiln prune)"
+    )
+    lookahead: bool = Field(
+        False, description="average the weights over the last part of training (lookahead)"
     )
     early_stop: EarlyStopConfig = EarlyStopConfig()
     devices: Literal["auto"] | int = Field(

@@ -122,3 +122,10 @@ def crash_report(exc: BaseException) -> str:
         f"unexpected {what}. This is a bug in Kiln, not something you did; the traceback is in "
         f"{path} (please attach it to a bug report)"
     )
+
+
+def run() -> None:
+    """The `kiln` console script: `main()`, then a quick exit (kiln/cli/exit.py)."""
+    from kiln.cli.exit import exit_now
+
+    exit_now(main())

@@ -1,8 +1,7 @@
 """`python -m kiln.cli ...` is the `kiln` command."""
 
-import sys
-
 from kiln.cli import main
+from kiln.cli.exit import exit_now
 
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())

@@ -125,20 +125,33 @@ def after_existing_events(log_dir: Path) -> None:
 class TensorBoard(Callback):
     """Scalars per epoch, a grid of sample inputs, the model graph, weight histograms, the task's
     per-epoch images (`task.epoch_images(ctx, epoch)` -> {tag: CHW image})
-    and, once training has finished, the run's hyperparameters against its final metrics."""
+    and, once training has finished, the run's hyperparameters against its final metrics.
+
+    The writer (and TensorBoard's import), the sample grid and the graph are made at the end of the
+    first epoch rather than before it: training starts without waiting for them."""
 
     HPARAMS_SUFFIX = ".hparams"  # the hparams file is rewritten when a finished run is extended
 
     def __init__(self, log_dir: str, purge_step: int | None = None):
-        from torch.utils.tensorboard import SummaryWriter
+        self.log_dir, self.purge_step = log_dir, purge_step
+        self._writer = None
+        self.new_run = False  # this fit starts the run: it logs the samples and the graph
 
-        if purge_step is not None:
-            after_existing_events(Path(log_dir))
-        self.writer = SummaryWriter(log_dir, purge_step=purge_step)
+    @property
+    def writer(self):
+        if self._writer is None:
+            from torch.utils.tensorboard import SummaryWriter
+
+            if self.purge_step is not None:
+                after_existing_events(Path(self.log_dir))
+            self._writer = SummaryWriter(self.log_dir, purge_step=self.purge_step)
+        return self._writer
 
     def on_fit_start(self, trainer: Trainer) -> None:
-        if trainer.start_epoch > 0:
-            return  # a resumed run already logged these
+        self.new_run = trainer.start_epoch == 0  # a resumed run already logged them
+
+    def log_inputs(self, trainer: Trainer) -> None:
+        """A grid of training images and the model graph, logged once per run."""
         samples = trainer.data.train.head(64)
         image_like = samples.dim() == 4 and samples.shape[1] in (1, 3)  # not tables, volumes
         if samples.dtype == torch.uint8 and image_like:
@@ -157,6 +170,9 @@ class TensorBoard(Callback):
             trainer.model.train(was_training)
 
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        if self.new_run:
+            self.log_inputs(trainer)
+            self.new_run = False
         w = self.writer
         for key, value in row.items():  # loss, the task's metric and any other value it logs
             split, _, name = key.partition("_")
@@ -171,13 +187,15 @@ class TensorBoard(Callback):
         w.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        if self._writer is None:  # stopped before the end of an epoch: nothing was logged
+            return
         try:
             if finished(trainer):  # not after an interrupt: the resumed run logs them at its end
                 self.log_hparams(trainer)
         except Exception as exc:  # the run itself is saved; TensorBoard's summary is optional
             log.warning(f"note: hyperparameters not written to TensorBoard ({exc})")
         finally:
-            self.writer.close()
+            self._writer.close()
 
     def log_hparams(self, trainer: Trainer) -> None:
         """What `SummaryWriter.add_hparams(..., run_name=".")` writes, into a file of its own in

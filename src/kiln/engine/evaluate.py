@@ -14,7 +14,7 @@ from kiln.data import Normalize, make_loader
 from kiln.data.workers import default_workers
 from kiln.errors import ConfigError
 from kiln.rundir import RunDir, load_model
-from kiln.tasks import StepContext, get_task
+from kiln.tasks import StepContext, Task, get_task
 
 SPLITS = ("test", "val")
 
@@ -26,8 +26,12 @@ def evaluate_run(
     model: torch.nn.Module | None = None,
     bundle: kdata.DataBundle | None = None,
     device: str | torch.device = "cpu",
+    task: Task | None = None,
+    loader=None,
 ) -> dict[str, Any]:
-    """The task's metrics for `split` with checkpoint `which`; saved as eval-<split>.json."""
+    """The task's metrics for `split` with checkpoint `which`; saved as eval-<split>.json.
+    The end of training passes its own `task` (which may keep the outputs for its report) and
+    `loader` (the training run's normalization and data placement)."""
     if split not in SPLITS:
         raise ConfigError(f"--split must be one of {', '.join(SPLITS)}, got '{split}'")
     run = run if isinstance(run, RunDir) else RunDir.open(run)
@@ -41,9 +45,11 @@ def evaluate_run(
         bundle = kdata.build(cfg.data)
     chosen = bundle.test if split == "test" else bundle.val
     normalize = Normalize(info.mean, info.std, device)
-    loader = make_loader(chosen, cfg.data.eval_batch_size, normalize, device,
-                         workers=default_workers(cfg.data.workers))  # fmt: skip
-    task = get_task(cfg.task).build(cfg, bundle, device)
+    if loader is None:
+        loader = make_loader(chosen, cfg.data.eval_batch_size, normalize, device,
+                             workers=default_workers(cfg.data.workers))  # fmt: skip
+    if task is None:
+        task = get_task(cfg.task).build(cfg, bundle, device)
     model = model.to(device)
     ctx = StepContext(net=model, model=model, device=device, precision=cfg.train.precision,
                       tta=cfg.model.tta, normalize=normalize, data=bundle)  # fmt: skip

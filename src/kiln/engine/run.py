@@ -15,7 +15,7 @@ from kiln import checkpoint
 from kiln import data as kdata
 from kiln import logs as kiln_logs
 from kiln.config import RunConfig, build_config
-from kiln.engine import budget, distributed
+from kiln.engine import budget, distributed, phases
 from kiln.engine.budget import TimeBudget, check_resume
 from kiln.engine.callbacks import Callback, RecordConfig
 from kiln.engine.evaluate import evaluate_run
@@ -51,6 +51,7 @@ def train(
     an interrupted run from its last checkpoint (`trust_imports=True` lets it import the modules
     its config.yaml names under `imports:`).
     """
+    phases.begin()
     started = budget.now()  # a time budget (train.time) counts from here
     overrides = {k.replace("__", "."): v for k, v in overrides.items()}
     if progress:
@@ -143,7 +144,7 @@ def _fit(
             begun = budget.now() if budget_started is None else budget_started
             trainer.budget = TimeBudget(cfg.train.time, begun, cfg.run.report, say)
         purge = resume_state["epoch"] + 1 if resume_state else None
-        trainer.callbacks += [progress_callback()] if progress else []
+        trainer.callbacks += [phases.FirstStep(), *([progress_callback()] if progress else [])]
         if main:
             trainer.callbacks += [*build_loggers(cfg, run, purge), *(callbacks or [])]
         if progress:
@@ -159,6 +160,7 @@ def _fit(
                 log.info(bundle.note)
         with distributed.peer_failures(cfg.train.dist_timeout):
             history = trainer.fit(resume_state, reschedule)
+        phases.mark("trained")
     except ConfigError:  # a mistake found while setting up or in the first step (model vs task)
         if main and resume_state is None:
             run.discard()  # no checkpoint was written: leave no half-made run folder behind
@@ -168,26 +170,32 @@ def _fit(
         trainer.budget.end_training()
     if not main:
         return Run(path=run.path, config=cfg, history=history)
-    best = trainer.early_stop
+    best, task = trainer.early_stop, trainer.task
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
-    test_loss, test_score = trainer.evaluate(trainer.loader(bundle.test))
+    # One pass over the test split: its numbers make the line below, eval-test.json and, where
+    # the task keeps the outputs (classify), the report's figures.
+    test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device, task=task,
+                        loader=trainer.loader(bundle.test))  # fmt: skip
+    phases.mark("tested")
     if progress:
-        task, last = trainer.task, history[-1]
+        score = test.get(task.test_key or task.metric)
+        loss = f"loss {test['loss']:.4f}, " if isinstance(test.get("loss"), float) else ""
         log.info(
             f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} "
             f"{task.format_value(best.monitor, best.best)} at epoch {best.best_epoch}; "
-            f"final val {task.show(last[f'val_{trainer.metric}'])}; test {task.show(test_score)} "
-            f"(loss {test_loss:.4f}, best checkpoint)"
+            f"final val {task.show(history[-1][f'val_{task.metric}'])}; "
+            f"test {task.show(score) if isinstance(score, float) else '-'} ({loss}best checkpoint)"
         )
-    test = evaluate_run(run, "test", "best", model=net, bundle=bundle, device=device)
     if progress and cfg.run.report:
         log.info("Writing report (plots and report.html; run.report=false skips it)...")
     writing = time.perf_counter()
-    made = trainer.task.after_fit(run, net, bundle, device)  # the task's plots and report
+    made = task.after_fit(run, net, bundle, device)  # the task's plots and report
     if progress and made:
         for label, path in made.items():
             log.info(f"{label}: {path}")
         log.info(f"Report written in {time.perf_counter() - writing:.1f}s")
+    phases.mark("reported")
+    phases.write(run)
     if trainer.budget is not None:
         trainer.budget.finish(run, trainer)  # info.json's "budget", and a line
     result = Run(path=run.path, config=cfg, history=history, test=test)

@@ -20,7 +20,7 @@ from torch import nn
 from kiln import data as kdata
 from kiln.config import RunConfig
 from kiln.data.transforms import resolve_augment
-from kiln.engine import distributed
+from kiln.engine import distributed, phases
 from kiln.engine.device import (
     check_precision,
     resolve_device,
@@ -147,6 +147,7 @@ def prepare(
     else:
         import_run_modules(cfg.imports, imports_from)
     bundle = kdata.build(cfg.data, device)  # every process builds the data, and takes a share
+    phases.mark("data")
     seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     if model is None:
         built = build_model(cfg.model, bundle.info, load=not resume)
@@ -157,4 +158,5 @@ def prepare(
         tree["train"] = settle(tree["train"], device, built.model)  # auto -> what wins here
         tree["train"]["devices"] = distributed.world_size()  # the processes it trains with
         cfg = RunConfig.model_validate(tree)
+    phases.mark("model")
     return Prepared(cfg, built.model, bundle, device, built.weights)

@@ -27,6 +27,7 @@ from kiln.data.workers import default_workers
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
 from kiln.engine.distill import load_teacher
+from kiln.engine.lookahead import Lookahead
 from kiln.engine.optim import build_optimizer, build_scheduler
 from kiln.engine.stopping import EarlyStopping, StopRequest, TrainingInterrupted
 from kiln.errors import ConfigError
@@ -95,6 +96,8 @@ class Trainer:
             self.schedulers[name] = build_scheduler(cfg.sched, opt, self.steps_per_epoch,
                                                     self.epochs)  # fmt: skip
         self.optimizer = next(iter(self.optimizers.values()))  # its lr is the one logged
+        total_steps = self.steps_per_epoch * self.epochs
+        self.lookahead = Lookahead(self.model, total_steps, enabled=cfg.train.lookahead)
         self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         es = cfg.train.early_stop
         logged = ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}")
@@ -196,6 +199,7 @@ class Trainer:
         ctx = self.ctx
         for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
             loss, out = self.task.train_step(ctx, x, y)
+            self.lookahead.after_step((epoch - 1) * self.steps_per_epoch + step + 1)
             self.loss_sum += loss * len(y)
             self.score_sum = self.score_sum + self.task.score(out, y)
             self.seen += len(y)
@@ -210,6 +214,7 @@ class Trainer:
                 break  # the first epoch ends here: validated, it is the run's one epoch
             if epoch == self.epochs and step + 1 == self.last_epoch_steps:
                 break  # a time budget's plan ends this epoch early
+        self.lookahead.end_epoch()  # validated and saved: the averaged weights (when on)
         train_seconds = time.perf_counter() - started
         loss_sum, score_sum, seen = distributed.sum_across(self.loss_sum, self.score_sum, self.seen)
         val_started = time.perf_counter()
@@ -270,6 +275,7 @@ class Trainer:
             replay(scheduler, done)
             self.schedulers[name] = scheduler
         self.epochs, self.last_epoch_steps = epochs, last_steps
+        self.lookahead.total_steps = total  # its averaging follows the new end
 
     def l1_penalty(self, module: nn.Module) -> torch.Tensor:
         return self.cfg.optim.l1 * sum(
@@ -360,6 +366,7 @@ class Trainer:
             "history": self.history,
             "task": self.task.state_dict(),
             **({"budget": self.budget.state_dict()} if self.budget is not None else {}),
+            "lookahead": self.lookahead.state_dict(),
         }
 
     def load_state(self, state: dict[str, Any], reschedule: bool = False) -> None:
@@ -378,6 +385,7 @@ class Trainer:
         self.task.load_state_dict(state.get("task", {}))
         if self.budget is not None and state.get("budget"):
             self.budget.load_state_dict(state["budget"])
+        self.lookahead.load_state_dict(state.get("lookahead"))
         self.start_epoch, self.start_step = state["epoch"], state["step"]
         if state["partial"] and self.main:  # the sums over every process (ranks > 0 start at 0)
             p = state["partial"]

@@ -277,10 +277,9 @@ def figure(path: Path | None, caption: str, css_class: str = "") -> str:
 
 
 def versions_table(info: dict[str, Any]) -> str:
-    """Library versions when the run was trained (info.json) and now, when the report was made."""
-    import matplotlib
-    import numpy
-    import torchvision
+    """Library versions when the run was trained (info.json) and now, when the report was made
+    (read from the installed packages' metadata: importing torchvision costs seconds)."""
+    from importlib.metadata import version
 
     from kiln._version import __version__
 
@@ -288,9 +287,7 @@ def versions_table(info: dict[str, Any]) -> str:
         "python": platform.python_version(),
         "kiln": __version__,
         "torch": torch.__version__,
-        "torchvision": torchvision.__version__,
-        "numpy": numpy.__version__,
-        "matplotlib": matplotlib.__version__,
+        **{name: version(name) for name in ("torchvision", "numpy", "matplotlib")},
     }
     trained = info.get("versions", {})
     names = list(now) + [n for n in trained if n not in now]

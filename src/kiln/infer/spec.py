@@ -85,7 +85,7 @@ class ExportSpec(BaseModel):
     quantize: Literal["dynamic", "static"] | None = None
     calibration: dict[str, Any] | None = None  # static int8: method, per_channel, images, source
     task: str = "classify"  # what an answer is (kiln.tasks): top-k classes, numbers, ...
-    tta: Literal["none", "flip"] = "none"
+    tta: Literal["none", "flip", "flip_translate"] = "none"
     tta_in_graph: bool = False  # True: the exported graph already averages over the flips
     classes: list[str]  # the class names; for task=regress the target names
     target_mean: list[float] | None = None  # task=regress: outputs are standardized targets

@@ -1,22 +1,25 @@
-"""plots/explained.png: why the model got its worst validation images wrong. The highest-loss
-images (those of mistakes.png), each with a heat map of what drove the class it predicted and of
-what speaks for the true class (kiln.evaluate.explain: Grad-CAM, or integrated gradients)."""
+"""plots/explained.png: why the model got its worst test images wrong. The highest-loss images
+(those of mistakes.png), each with a heat map of what drove the class it predicted and of what
+speaks for the true class (kiln.evaluate.explain: Grad-CAM, or integrated gradients), drawn as a
+Pillow grid like the samples and mistakes (kiln/evaluate/grid.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
-from matplotlib.figure import Figure
 
 from kiln.data.images import normalize
 from kiln.evaluate.explain import overlay
+from kiln.evaluate.grid import Cell, save_grid
 
 COLUMNS = 8
 
 
-def explained_figure(model: torch.nn.Module, pred, split, info, device) -> Figure | None:
+def explained_grid(model: torch.nn.Module, pred, split, info, device, path: Path) -> Path | None:
     """Three rows: the images, the predicted class's map, the true class's map; None for inputs
-    that are not images (table rows)."""
-    from kiln.tasks.classify.plots import _short, show_image
+    that are not images (table rows) or an empty split."""
+    from kiln.tasks.classify.plots import _short
     from kiln.tasks.classify.task import ClassifyTask
 
     if info.features or min(info.height, info.width) < 2 or len(pred.labels) == 0:
@@ -27,19 +30,15 @@ def explained_figure(model: torch.nn.Module, pred, split, info, device) -> Figur
     x = normalize(images, torch.tensor(info.mean).view(shape), torch.tensor(info.std).view(shape))
     targets = [[int(pred.preds[i]), int(pred.labels[i])] for i in worst]
     explained = ClassifyTask.explain(model.eval(), x.to(device), info, targets=targets)
-    fig = Figure(figsize=(len(worst) * 1.6, 3 * 1.75 + 0.5))
-    fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=0.88, hspace=0.45, wspace=0.1)
-    axes = fig.subplots(3, len(worst), squeeze=False)
-    for column, (image, (predicted, true)) in enumerate(zip(images, explained, strict=True)):
-        show_image(axes[0][column], image)
-        axes[0][column].set_title(f"true {_short(true.label)}", fontsize=7)
-        for row, e in ((1, predicted), (2, true)):
-            show_image(axes[row][column], overlay(image, e.heat, min_side=1))
-            axes[row][column].set_title(f"{'pred' if row == 1 else 'true'} {_short(e.label)} "
-                                        f"{e.score:.0%}", fontsize=7)  # fmt: skip
-    fig.suptitle(
-        f"Why: the highest-loss validation images, what drove the predicted class (middle) and "
-        f"what speaks for the true one (bottom); {explained[0][0].method}",
-        fontsize=9,
+    rows: list[list[Cell]] = [[], [], []]
+    for image, (predicted, true) in zip(images, explained, strict=True):
+        wrong = predicted.label != true.label
+        rows[0].append(Cell(image, f"true {_short(true.label)}", wrong))
+        for row, name, e in ((1, "pred", predicted), (2, "true", true)):
+            rows[row].append(Cell(overlay(image, e.heat, min_side=1),
+                                  f"{name} {_short(e.label)} {e.score:.0%}"))  # fmt: skip
+    title = (
+        f"Why ({explained[0][0].method}): the highest-loss test images; what drove the predicted "
+        "class (middle row), what speaks for the true one (bottom)"
     )
-    return fig
+    return save_grid([c for row in rows for c in row], title, path, columns=len(worst))

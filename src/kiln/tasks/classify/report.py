@@ -1,4 +1,4 @@
-"""What a classification run shows: its report (test metrics per class, the validation figures)
+"""What a classification run shows: its report (test metrics per class, the test split's figures)
 and `kiln eval`'s tables."""
 
 from __future__ import annotations
@@ -17,12 +17,12 @@ from kiln.tasks.classify.plots import write_plots
 from kiln.tasks.common import eval_file, eval_title, read_eval
 
 FIGURES = (
-    ("confusion", "Confusion matrix on the validation split, each row normalized to 1."),
-    ("per_class", "Precision, recall and F1 per class on the validation split."),
-    ("samples", "Validation images with the predicted class and its probability; wrong in red."),
-    ("mistakes", "The validation images with the highest loss: predicted and true class."),
-    ("explained", "Why: the highest-loss validation images with heat maps of what drove the "
-     "predicted class and of what speaks for the true class (red: most)."),
+    ("confusion", "Confusion matrix on the test split, each row normalized to 1."),
+    ("per_class", "Precision, recall and F1 per class on the test split."),
+    ("samples", "Test images with the predicted class and its probability; wrong in red."),
+    ("mistakes", "The test images with the highest loss: predicted and true class."),
+    ("explained", "Why: the highest-loss test images with heat maps of what drove the predicted "
+     "class and of what speaks for the true class (red: most)."),
 )  # fmt: skip
 CURVES = "Loss, accuracy and learning rate per epoch; the dashed line marks the best epoch."
 TEST_METRICS = (
@@ -31,9 +31,10 @@ TEST_METRICS = (
 )  # fmt: skip
 
 
-def write_report(run, model, bundle, device, checkpoint: str = "best") -> Path:
-    """The plots (curves and the validation figures), then RUN/report.html."""
-    plots = write_plots(run.path, model, bundle, device, checkpoint)
+def write_report(run, model, bundle, device, checkpoint: str = "best", predictions=None) -> Path:
+    """The plots (curves and the test split's figures, from `predictions` when the test
+    evaluation kept them), then RUN/report.html."""
+    plots = write_plots(run.path, model, bundle, device, checkpoint, predictions)
     test = read_eval(run)
     rows = read_metrics(run)
     best = best_row(rows, *run.monitored())
@@ -44,9 +45,8 @@ def write_report(run, model, bundle, device, checkpoint: str = "best") -> Path:
         overview.append(("Test accuracy", f"{test['accuracy']:.2%} ({test['samples']:,} images)"))
     figures = "".join(figure_html(plots, name, caption) for name, caption in FIGURES)
     return write_run_report(
-        run, model, plots, test_section=test_section(test), checkpoint=checkpoint,
+        run, model, plots, test_section=test_section(test) + figures, checkpoint=checkpoint,
         overview=overview, training=[("curves", CURVES)],
-        sections=["<h2>Validation</h2>", figures],
     )  # fmt: skip
 
 

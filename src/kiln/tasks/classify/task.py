@@ -10,7 +10,6 @@ from torch import nn
 
 from kiln.data.registry import are_masks
 from kiln.errors import ConfigError
-from kiln.models.tta import infer
 from kiln.tasks.base import StepContext, Task
 from kiln.tasks.common import check_same_outputs, distilled
 from kiln.tasks.registry import register_task
@@ -38,6 +37,7 @@ class ClassifyTask(Task):
     test_key = "accuracy"
 
     def __init__(self, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None):
+        self.evaluated = None  # (model, Predictions) of the last evaluate: the report's figures
         # class_weights (data.balance=weights) weigh the training loss only: evaluation stays honest
         self.train_loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
         self.eval_loss = nn.CrossEntropyLoss(reduction="sum")
@@ -79,17 +79,16 @@ class ClassifyTask(Task):
         return distilled(outputs, teacher, loss, distill)
 
     # Evaluation and report --------------------------------------------------------------------
-    @torch.inference_mode()
     def evaluate(self, ctx: StepContext, loader, info) -> dict[str, Any]:
-        """Accuracy (top-1, top-k), calibration, precision/recall/F1, the confusion matrix."""
-        from kiln.tasks.classify.metrics import classification_metrics  # torchmetrics: slow import
+        """Accuracy (top-1, top-k), calibration, precision/recall/F1, the confusion matrix. The
+        outputs are kept (`self.evaluated`) for the report's figures, which then need no second
+        pass over the split."""
+        from kiln.tasks.classify.metrics import classification_metrics
+        from kiln.tasks.classify.predictions import Predictions, collect_logits
 
-        ctx.model.eval()
-        outs, labels = [], []
-        for x, y in loader:
-            outs.append(infer(ctx.net, x, ctx.tta).float().cpu())
-            labels.append(y.cpu())
-        return classification_metrics(torch.cat(outs), torch.cat(labels), info.classes)
+        logits, labels = collect_logits(ctx.net, loader, ctx.tta)
+        self.evaluated = (ctx.model, Predictions(torch.arange(len(labels)), labels, logits))
+        return classification_metrics(logits, labels, info.classes)
 
     @classmethod
     def headline(cls, result: dict[str, Any]) -> str:
@@ -120,7 +119,16 @@ class ClassifyTask(Task):
     def report(self, run, model, bundle, device, checkpoint: str = "best") -> Path:
         from kiln.tasks.classify.report import write_report
 
-        return write_report(run, model, bundle, device, checkpoint)
+        return write_report(run, model, bundle, device, checkpoint, self.kept(model, bundle.test))
+
+    def kept(self, model: nn.Module, split):
+        """The outputs `evaluate` kept, when they are `model`'s over the whole of `split` (the
+        same labels in the same order), else None."""
+        if getattr(self, "evaluated", None) is None:
+            return None
+        owner, predictions = self.evaluated
+        same = owner is model and torch.equal(predictions.labels, split.labels.cpu())
+        return predictions if same else None
 
     # Prediction and export --------------------------------------------------------------------
     @staticmethod
