@@ -23,7 +23,7 @@ from pydantic import (
 from kiln.errors import ConfigError
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 
 # Keys that moved into a task's own section: the error names the new one.
 MOVED = {"train.dice_weight": "segment.dice_weight", "train.ce_weight": "segment.ce_weight"}
@@ -79,19 +79,47 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class NormalizeValues(_Section):
+    """Fixed normalization, as the tutorials write it: `{mean: [0.5], std: [0.5]}` (one value
+    for every channel, or one per channel)."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("every std must be above 0")
+        return v
+
+
 class DataConfig(_Section):
     name: str = "digits"
     root: str | None = None
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="0: no validation split (best.pt is the last epoch)"
+    )
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="folder/csv without a test split")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
-    normalize: bool = True
-    subset: int | None = Field(None, ge=1, description="use only this many training samples")
+    drop_last: bool = Field(False, description="skip each epoch's last, smaller training batch")
+    normalize: bool | NormalizeValues = Field(
+        True, description="true: the training split's mean/std; false: none; or {mean, std}"
+    )
+    subset: int | None = Field(
+        None, ge=1, description="train on a fixed, stratified random sample of this many images"
+    )
+    subset_eval: int | None = Field(
+        None, ge=1, description="also sample this many validation and test images (stratified)"
+    )
+    resize: Literal["cover", "fit", "stretch"] = Field(
+        "cover", description="to data.size: cover and center-crop, fit and pad, or stretch"
+    )
     # A person's own images (data.name=folder|csv)
     csv: str | None = None
-    file_column: str = "file"
-    label_column: str = "label"
+    file_column: str | int = Field("file", description="a column's name or position (0 first)")
+    label_column: str | int = Field("label", description="a column's name or position (0 first)")
     split_column: str = "split"
     targets: list[str] = Field(
         default_factory=list, description="task=regress: the numeric CSV columns to predict"
@@ -119,6 +147,13 @@ class DataConfig(_Section):
         except ConfigError as exc:
             raise ValueError(str(exc).split(": ", 1)[-1]) from None
         return str(v)
+
+    @field_validator("file_column", "label_column")
+    @classmethod
+    def _column(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a column position counts from 0")
+        return v
 
     @field_validator("size", mode="before")
     @classmethod
@@ -168,6 +203,8 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(0.0, ge=0.0)
     backbone_lr: float | None = Field(None, gt=0.0, description="default: optim.lr")
+    betas: list[float] | None = Field(None, description="adam/adamw: [beta1, beta2]")
+    eps: float | None = Field(None, gt=0.0, description="adam/adamw/rmsprop/adagrad")
 
     @field_validator("name")
     @classmethod
@@ -176,12 +213,30 @@ class OptimConfig(_Section):
             raise ValueError(f"unknown optimizer '{v}'; choose one of: {', '.join(OPTIMIZERS)}")
         return v.lower()
 
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 2 or not all(0.0 <= b < 1.0 for b in v)):
+            raise ValueError("must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+        return v
+
+    @model_validator(mode="after")
+    def _used(self) -> OptimConfig:
+        if self.betas is not None and self.name not in ("adam", "adamw"):
+            raise ValueError(f"optim.betas is for adam and adamw, not {self.name}")
+        if self.eps is not None and self.name == "sgd":
+            raise ValueError("optim.eps is for adam, adamw, rmsprop and adagrad, not sgd")
+        return self
+
 
 class SchedConfig(_Section):
     name: str = "onecycle"
     warmup_epochs: float = Field(0.0, ge=0.0)
     step_size: int = Field(10, ge=1, description="epochs between decays (step)")
-    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (step)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (step, plateau)")
+    patience: int = Field(
+        10, ge=0, description="plateau: epochs without improvement before the lr decays"
+    )
 
     @field_validator("name")
     @classmethod
@@ -189,6 +244,14 @@ class SchedConfig(_Section):
         if v.lower() not in SCHEDULERS:
             raise ValueError(f"unknown scheduler '{v}'; choose one of: {', '.join(SCHEDULERS)}")
         return v.lower()
+
+    @model_validator(mode="after")
+    def _no_warmup_on_plateau(self) -> SchedConfig:
+        if self.name == "plateau" and self.warmup_epochs:
+            raise ValueError("sched.name=plateau has no warm-up: leave sched.warmup_epochs at 0")
+        if self.name == "plateau" and self.gamma >= 1.0:
+            raise ValueError("sched.name=plateau lowers the lr by sched.gamma: set it below 1")
+        return self
 
 
 class EarlyStopConfig(_Section):
@@ -254,6 +317,9 @@ class RunSection(_Section):
     name: str | None = None
     dir: str = "runs"
     report: bool = Field(True, description="plots/ and report.html at the end of training")
+    log_every: int | None = Field(
+        None, ge=1, description="TensorBoard: the mean training loss every N steps, too"
+    )
 
     @field_validator("name", "dir", mode="before")
     @classmethod

@@ -74,10 +74,12 @@ def from_scan(cfg, scan) -> RawDataset:
     given = {name: [s for s in good if s.split == name] for name in ("val", "test")}
     train_split = split_of(train)
     test_split = split_of(given["test"])
+    notes = []
     if test_split is None:  # no test split given: hold out a fixed, stratified part of train
-        from kiln.data import stratified_split
+        from kiln.data.splits import carve_test
 
-        train_split, test_split = stratified_split(train_split, cfg.test_fraction)
+        train_split, test_split, note = carve_test(train_split, cfg.test_fraction)
+        notes += [note] if note else []
     return RawDataset(
         train=train_split,
         test=test_split,
@@ -86,6 +88,7 @@ def from_scan(cfg, scan) -> RawDataset:
         skipped=[str(p) for p in problems],
         sizes=dict(Counter(f"{m.height}x{m.width}" for m in meta.values()).most_common()),
         modes=dict(Counter(m.mode for m in meta.values()).most_common()),
+        notes=notes,
     )
 
 

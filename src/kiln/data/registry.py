@@ -59,6 +59,7 @@ class RawDataset:
     sizes: dict[str, int] = field(default_factory=dict)  # "HxW" -> images, before resizing
     modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> images
     features: list[str] | None = None  # tables: the input columns, in order
+    notes: list[str] = field(default_factory=list)  # splits the loader made or changed, said once
 
 
 @dataclass
@@ -108,6 +109,7 @@ class DataBundle:
     sizes: dict[str, int] = field(default_factory=dict)
     modes: dict[str, int] = field(default_factory=dict)
     placement: Any = None  # kiln.data.placement.Placement: in memory or not, and why
+    notes: list[str] = field(default_factory=list)  # splits made or changed: said when training
 
 
 Loader = Callable[[Any, Path], RawDataset]  # (DataConfig, root) -> RawDataset

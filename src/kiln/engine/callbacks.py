@@ -30,10 +30,12 @@ class Callback:
 def format_row(row: dict[str, Any], epochs: int, task) -> str:
     """The one summary line per epoch, Keras style (the task says how its metric reads)."""
     m = task.metric
+    val = ""  # none without a validation split (data.val_fraction=0)
+    if "val_loss" in row:
+        val = f"val loss {row['val_loss']:.4f} {task.show(row[f'val_{m}'])}  "
     return (
         f"Epoch {row['epoch']}/{epochs}  "
-        f"train loss {row['train_loss']:.4f} {task.show(row[f'train_{m}'])}  "
-        f"val loss {row['val_loss']:.4f} {task.show(row[f'val_{m}'])}  "
+        f"train loss {row['train_loss']:.4f} {task.show(row[f'train_{m}'])}  {val}"
         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['samples_per_s']:,.0f} samples/s"
     )
 

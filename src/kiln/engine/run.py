@@ -179,16 +179,24 @@ def _fit(
             verb = "Resuming" if resume_state else "Training"
             print(
                 f"{verb} {cfg.model.name} ({n:,} parameters) on {cfg.data.name} "
-                f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> "
-                f"{run.path}",
+                f"({len(bundle.train):,} train / {len(bundle.val):,} val / "
+                f"{len(bundle.test):,} test) on {device} -> {run.path}",
                 flush=True,
             )
+            for note in bundle.notes:  # splits Kiln made or changed, said once
+                print(note, flush=True)
+            if not trainer.validates:
+                print(
+                    f"No validation split (data.val_fraction={cfg.data.val_fraction}): training "
+                    "runs without validation, and best.pt is the last epoch's weights",
+                    flush=True,
+                )
             print(trainer.data_path, flush=True)
         with distributed.peer_failures(cfg.train.dist_timeout):
             history = trainer.fit(resume_state, reschedule)
-    except ConfigError:  # a mistake found while setting up or in the first step (model vs task)
+    except BaseException:  # a mistake in the config, the model or the data, an interrupt, a bug
         if main and resume_state is None:
-            run.discard()  # no checkpoint was written: leave no half-made run folder behind
+            run.discard()  # only while no checkpoint exists: no half-made run folder is left
         raise
     distributed.teardown()  # what follows is rank 0's alone
     if not main:
@@ -197,10 +205,15 @@ def _fit(
     net.load_state_dict(checkpoint.load(run.checkpoint("best"), map_location=device)["model"])
     test_loss, test_score = trainer.evaluate(trainer.loader(bundle.test))
     if progress:
-        show = trainer.task.show
+        show, last = trainer.task.show, history[-1]
+        if best.best is not None:
+            picked = f"Best {best.monitor} {best.best:.4f} at epoch {best.best_epoch}"
+        else:
+            picked = f"Kept the last epoch ({last['epoch']}): no validation split"
+        final = f"val {show(last[f'val_{trainer.metric}'])}" if trainer.validates else (
+            f"train {show(last[f'train_{trainer.metric}'])}")  # fmt: skip
         print(
-            f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} {best.best:.4f} at "
-            f"epoch {best.best_epoch}; final val {show(history[-1][f'val_{trainer.metric}'])}; "
+            f"Done in {time.perf_counter() - started:.1f}s. {picked}; final {final}; "
             f"test {show(test_score)} (loss {test_loss:.4f}, best checkpoint)",
             flush=True,
         )
