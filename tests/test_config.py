@@ -229,7 +229,6 @@ def test_alias_errors_name_the_full_key():
         ("optim.name=lion", "optim.name", ["lion", *OPTIMIZERS]),
         ("sched.name=linear", "sched.name", ["linear", *SCHEDULERS]),
         ("device=tpu", "train.device", ["tpu", "cpu", "cuda"]),
-        ("data.val_fraction=0", "data.val_fraction", []),
         ("data.val_fraction=1", "data.val_fraction", []),
         ("data.val_fraction=1.5", "data.val_fraction", ["1.5"]),
         ("data.val_fraction=-0.1", "data.val_fraction", []),

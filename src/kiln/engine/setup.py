@@ -27,6 +27,7 @@ from kiln.engine.device import (
     set_threads,
     settle,
 )
+from kiln.engine.user_model import check_user_model
 from kiln.errors import ConfigError
 from kiln.models import (
     build_model,
@@ -143,6 +144,10 @@ def prepare(
     if not resume:
         tree = cfg.to_dict()
         tree["train"] = settle(tree["train"], device, built.model)  # auto -> what wins here
+        tree["train"] = check_user_model(  # a module Kiln did not write: one trial forward
+            built.model, bundle, device, tree["train"], get_task(cfg.task), model is not None,
+            explicit=cfg.train.channels_last is True,
+        )  # fmt: skip
         tree["train"]["devices"] = distributed.world_size()  # the processes it trains with
         cfg = RunConfig.model_validate(tree)
     return Prepared(cfg, built.model, bundle, device, built.weights)

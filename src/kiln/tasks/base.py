@@ -16,8 +16,8 @@ what differs, at the least its loss and its metric:
 The hooks, by stage (each documented where it is defined):
 
     config      Options (the task's own config section), models, check_config, options
-    training    build, sample_weights, optimizers, train_step, eval_step, score, summarize, show,
-                state_dict / load_state_dict, epoch_images
+    training    build, sample_weights, optimizers, check_outputs, train_step, eval_step, score,
+                summarize, show, state_dict / load_state_dict, epoch_images
     evaluation  evaluate (kiln eval's numbers), print_eval, headline
     report      after_fit, report
     prediction  generates, read_input, input_files, predictions, show_answer, serve_answer,
@@ -160,6 +160,11 @@ class Task:
     def optimizers(self, model: nn.Module, cfg: RunConfig) -> dict[str, Optimizes]:
         """The optimizers to build, by name; their states go into last.pt under that name."""
         return {"model": Optimizes(model)}
+
+    @classmethod
+    def check_outputs(cls, outputs: Any, images: int, info: DataInfo, module: str) -> None:
+        """A module of the user's, run once on a few training inputs (`images`) before training:
+        raise a KilnError naming `module` when its outputs cannot be what this task learns."""
 
     def train_loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """The batch's mean loss (what is backpropagated)."""
