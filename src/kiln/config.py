@@ -148,6 +148,23 @@ class DataConfig(_Section):
             raise ValueError(str(exc).split(": ", 1)[-1]) from None
         return str(v)
 
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize(cls, v: Any) -> Any:
+        expected = "true, false or {mean: [...], std: [...]}"
+        if isinstance(v, (bool, NormalizeValues)):
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(expected)
+        try:
+            return NormalizeValues.model_validate(v)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ValueError(f"{expected} ({problems})") from None
+
     @field_validator("file_column", "label_column")
     @classmethod
     def _column(cls, v: str | int) -> str | int:

@@ -86,6 +86,7 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
     )
     info = DataInfo(cfg.name, list(raw.classes), channels, int(height), int(width), mean, std)
     info.features = raw.features
+    info.resize = cfg.resize
     if not isinstance(train, FileSplit) and train.images.dim() == 5:  # volumes (N, C, D, H, W)
         info.depth = int(train.images.shape[2])
     if train.labels.is_floating_point():  # numeric targets: the task trains on them standardized

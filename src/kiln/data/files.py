@@ -27,16 +27,18 @@ class FileSplit:
     channels: int
     height: int
     width: int
+    resize: str = "cover"  # data.resize
 
     def __len__(self) -> int:
         return len(self.paths)
 
     def image(self, index: int) -> torch.Tensor:
-        return decode(self.paths[index], self.channels, self.height, self.width)
+        return decode(self.paths[index], self.channels, self.height, self.width, self.resize)
 
     def take(self, index: torch.Tensor) -> FileSplit:
         paths = [self.paths[i] for i in index.tolist()]
-        return FileSplit(paths, self.labels[index], self.channels, self.height, self.width)
+        return FileSplit(paths, self.labels[index], self.channels, self.height, self.width,
+                         self.resize)  # fmt: skip
 
     def head(self, n: int) -> torch.Tensor:
         return torch.stack([self.image(i) for i in range(min(n, len(self)))])

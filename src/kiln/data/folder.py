@@ -69,7 +69,7 @@ def from_scan(cfg, scan) -> RawDataset:
             labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
         else:
             labels = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
-        return FileSplit([s.path for s in samples], labels, channels, height, width)
+        return FileSplit([s.path for s in samples], labels, channels, height, width, cfg.resize)
 
     given = {name: [s for s in good if s.split == name] for name in ("val", "test")}
     train_split = split_of(train)

@@ -78,6 +78,7 @@ class DataInfo:
     target_std: list[float] | None = None
     depth: int | None = None  # volumes (C, D, H, W), e.g. task=segment on .npy files
     features: list[str] | None = None  # tables: the input columns (kiln predict reads them)
+    resize: str = "cover"  # data.resize: how images of another size were brought to this one
 
     @property
     def num_classes(self) -> int:
@@ -96,7 +97,10 @@ class DataInfo:
     @classmethod
     def from_dict(cls, d: dict) -> DataInfo:
         optional = ("target_mean", "target_std", "depth", "features")  # absent from older runs
-        return cls(**{k: d[k] if k not in optional else d.get(k) for k in cls.__dataclass_fields__})
+        info = cls(**{k: d[k] if k not in optional else d.get(k)
+                      for k in cls.__dataclass_fields__ if k != "resize"})  # fmt: skip
+        info.resize = d.get("resize", "cover")
+        return info
 
 
 @dataclass

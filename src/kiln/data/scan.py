@@ -286,8 +286,8 @@ def _walk_class(class_dir: Path, problems: _Problems, rank: int) -> list[Path]:
 def scan_csv(
     csv_path: Path,
     root: Path,
-    file_column: str = "file",
-    label_column: str = "label",
+    file_column: str | int = "file",
+    label_column: str | int = "label",
     split_column: str = "split",
     targets: list[str] | None = None,
 ) -> ScanResult:
@@ -309,6 +309,9 @@ def scan_csv(
             f"in {csv_path} are relative to"
         )
     header, rows = _read_csv(csv_path)
+    file_column = column_name(file_column, header, csv_path, "data.file_column")
+    if not targets:
+        label_column = column_name(label_column, header, csv_path, "data.label_column")
     wanted = [(file_column, "data.file_column", "image paths")]
     if targets:
         wanted += [(t, "data.targets", "numbers to predict") for t in targets]
@@ -369,6 +372,18 @@ def scan_csv(
         problem = Problem(shown_csv, reason, first_line[label], shown_csv)
         problems.add(problem, _SPLIT_RANK[in_splits[0]])
     return ScanResult(samples, problems.sorted(), sort_classes(s.label for s in samples))
+
+
+def column_name(column: str | int, header: list[str], csv_path: Path, key: str) -> str:
+    """A column given by position (0 first, as pandas' iloc) -> its name in the header."""
+    if isinstance(column, str):
+        return column
+    if column >= len(header):
+        raise DataError(
+            f"{key}={column}: {csv_path} has {len(header)} columns ({', '.join(header)}), "
+            f"numbered 0 to {len(header) - 1}"
+        )
+    return header[column]
 
 
 def _numbers(row: dict[str, str | None], columns: list[str]) -> tuple[float, ...] | str:

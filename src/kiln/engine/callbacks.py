@@ -106,18 +106,24 @@ def after_existing_events(log_dir: Path) -> None:
 class TensorBoard(Callback):
     """Scalars per epoch, a grid of sample inputs, the model graph, weight histograms, the task's
     per-epoch images (`task.epoch_images(ctx, epoch)` -> {tag: CHW image})
-    and, once training has finished, the run's hyperparameters against its final metrics."""
+    and, once training has finished, the run's hyperparameters against its final metrics.
+    `log_every` (run.log_every): also the mean training loss and the lr of every N steps, by
+    step, in tb/steps/ (the tutorials' `running_loss / N`)."""
 
     HPARAMS_SUFFIX = ".hparams"  # the hparams file is rewritten when a finished run is extended
 
-    def __init__(self, log_dir: str, purge_step: int | None = None):
+    def __init__(self, log_dir: str, purge_step: int | None = None, log_every: int | None = None):
         from torch.utils.tensorboard import SummaryWriter
 
         if purge_step is not None:
             after_existing_events(Path(log_dir))
         self.writer = SummaryWriter(log_dir, purge_step=purge_step)
+        self.log_every, self.steps = log_every, None
+        self.loss_sum, self.losses = 0.0, 0
 
     def on_fit_start(self, trainer: Trainer) -> None:
+        if self.log_every:
+            self.open_steps(trainer)
         if trainer.start_epoch > 0:
             return  # a resumed run already logged these
         samples = trainer.data.train.head(64)
@@ -137,7 +143,33 @@ class TensorBoard(Callback):
                 print(f"note: model graph not written to TensorBoard ({exc})", file=sys.stderr)
             trainer.model.train(was_training)
 
+    def open_steps(self, trainer: Trainer) -> None:
+        """tb/steps/: its own event files, so that resuming purges by step there and by epoch
+        in tb/ (a SummaryWriter purges every tag from one step on)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        done = trainer.start_epoch * trainer.steps_per_epoch + trainer.start_step
+        folder = Path(self.writer.get_logdir()) / "steps"
+        if done:
+            after_existing_events(folder)
+        self.steps = SummaryWriter(str(folder), purge_step=done + 1 if done else None)
+
+    def on_batch_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        if self.steps is None:
+            return
+        self.loss_sum = self.loss_sum + trainer.batch_loss.detach()  # no device sync here
+        self.losses += 1
+        global_step = (epoch - 1) * trainer.steps_per_epoch + step + 1
+        if global_step % self.log_every == 0:
+            self.steps.add_scalar(
+                "step/train_loss", float(self.loss_sum) / self.losses, global_step
+            )
+            self.steps.add_scalar("step/lr", trainer.optimizer.param_groups[0]["lr"], global_step)
+            self.loss_sum, self.losses = 0.0, 0
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
+        if self.steps is not None:
+            self.steps.flush()
         w = self.writer
         for key, value in row.items():  # loss, the task's metric and any other value it logs
             split, _, name = key.partition("_")
@@ -159,6 +191,8 @@ class TensorBoard(Callback):
             print(f"note: hyperparameters not written to TensorBoard ({exc})", file=sys.stderr)
         finally:
             self.writer.close()
+            if self.steps is not None:
+                self.steps.close()
 
     def log_hparams(self, trainer: Trainer) -> None:
         """What `SummaryWriter.add_hparams(..., run_name=".")` writes, into a file of its own in

@@ -173,7 +173,8 @@ def _fit(
         purge = resume_state["epoch"] + 1 if resume_state else None
         trainer.callbacks += [ProgressBar()] if progress else []
         if main:
-            trainer.callbacks += [TensorBoard(str(run.tb), purge), *(callbacks or [])]
+            board = TensorBoard(str(run.tb), purge, cfg.run.log_every)
+            trainer.callbacks += [board, *(callbacks or [])]
         if progress:
             n = sum(p.numel() for p in net.parameters())
             verb = "Resuming" if resume_state else "Training"

@@ -102,8 +102,10 @@ def data_info(spec: ExportSpec):
     from kiln.data.registry import DataInfo
 
     i = spec.input
+    data = spec.config.get("data", {})
     return DataInfo(
-        spec.config.get("data", {}).get("name", "export"),
+        data.get("name", "export"),
         spec.classes, i.channels, i.height, i.width, i.mean, i.std,
         target_mean=spec.target_mean, target_std=spec.target_std, depth=i.depth,
+        resize=data.get("resize", "cover"),
     )  # fmt: skip

@@ -68,7 +68,7 @@ class Predictor:
     def preprocess(self, image: ImageLike) -> torch.Tensor:
         """Any image -> normalized float (C, H, W) at the model's input size (what an exported
         graph takes, and what `kiln serve` sends it)."""
-        return normalize(to_uint8(image, self.input_shape), self.mean, self.std)
+        return normalize(to_uint8(image, self.input_shape, self.info.resize), self.mean, self.std)
 
     def read(self, item: Any) -> torch.Tensor:
         """One input as the task reads it (a segmentation run: at the image's own size),

@@ -277,7 +277,7 @@ class Task:
         """One input (a path, PIL image or tensor) -> uint8 (C, H, W) at the model's size."""
         from kiln.data.images import to_uint8
 
-        return to_uint8(item, info.input_shape)
+        return to_uint8(item, info.input_shape, info.resize)
 
     @classmethod
     def input_files(cls, paths: Sequence[str | Path], info: DataInfo) -> list[Path]:
