@@ -123,6 +123,9 @@ def test_without_validation_the_last_checkpoint_is_the_best(cli, tmp_path):
     header = (run / "metrics.csv").read_text().splitlines()[0]
     assert "train_acc" in header and "val_acc" not in header
     assert (run / "report.html").is_file()
+    exported = cli("export", run, "--format", "torchscript")  # parity on the test images
+    assert exported.returncode == 0, exported.stderr
+    assert "test images" in exported.stdout
 
 
 def test_validation_less_runs_refuse_early_stopping_on_validation(tmp_path):
