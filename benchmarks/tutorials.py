@@ -70,6 +70,9 @@ PAIRS = [
     Pair("vae", "MNIST, the PyTorch example's VAE 784-400-20, Adam, 10 epochs",
          "recipes/tutorials/mnist-vae-tutorial.yaml", "recipes/mnist-vae.yaml", "", "elbo",
          percent=False, note="test ELBO, nats per image (higher is better)"),
+    Pair("unet3d", "4-channel, 4-class 32^3 volumes (made up, BraTS-shaped), 3-D U-Net, "
+         "Dice + CE, StepLR(10, 0.1), 20 epochs", "recipes/tutorials/unet3d-tutorial.yaml", None,
+         None, "miou", percent=False, note="test mean IoU; no Kiln recipe beside it"),
     Pair("pets", "four images (2 cats, 2 dogs), CSV img,label, 3 train / 1 test",
          "recipes/tutorials/pets-tutorial.yaml", None, None, "accuracy",
          note="one test image: a check that it runs, not a result"),
@@ -144,6 +147,11 @@ def measure(pair: Pair, side: str, datasets: Path, runs: Path, extra: list[str])
     data_root = None if pair.data is None else datasets / pair.data
     if pair.name == "pets":
         make_pets(datasets)
+    if pair.name == "unet3d" and not (ROOT / "data" / "tumours" / "classes.txt").is_file():
+        sys.path.insert(0, str(TUTORIALS))
+        from make_tumours import make
+
+        make(ROOT / "data" / "tumours")
     result = train(recipe, data_root, runs, extra)
     save_result(f"{pair.name}/{side}", result)
     figure = result["test"].get(pair.metric)

@@ -60,17 +60,14 @@ def hold_out(train, fraction: float, what: str, key: str):
     if count > 0 or fraction == 0:
         return (*stratified_split(train, fraction, count), None)
     if n < 2:
-        return (
-            train,
-            train.take(torch.zeros(0, dtype=torch.long)),
-            (f"warning: {n} training image(s) leave none for {what} ({key}={fraction})"),
-        )
+        none = train.take(torch.zeros(0, dtype=torch.long))
+        return train, none, f"warning: {n} training image(s) leave none for {what} ({key})"
     rest, held = stratified_split(train, fraction, 1)
     note = (
         f"warning: {key}={fraction} of {n} images is less than one image: 1 image taken from "
         f"training for {what} (stratified); {n - 1} left to train on"
     )
-    return rest, held, note  # fmt: skip
+    return rest, held, note
 
 
 def carve_test(train, fraction: float):

@@ -50,29 +50,29 @@ def check_user_model(
     Modules Kiln knows are not run."""
     if not passed_in and not own_classes(model):
         return train
-    asked = train["channels_last"]
-    if asked:
-        error = trial(model, bundle, device, train["precision"], task, channels_last=True)
-        if error is None:
+    precision = train["precision"]
+    if train["channels_last"]:
+        on_channels_last = trial(model, bundle, device, precision, task, channels_last=True)
+        if on_channels_last is None:
             return train
-        if trial(model, bundle, device, train["precision"], task, channels_last=False) is None:
-            if explicit:
-                raise ConfigError(
-                    f"train.channels_last=true: {describe(model, error)}; it runs in the default "
-                    "memory format: set train.channels_last=false (or auto)"
-                )
-            where = user_frame(error)
-            print(
-                f"note: {type(model).__qualname__} does not run on channels-last inputs "
-                f"({f'{where}: ' if where else ''}{first_line(error)}): training in the default "
-                "memory format (train.channels_last=false)",
-                flush=True,
-            )
-            return {**train, "channels_last": False}
-    error = trial(model, bundle, device, train["precision"], task, channels_last=False)
+    error = trial(model, bundle, device, precision, task, channels_last=False)
     if error is not None:
         raise KilnError(f"{describe(model, error)}. {advice(bundle)}")
-    return train
+    if not train["channels_last"]:
+        return train
+    if explicit:  # it runs, but not on channels-last inputs
+        raise ConfigError(
+            f"train.channels_last=true: {describe(model, on_channels_last)}; it runs in the "
+            "default memory format: set train.channels_last=false (or auto)"
+        )
+    where = user_frame(on_channels_last)
+    print(
+        f"note: {type(model).__qualname__} does not run on channels-last inputs "
+        f"({f'{where}: ' if where else ''}{first_line(on_channels_last)}): training in the "
+        "default memory format (train.channels_last=false)",
+        flush=True,
+    )
+    return {**train, "channels_last": False}
 
 
 def trial(
@@ -140,9 +140,7 @@ def first_line(error: BaseException) -> str:
 def user_frame(error: BaseException) -> str | None:
     """file:line (the code) of the innermost frame outside torch, Kiln and installed packages:
     the user's line."""
-    import kiln
-
-    libraries = [Path(kiln.__file__).parent, Path(torch.__file__).parent]
+    libraries = [Path(__file__).resolve().parents[1], Path(torch.__file__).parent]  # kiln, torch
     found = None
     for frame in traceback.extract_tb(error.__traceback__):
         path = Path(frame.filename)
