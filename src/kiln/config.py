@@ -92,6 +92,9 @@ class DataConfig(_Section):
     csv: str | None = None
     file_column: str = "file"
     label_column: str = "label"
+    label_sep: str | None = Field(
+        None, min_length=1, description="csv: several labels per image, split on this: ;"
+    )
     split_column: str = "split"
     targets: list[str] = Field(
         default_factory=list, description="task=regress: the numeric CSV columns to predict"

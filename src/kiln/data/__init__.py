@@ -21,6 +21,7 @@ from kiln.data.registry import (
     are_masks,
     default_root,
     get_dataset,
+    is_multi_hot,
     register_dataset,
 )
 from kiln.data.stats import channel_stats, file_stats
@@ -56,6 +57,8 @@ def stratified_split(train, fraction: float):
     each class's drawn at random with a fixed seed."""
     g = torch.Generator().manual_seed(SPLIT_SEED)
     labels = train.labels
+    if is_multi_hot(labels):  # several labels per image: stratified by each image's set of labels
+        labels = torch.unique(labels, dim=0, return_inverse=True)[1]
     # numeric targets (task=regress) or masks (task=segment): a plain random split
     if labels.is_floating_point() or are_masks(labels):
         held_index = torch.randperm(len(labels), generator=g)[: round(len(labels) * fraction)]
