@@ -89,4 +89,5 @@ def data_info(spec: ExportSpec):
         spec.config.get("data", {}).get("name", "export"),
         spec.classes, i.channels, i.height, i.width, i.mean, i.std,
         target_mean=spec.target_mean, target_std=spec.target_std, depth=i.depth,
+        outputs=spec.output.get("outputs"), thresholds=spec.output.get("thresholds"),
     )  # fmt: skip
