@@ -81,8 +81,8 @@ class BinaryTask(SigmoidTask):
         """Class index 1 (the positive class) -> 1.0, index 0 -> 0.0, as (N, 1)."""
         return labels.float().view(-1, 1)
 
-    def logged(self, micro_f1: float, macro_f1: float, exact: float) -> dict[str, float]:
-        return {"f1": micro_f1, "acc": exact}  # one label: its F1, and the accuracy
+    def logged(self, micro_f1: float, macro_f1: float, accuracy: float) -> dict[str, float]:
+        return {"f1": micro_f1, "acc": accuracy}  # at the threshold of the best F1
 
     def metrics(self, probs, targets, info, thresholds: list[float]) -> dict[str, Any]:
         from kiln.tasks.multilabel.metrics import binary_metrics

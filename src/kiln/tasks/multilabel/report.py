@@ -1,7 +1,7 @@
 """What a sigmoid classifier's run shows (task=binary, task=multilabel): RUN/plots/ and the report,
 and `kiln eval`'s tables.
 
-plots/: curves.png (loss and F1 at 0.5 per epoch), pr_curves.png and roc_curves.png (one curve
+plots/: curves.png (loss and F1 per epoch), pr_curves.png and roc_curves.png (one curve
 per label, or the positive class's, with the chosen threshold's point marked), per_label.png
 (multi-label: precision, recall and F1 per label at the thresholds) and samples.png (images with
 the labels given and their probabilities; wrong answers in red). All from the test split, capped
@@ -39,7 +39,7 @@ FIGURES = (
 
 def write_plots(task, run, model, bundle, device) -> dict[str, Path]:
     info, out = run.data_info(), run.path / "plots"
-    written = write_curves(run, "f1", "F1 (threshold 0.5)")
+    written = write_curves(run, "f1", "F1 (each label at its best threshold)")
     split = bundle.test
     if len(split) == 0:
         return written
@@ -146,8 +146,8 @@ def write_report(task, run, model, bundle, device, checkpoint: str = "best") -> 
     return write_run_report(
         run, model, plots, test_section=test_section(test), checkpoint=checkpoint,
         headline=task.headline(test or {}), overview=overview,
-        training=[("curves", "Loss and F1 (at threshold 0.5) per epoch; the dashed line marks "
-                   "the best epoch.")],
+        training=[("curves", "Loss and F1 per epoch (each label at its best threshold of 0.05, "
+                   "0.10, ..., 0.95); the dashed line marks the best epoch.")],
         sections=["<h2>Test split, in pictures</h2>", figures],
     )  # fmt: skip
 
