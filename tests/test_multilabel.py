@@ -120,6 +120,25 @@ def test_thresholds_are_the_f1_optimal_ones():
     assert f1_thresholds(probs, torch.zeros(300, 3)) == [0.5, 0.5, 0.5]  # no positive: 0.5
 
 
+def test_logged_f1_takes_each_label_at_its_best_threshold_of_the_grid():
+    from sklearn.metrics import f1_score
+
+    from kiln.tasks.multilabel import BinaryTask, MultiLabelTask
+    from kiln.tasks.multilabel.task import GRID
+
+    g = torch.Generator().manual_seed(0)
+    truth = torch.rand(200, 3, generator=g) < 0.3
+    logits = torch.randn(200, 3, generator=g) + 2 * truth
+    task = MultiLabelTask(3)
+    sums = task.score(logits[:120], truth[:120]) + task.score(logits[120:], truth[120:])
+    best = [max(f1_score(truth[:, k], logits[:, k].sigmoid() >= t) for t in GRID.tolist())
+            for k in range(3)]  # fmt: skip
+    assert task.summarize(sums, 200)["f1_macro"] == pytest.approx(np.mean(best))
+    binary = BinaryTask(1)
+    logged = binary.summarize(binary.score(logits[:, :1], truth[:, 0].long()), 200)
+    assert logged["f1"] == pytest.approx(best[0])
+
+
 # End to end on pairs of MNIST digits ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def pairs(tmp_path_factory) -> Path:
