@@ -248,6 +248,9 @@ def test_errors_say_what_to_do(runs: Path, tmp_path: Path, capsys):
     assert_clean_error(result, "model=vae")
     result = kiln_cli(capsys, *train, "task=gan", "model=vae")
     assert_clean_error(result, "model=dcgan or model=densegan")
+    result = kiln_cli(capsys, *train, "task=gan", "model=densegan", "data.subset=65", "batch=32",
+                      f"gan.frechet_classifier={classifier}")  # fmt: skip
+    assert_clean_error(result, "last batch of one image", "model.batchnorm=false")
     assert not list(tmp_path.iterdir()), "a run that never started leaves no folder behind"
 
 

@@ -119,6 +119,17 @@ class GANTask(GenerativeTask):
     @classmethod
     def build(cls, cfg, data, device) -> GANTask:
         info = data.info
+        n, batch = len(data.train), cfg.data.batch_size
+        if (
+            cfg.model.name == "densegan"
+            and cfg.model.kwargs().get("batchnorm", True)
+            and (n % batch == 1)
+        ):
+            raise ConfigError(
+                f"model=densegan: {n:,} training images in batches of {batch} leave a last batch "
+                "of one image, which its BatchNorm cannot train on; change data.batch_size or "
+                "data.subset, or set model.batchnorm=false"
+            )
         classifier = cls.options(cfg).frechet_classifier or str(classifier_run(cfg)[0])
         features = load_classifier(classifier, info.input_shape, info.name, device)
         return cls(features, Pixels(info.mean, info.std, device), cfg.train.seed, classifier)
