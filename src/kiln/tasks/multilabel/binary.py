@@ -77,6 +77,10 @@ class BinaryTask(SigmoidTask):
 
         return balance(cfg.data.balance, data.train.labels, 2)[1]
 
+    @staticmethod
+    def output_names(info) -> list[str]:
+        return [info.classes[1]]  # the one logit scores the positive class
+
     def targets(self, labels: torch.Tensor) -> torch.Tensor:
         """Class index 1 (the positive class) -> 1.0, index 0 -> 0.0, as (N, 1)."""
         return labels.float().view(-1, 1)

@@ -52,7 +52,7 @@ def write_plots(task, run, model, bundle, device) -> dict[str, Path]:
     loader = make_loader(split, 512, normalize, device)
     probs, targets, _ = task.answers(model.eval(), loader, run.load_config().model.tta)
     thresholds = info.thresholds or [0.5] * probs.shape[1]
-    names = [info.classes[1]] if probs.shape[1] == 1 else info.classes
+    names = task.output_names(info)
     written["pr_curves"] = save(curves_figure(probs, targets, names, thresholds, "pr"),
                                 out / "pr_curves.png")  # fmt: skip
     written["roc_curves"] = save(curves_figure(probs, targets, names, thresholds, "roc"),

@@ -202,8 +202,13 @@ class SigmoidTask(Task):
         return done
 
     @staticmethod
-    def describe(thresholds: list[float], info) -> str:
-        pairs = [f"{name} {t:.2f}" for name, t in zip(info.classes, thresholds, strict=False)]
+    def output_names(info) -> list[str]:
+        """What each output answers: a label each (binary: the positive class)."""
+        return info.classes
+
+    def describe(self, thresholds: list[float], info) -> str:
+        names = self.output_names(info)
+        pairs = [f"{name} {t:.2f}" for name, t in zip(names, thresholds, strict=True)]
         return ", ".join(pairs[:6]) + (f", ... ({len(pairs)} labels)" if len(pairs) > 6 else "")
 
     def report(self, run, model, bundle, device, checkpoint: str = "best") -> Path:
