@@ -120,6 +120,9 @@ class DataConfig(_Section):
     csv: str | None = None
     file_column: str | int = Field("file", description="a column's name or position (0 first)")
     label_column: str | int = Field("label", description="a column's name or position (0 first)")
+    label_sep: str | None = Field(
+        None, min_length=1, description="csv: several labels per image, split on this: ;"
+    )
     split_column: str = "split"
     targets: list[str] = Field(
         default_factory=list, description="task=regress: the numeric CSV columns to predict"

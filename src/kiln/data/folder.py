@@ -26,6 +26,11 @@ SINGLE_CHANNEL_MODES = {"1", "L", "LA", "I", "I;16", "F"}
 def load_folder(cfg, root: Path) -> RawDataset:
     from kiln.data.scan import scan_folder
 
+    if cfg.label_sep is not None:
+        raise ConfigError(
+            f"data.label_sep={cfg.label_sep!r} splits the label cells of a CSV; a folder gives "
+            "each image one class. For several labels per image list them in a CSV: data.name=csv"
+        )
     return from_scan(cfg, scan_folder(root))
 
 
@@ -39,7 +44,7 @@ def load_csv(cfg, root: Path) -> RawDataset:
 
     targets = cfg.targets or None
     return from_scan(cfg, scan_csv(Path(cfg.csv), root, cfg.file_column, cfg.label_column,
-                                   cfg.split_column, targets))  # fmt: skip
+                                   cfg.split_column, targets, cfg.label_sep))  # fmt: skip
 
 
 def from_scan(cfg, scan) -> RawDataset:
@@ -67,6 +72,10 @@ def from_scan(cfg, scan) -> RawDataset:
             return None
         if isinstance(samples[0].label, tuple):  # numeric targets (task=regress)
             labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+        elif isinstance(samples[0].label, frozenset):  # label sets: multi-hot rows
+            labels = torch.zeros(len(samples), len(index), dtype=torch.bool)
+            for row, s in enumerate(samples):
+                labels[row, [index[name] for name in s.label]] = True
         else:
             labels = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
         return FileSplit([s.path for s in samples], labels, channels, height, width, cfg.resize)

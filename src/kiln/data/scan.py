@@ -53,7 +53,8 @@ class Sample:
     """One image to train on. `path` is absolute: the resolved root plus the path as listed."""
 
     path: Path
-    label: str | tuple[float, ...]  # a class name, or the numeric targets (task=regress)
+    # a class name, the numeric targets (task=regress), or a set of names (data.label_sep)
+    label: str | tuple[float, ...] | frozenset[str]
     split: str | None
     line: int | None = None
     csv: Path | None = None  # the CSV `line` refers to, so later problems can name it
@@ -133,20 +134,25 @@ class _Problems:
         return [p for *_, p in sorted(self._items, key=lambda item: item[:3])]
 
 
+def names(label: str | frozenset[str]) -> frozenset[str]:
+    """The class names of a sample: its one class, or its set of labels (data.label_sep)."""
+    return label if isinstance(label, frozenset) else frozenset((label,))
+
+
 def _only_in_eval(samples: list[Sample]) -> tuple[list[Sample], dict[str, list[str]]]:
-    """Split off the classes that have val/test samples but no training samples: a model cannot
-    learn them. Samples without a split count as trainable (they are carved up later).
+    """Split off the samples with a class that has val/test samples but no training samples: a
+    model cannot learn it. Samples without a split count as trainable (they are carved up later).
     Returns the kept samples and, per dropped label, the splits it appears in (in order)."""
-    trainable = {s.label for s in samples if s.split in ("train", None)}
+    trainable = {n for s in samples if s.split in ("train", None) for n in names(s.label)}
     dropped: dict[str, list[str]] = {}
     for s in samples:
-        if s.label not in trainable and s.split is not None:
-            splits = dropped.setdefault(s.label, [])
+        for name in sorted(names(s.label) - trainable):
+            splits = dropped.setdefault(name, [])
             if s.split not in splits:
                 splits.append(s.split)
     for splits in dropped.values():
         splits.sort(key=_SPLIT_RANK.__getitem__)
-    return [s for s in samples if s.label in trainable], dropped
+    return [s for s in samples if names(s.label) <= trainable], dropped
 
 
 def _only_in_reason(label: str, splits: list[str]) -> str:
@@ -290,6 +296,7 @@ def scan_csv(
     label_column: str | int = "label",
     split_column: str = "split",
     targets: list[str] | None = None,
+    label_sep: str | None = None,
 ) -> ScanResult:
     """List the images named by a CSV: one row per image, a path relative to `root`, a label and
     optionally a split (train/val/test; empty means none). Samples keep the CSV's row order.
@@ -298,7 +305,8 @@ def scan_csv(
     opened: a CSV from somewhere else must not make training read arbitrary files.
 
     With `targets` (task=regress) each row's label is the tuple of those numeric columns, and the
-    "classes" are the target names."""
+    "classes" are the target names. With `label_sep` each label cell is a set of names split on
+    it (`cat;outdoor`), and may be empty: an image with none of the labels."""
     csv_path, root = Path(csv_path), Path(root)
     if not csv_path.is_file():
         what = "is a folder, not a file" if csv_path.is_dir() else "does not exist"
@@ -348,6 +356,8 @@ def scan_csv(
             label = _numbers(row, targets)
             if isinstance(label, str):
                 found.append(Problem(concerned, label, line, shown_csv))
+        elif label_sep is not None:
+            label = frozenset(n.strip() for n in label.split(label_sep) if n.strip())
         elif not label:
             reason = f"empty label (column '{label_column}'); give every image a class"
             found.append(Problem(concerned, reason, line, shown_csv))
@@ -365,13 +375,15 @@ def scan_csv(
         return ScanResult(samples, problems.sorted(), list(targets))
     first_line: dict[str, int | None] = {}
     for s in samples:
-        first_line.setdefault(s.label, s.line)
+        for name in names(s.label):
+            first_line.setdefault(name, s.line)
     samples, dropped = _only_in_eval(samples)
     for label, in_splits in dropped.items():
         reason = _only_in_reason(label, in_splits)
         problem = Problem(shown_csv, reason, first_line[label], shown_csv)
         problems.add(problem, _SPLIT_RANK[in_splits[0]])
-    return ScanResult(samples, problems.sorted(), sort_classes(s.label for s in samples))
+    classes = sort_classes(n for s in samples for n in names(s.label))
+    return ScanResult(samples, problems.sorted(), classes)
 
 
 def column_name(column: str | int, header: list[str], csv_path: Path, key: str) -> str:

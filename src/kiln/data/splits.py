@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from kiln.data.registry import are_masks
+from kiln.data.registry import are_masks, is_multi_hot
 from kiln.errors import DataError
 
 SPLIT_SEED = 0  # the validation split never changes with train.seed: runs stay comparable
@@ -20,8 +20,11 @@ SPLIT_SEED = 0  # the validation split never changes with train.seed: runs stay 
 def stratified_index(labels: torch.Tensor, count: int, fraction: float | None = None):
     """`count` sorted positions drawn with a fixed seed, shared among the classes in proportion
     to their size (`fraction` of each, by largest remainders); numeric targets (regress) or
-    masks (segment) have no classes: a plain random draw."""
+    masks (segment) have no classes: a plain random draw; label sets (multilabel) are
+    stratified by each image's set of labels."""
     g = torch.Generator().manual_seed(SPLIT_SEED)
+    if is_multi_hot(labels):  # several labels per image: stratified by each image's set of labels
+        labels = torch.unique(labels, dim=0, return_inverse=True)[1]
     if labels.is_floating_point() or are_masks(labels):
         return torch.randperm(len(labels), generator=g)[:count].sort().values
     fraction = count / max(len(labels), 1) if fraction is None else fraction

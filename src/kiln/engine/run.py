@@ -93,9 +93,32 @@ def train(
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
-    ready = prepare(resolve(cfg, model), model)
+    cfg = resolve(cfg, model)
+    _train_needed(cfg, progress)
+    ready = prepare(cfg, model)
     run = distributed.on_main(lambda: _create_run(ready, progress))
     return _fit(ready, run, callbacks, progress)
+
+
+def _train_needed(cfg: RunConfig, progress: bool) -> None:
+    """The runs the task needs first (a GAN's Fréchet classifier), each said in one line:
+    trained once (an interrupted one resumed), then reused."""
+    for need in get_task(cfg.task).needs(cfg):
+        if progress and distributed.is_main():
+            print(need.reusing if need.ready else need.training, flush=True)
+        if need.ready:
+            continue
+        if distributed.under_torchrun():
+            raise ConfigError(
+                f"{need.path} is not trained yet: train this run once with train.devices=1 "
+                "(it trains it first), then again with more processes"
+            )
+        if (need.path / "checkpoints" / "last.pt").is_file():
+            train(resume=need.path, progress=False)
+        else:
+            if need.path.exists():
+                RunDir(need.path).discard()  # a folder left by a failed start
+            train(need.config, progress=False)
 
 
 def _create_run(ready: Prepared, progress: bool) -> RunDir:

@@ -136,6 +136,7 @@ def prepare(
     set_threads()
     import_user_modules(cfg.imports)
     bundle = kdata.build(cfg.data, device)  # every process builds the data, and takes a share
+    bundle.info.outputs = get_task(cfg.task).model_outputs(cfg, bundle.info)  # binary: 1 logit
     seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     if model is None:
         built = build_model(cfg.model, bundle.info, load=not resume)

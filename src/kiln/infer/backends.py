@@ -108,4 +108,5 @@ def data_info(spec: ExportSpec):
         spec.classes, i.channels, i.height, i.width, i.mean, i.std,
         target_mean=spec.target_mean, target_std=spec.target_std, depth=i.depth,
         resize=data.get("resize", "cover"),
+        outputs=spec.output.get("outputs"), thresholds=spec.output.get("thresholds"),
     )  # fmt: skip

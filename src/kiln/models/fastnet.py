@@ -80,4 +80,4 @@ def fastnet(
     if not isinstance(stem, int) or stem < 1:
         raise ValueError(f"model.stem must be a positive integer, got {stem!r}")
     size = min(info.height, info.width)
-    return FastNet(info.channels, info.num_classes, size, widths, stem, scale)
+    return FastNet(info.channels, info.num_outputs, size, widths, stem, scale)

@@ -15,7 +15,8 @@ what differs, at the least its loss and its metric:
 
 The hooks, by stage (each documented where it is defined):
 
-    config      Options (the task's own config section), models, check_config, options
+    config      Options (the task's own config section), models, check_config, options,
+                needs (runs to train first), model_outputs
     training    build, sample_weights, optimizers, check_outputs, train_step, eval_step, score,
                 summarize, show, state_dict / load_state_dict, epoch_images
     evaluation  evaluate (kiln eval's numbers), print_eval, headline
@@ -77,6 +78,18 @@ class StepContext:
 
 
 @dataclass
+class Needed:
+    """A run a task needs before it trains (a GAN's Fréchet classifier): trained once at `path`
+    from `config`, then reused. `ready`: a finished run is there already. The lines say so."""
+
+    path: Path
+    config: dict[str, Any]
+    ready: bool
+    training: str  # said before training it
+    reusing: str  # said when it is there already
+
+
+@dataclass
 class Optimizes:
     """One optimizer a task asks for: the module whose parameters it steps and the options that
     differ from `optim.*` (a GAN's Adam betas). The trainer builds it, schedules it with `sched.*`
@@ -130,6 +143,17 @@ class Task:
                 f"model={cfg.model.name} is made for task={owner}, not task={cls.name}: "
                 f"add task={owner} (or choose another model: `kiln list models`)"
             )
+
+    @classmethod
+    def needs(cls, cfg: RunConfig) -> list[Needed]:
+        """Runs to train before this one (each once, then reused); none by default."""
+        return []
+
+    @classmethod
+    def model_outputs(cls, cfg: RunConfig, info: DataInfo) -> int | None:
+        """The size of the model's output when it is not one score per class (None), checked
+        against the data before the model is built; saved in info.json as `outputs`."""
+        return None
 
     @classmethod
     def direction(cls, monitor: str) -> str:

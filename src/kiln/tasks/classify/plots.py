@@ -195,7 +195,8 @@ def image_grid(items: list[tuple[torch.Tensor, str, bool]], title: str) -> Figur
     """(image, caption, wrong) per cell; wrong ones get a red caption and a red border."""
     cols = min(GRID_COLS, max(len(items), 1))
     rows = max(1, -(-len(items) // cols))
-    height = rows * 1.9 + 0.4
+    aspect = items[0][0].shape[-2] / items[0][0].shape[-1] if items else 1.0  # wide images: less
+    height = rows * (1.6 * min(aspect, 1.0) + 0.3) + 0.4
     fig = Figure(figsize=(cols * 1.6, height))  # fixed spacing: constrained layout is slow here
     fig.subplots_adjust(left=0.01, right=0.99, bottom=0.01, top=1 - 0.45 / height, hspace=0.45)
     axes = list(fig.subplots(rows, cols, squeeze=False).flat)

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from kiln.data.registry import are_masks
+from kiln.data.registry import are_masks, is_multi_hot
 from kiln.errors import ConfigError, KilnError
 from kiln.models.tta import infer
 from kiln.tasks.base import StepContext, Task
@@ -103,6 +103,9 @@ class ClassifyTask(Task):
             raise ConfigError("the data has numeric targets (data.targets): set task=regress")
         if are_masks(data.train.labels):
             raise ConfigError("the data has a mask per image (a class per pixel): set task=segment")
+        if is_multi_hot(data.train.labels):
+            raise ConfigError("the data has a set of labels per image (data.label_sep): set "
+                              "task=multilabel")  # fmt: skip
         class_weights, _ = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         if class_weights is not None:
             class_weights = class_weights.to(device)
