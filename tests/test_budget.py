@@ -22,6 +22,7 @@ import kiln
 from kiln.config import build_config
 from kiln.engine import budget
 from kiln.engine.budget import batches_that_fit, show
+from kiln.engine.optim import one_cycle_start
 from kiln.engine.stopping import TrainingInterrupted
 from kiln.errors import ConfigError, RunError
 
@@ -73,7 +74,7 @@ def planned_from_the_start(run, epochs: int) -> float:
         optimizer,
         0.01,
         total_steps=total,
-        pct_start=0.25,  # as kiln.engine.optim
+        pct_start=one_cycle_start(round(0.25 * total), total),  # as kiln.engine.optim
     )
     for _ in range(total):
         optimizer.step()
@@ -139,8 +140,9 @@ def test_a_budget_shorter_than_an_epoch_trains_part_of_it(clock, tmp_path):
     assert f"the first {cut} of its" in out
     weight = torch.zeros(1, requires_grad=True)
     optimizer = torch.optim.AdamW([weight], lr=0.01)
-    schedule = torch.optim.lr_scheduler.OneCycleLR(optimizer, 0.01, total_steps=cut,
-                                                   pct_start=0.25)  # fmt: skip
+    schedule = torch.optim.lr_scheduler.OneCycleLR(
+        optimizer, 0.01, total_steps=cut, pct_start=one_cycle_start(round(0.25 * cut), cut)
+    )
     for _ in range(cut):
         optimizer.step()
         schedule.step()

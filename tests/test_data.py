@@ -170,3 +170,34 @@ def test_cifar10_from_png_folders(tmp_path):
     assert len(bundle.train) + len(bundle.val) == 120 and len(bundle.test) == 30
     assert bundle.test.labels.tolist() == [i for i in range(10) for _ in range(3)]
     assert len(bundle.info.mean) == 3 and all(0.2 < m < 0.7 for m in bundle.info.mean)
+
+
+def test_subset_is_a_stratified_sample_and_leaves_val_and_test_alone():
+    full = kdata.build(DataConfig(name="digits"))
+    small = kdata.build(DataConfig(name="digits", subset=100))
+    assert len(small.train) == 100
+    counts = torch.bincount(small.train.labels, minlength=10)
+    assert counts.min() >= 9 and counts.max() <= 11  # every class, in proportion
+    assert torch.equal(small.val.labels, full.val.labels)  # untouched without data.subset_eval
+    assert torch.equal(small.test.labels, full.test.labels)
+    again = kdata.build(DataConfig(name="digits", subset=100))
+    assert torch.equal(again.train.images, small.train.images)  # a fixed sample
+    both = kdata.build(DataConfig(name="digits", subset=100, subset_eval=50))
+    assert len(both.val) == 50 and len(both.test) == 50
+    assert set(both.test.labels.tolist()) == set(range(10))
+
+
+def test_subset_of_the_class_ordered_cifar10_folder_holds_every_class(tmp_path):
+    """The CIFAR-10 PNG folder lists its files class by class: the first N were one class."""
+    import shutil
+
+    from shared_data import require
+
+    source = require("cifar10") / "train"
+    for folder in sorted(source.iterdir()):  # 30 real images per class, in the same layout
+        (tmp_path / folder.name).mkdir()
+        for png in sorted(folder.glob("*.png"))[:30]:
+            shutil.copy(png, tmp_path / folder.name / png.name)
+    bundle = kdata.build(DataConfig(name="folder", root=str(tmp_path), subset=40, workers=0))
+    assert len(bundle.train) == 40
+    assert set(bundle.train.labels.tolist()) == set(range(10))

@@ -279,3 +279,21 @@ def test_export_errors(trained_run: Path, tmp_path: Path, args, needles):
         return
     assert_clean_error(result, *needles)
     assert not (trained_run / "exports").exists()
+
+
+def test_a_state_dict_export_loads_as_the_tutorials_load_one(conv_run: Path, tmp_path: Path):
+    """`model.load_state_dict(torch.load(path, weights_only=True))`, exactly: the file holds the
+    model's own keys and nothing else (what it is lives in the JSON sidecar)."""
+    from kiln.models import create_model
+    from kiln.rundir import RunDir
+
+    result = export_run(conv_run, "state_dict", output=tmp_path, log=lambda _: None)
+    path = result.path
+    run = RunDir(conv_run)
+    options = {k: v for k, v in run.load_config().model.kwargs().items()}
+    model = create_model("convnet", run.data_info(), **options)
+    model.load_state_dict(torch.load(path, weights_only=True))
+    saved = torch.load(conv_run / "checkpoints" / "best.pt", weights_only=True)["model"]
+    assert all(torch.equal(model.state_dict()[k], saved[k]) for k in saved)
+    sidecar = json.loads(result.sidecar.read_text())
+    assert sidecar["format"] == "state_dict" and sidecar["classes"] == [str(i) for i in range(10)]

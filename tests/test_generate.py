@@ -41,7 +41,13 @@ def test_models_map_images_to_images(shape):
     gan = create_model("dcgan", info(c, h), latent=10, width=8)
     assert gan(x).shape == (5,)  # the discriminator's logits
     assert gan.generate(torch.randn(5, 10)).shape == x.shape
-    for model in (vae, gan):
+    dense = create_model("densegan", info(c, h), latent=10)  # the Keras tutorial's sizes
+    assert dense(x).shape == (5,) and dense.generate(torch.randn(5, 10)).shape == x.shape
+    widths = [m.out_features for m in dense.generator if isinstance(m, torch.nn.Linear)]
+    assert widths == [256, 512, 1024, c * h * w]
+    widths = [m.out_features for m in dense.discriminator if isinstance(m, torch.nn.Linear)]
+    assert widths == [512, 256, 1]
+    for model in (vae, gan, dense):
         samples = model.eval().sample(7, generator=torch.Generator().manual_seed(0))
         assert samples.shape == (7, c, h, w)
         assert samples.min() >= 0 and samples.max() <= 1
@@ -232,10 +238,42 @@ def test_errors_say_what_to_do(runs: Path, tmp_path: Path, capsys):
     result = kiln_cli(capsys, "sample", vae, "-o", tmp_path / "x.jpg")
     assert_clean_error(result, ".png", "folder")
     train = ("train", "data.subset=64", "epochs=1", f"run.dir={tmp_path}")
-    result = kiln_cli(capsys, *train, "task=gan", "model=dcgan")
-    assert_clean_error(result, "gan.frechet_classifier", "kiln train data=digits model=convnet")
+    missing = tmp_path.parent / "no-such-run"
+    result = kiln_cli(capsys, *train, "task=gan", "model=dcgan",
+                      f"gan.frechet_classifier={missing}")  # fmt: skip
+    assert_clean_error(result, "gan.frechet_classifier", "no classifier run", str(missing))
     result = kiln_cli(capsys, *train, "task=gan", "model=dcgan", f"gan.frechet_classifier={vae}")
     assert_clean_error(result, "task=vae run, not a classifier")
     result = kiln_cli(capsys, *train, "task=vae", "model=convnet")
     assert_clean_error(result, "model=vae")
+    result = kiln_cli(capsys, *train, "task=gan", "model=vae")
+    assert_clean_error(result, "model=dcgan or model=densegan")
+    result = kiln_cli(capsys, *train, "task=gan", "model=densegan", "data.subset=65", "batch=32",
+                      f"gan.frechet_classifier={classifier}")  # fmt: skip
+    assert_clean_error(
+        result, "last batch of one image", "data.drop_last=true", "model.batchnorm=false"
+    )
     assert not list(tmp_path.iterdir()), "a run that never started leaves no folder behind"
+
+
+def test_gan_without_a_classifier_trains_one_says_so_and_reuses_it(tmp_path: Path, capsys):
+    """gan.frechet_classifier unset (recipes/mnist-gan.yaml on a fresh clone): Kiln trains the
+    classifier first, in one line, under RUN_DIR/.frechet/; the next GAN on the data reuses it."""
+    train = ("train", "task=gan", "data.subset=64", "epochs=1", f"run.dir={tmp_path}",
+             "train.device=cpu", "sched.name=none")  # fmt: skip
+    first = kiln_cli(capsys, *train, "model=dcgan", "model.width=8", "model.latent=8")
+    assert first.returncode == 0, first.stderr
+    (cached,) = (tmp_path / ".frechet").iterdir()
+    said = [line for line in first.stdout.splitlines() if "gan.frechet_classifier" in line]
+    assert len(said) == 1 and "trains a small classifier on digits" in said[0], first.stdout
+    assert str(cached) in said[0] and (cached / "checkpoints" / "best.pt").is_file()
+    run = tmp_path / "digits-dcgan"
+    assert (run / "plots" / "frechet.png").is_file()  # the Fréchet curve
+    test = json.loads((run / "eval-test.json").read_text())
+    assert test["classifier"] == str(cached) and test["frechet"] > 0
+
+    second = kiln_cli(capsys, *train, "model=densegan", "model.latent=8")
+    assert second.returncode == 0, second.stderr
+    assert f"classifier Kiln trained on digits before, {cached}" in second.stdout
+    assert list((tmp_path / ".frechet").iterdir()) == [cached]  # reused, not trained again
+    assert read_rows(tmp_path / "digits-densegan")[0]["val_frechet"] > 0

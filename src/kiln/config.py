@@ -26,7 +26,7 @@ from kiln.secrets import mask, refuse_literal_password
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop", "adagrad")
 LOGGERS = ("tensorboard", "csv", "mlflow", "wandb")
-SCHEDULERS = ("none", "step", "cosine", "onecycle")
+SCHEDULERS = ("none", "step", "cosine", "onecycle", "plateau")
 
 # Keys that moved into a task's own section: the error names the new one.
 MOVED = {"train.dice_weight": "segment.dice_weight", "train.ce_weight": "segment.ce_weight"}
@@ -102,19 +102,50 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
+class NormalizeValues(_Section):
+    """Fixed normalization, as the tutorials write it: `{mean: [0.5], std: [0.5]}` (one value
+    for every channel, or one per channel)."""
+
+    mean: list[float] = Field(min_length=1)
+    std: list[float] = Field(min_length=1)
+
+    @field_validator("std")
+    @classmethod
+    def _positive(cls, v: list[float]) -> list[float]:
+        if any(s <= 0 for s in v):
+            raise ValueError("every std must be above 0")
+        return v
+
+
 class DataConfig(_Section):
     name: str = "digits"
     root: str | None = None
-    val_fraction: float = Field(0.1, gt=0.0, lt=1.0)
+    val_fraction: float = Field(
+        0.1, ge=0.0, lt=1.0, description="0: no validation split (best.pt is the last epoch)"
+    )
     test_fraction: float = Field(0.1, gt=0.0, lt=1.0, description="folder/csv without a test split")
     batch_size: int = Field(64, ge=1)
     eval_batch_size: int = Field(1024, ge=1)
-    normalize: bool = True
-    subset: int | None = Field(None, ge=1, description="use only this many training samples")
+    drop_last: bool = Field(False, description="skip each epoch's last, smaller training batch")
+    normalize: bool | NormalizeValues = Field(
+        True, description="true: the training split's mean/std; false: none; or {mean, std}"
+    )
+    subset: int | None = Field(
+        None, ge=1, description="train on a fixed, stratified random sample of this many images"
+    )
+    subset_eval: int | None = Field(
+        None, ge=1, description="also sample this many validation and test images (stratified)"
+    )
+    resize: Literal["cover", "fit", "stretch"] = Field(
+        "cover", description="to data.size: cover and center-crop, fit and pad, or stretch"
+    )
     # A person's own images (data.name=folder|csv)
     csv: str | None = None
-    file_column: str = "file"
-    label_column: str = "label"
+    file_column: str | int = Field("file", description="a column's name or position (0 first)")
+    label_column: str | int = Field("label", description="a column's name or position (0 first)")
+    label_sep: str | None = Field(
+        None, min_length=1, description="csv: several labels per image, split on this: ;"
+    )
     split_column: str = "split"
     targets: list[str] = Field(
         default_factory=list, description="task=regress: the numeric CSV columns to predict"
@@ -156,6 +187,30 @@ class DataConfig(_Section):
         except ConfigError as exc:
             raise ValueError(str(exc).split(": ", 1)[-1]) from None
         return str(v)
+
+    @field_validator("normalize", mode="before")
+    @classmethod
+    def _normalize(cls, v: Any) -> Any:
+        expected = "true, false or {mean: [...], std: [...]}"
+        if isinstance(v, (bool, NormalizeValues)):
+            return v
+        if not isinstance(v, dict):
+            raise ValueError(expected)
+        try:
+            return NormalizeValues.model_validate(v)
+        except ValidationError as exc:
+            problems = "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg'].removeprefix('Value error, ')}"
+                for e in exc.errors()
+            )
+            raise ValueError(f"{expected} ({problems})") from None
+
+    @field_validator("file_column", "label_column")
+    @classmethod
+    def _column(cls, v: str | int) -> str | int:
+        if isinstance(v, int) and v < 0:
+            raise ValueError("a column position counts from 0")
+        return v
 
     @field_validator("size", mode="before")
     @classmethod
@@ -210,6 +265,8 @@ class OptimConfig(_Section):
     weight_decay: float = Field(0.0, ge=0.0)
     l1: float = Field(0.0, ge=0.0)
     backbone_lr: float | None = Field(None, gt=0.0, description="default: optim.lr")
+    betas: list[float] | None = Field(None, description="adam/adamw: [beta1, beta2]")
+    eps: float | None = Field(None, gt=0.0, description="adam/adamw/rmsprop/adagrad")
 
     @field_validator("name")
     @classmethod
@@ -221,12 +278,30 @@ class OptimConfig(_Section):
             )
         return v.lower()
 
+    @field_validator("betas")
+    @classmethod
+    def _betas(cls, v: list[float] | None) -> list[float] | None:
+        if v is not None and (len(v) != 2 or not all(0.0 <= b < 1.0 for b in v)):
+            raise ValueError("must be two numbers in [0, 1), e.g. [0.9, 0.999]")
+        return v
+
+    @model_validator(mode="after")
+    def _used(self) -> OptimConfig:
+        if self.betas is not None and self.name not in ("adam", "adamw"):
+            raise ValueError(f"optim.betas is for adam and adamw, not {self.name}")
+        if self.eps is not None and self.name == "sgd":
+            raise ValueError("optim.eps is for adam, adamw, rmsprop and adagrad, not sgd")
+        return self
+
 
 class SchedConfig(_Section):
     name: str = "onecycle"
     warmup_epochs: float = Field(0.0, ge=0.0)
     step_size: int = Field(10, ge=1, description="epochs between decays (step)")
-    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (step)")
+    gamma: float = Field(0.1, gt=0.0, le=1.0, description="decay factor (step, plateau)")
+    patience: int = Field(
+        10, ge=0, description="plateau: epochs without improvement before the lr decays"
+    )
 
     @field_validator("name")
     @classmethod
@@ -237,6 +312,14 @@ class SchedConfig(_Section):
                 f"choose one of: {', '.join(SCHEDULERS)}"
             )
         return v.lower()
+
+    @model_validator(mode="after")
+    def _no_warmup_on_plateau(self) -> SchedConfig:
+        if self.name == "plateau" and self.warmup_epochs:
+            raise ValueError("sched.name=plateau has no warm-up: leave sched.warmup_epochs at 0")
+        if self.name == "plateau" and self.gamma >= 1.0:
+            raise ValueError("sched.name=plateau lowers the lr by sched.gamma: set it below 1")
+        return self
 
 
 class EarlyStopConfig(_Section):
@@ -328,6 +411,9 @@ class RunSection(_Section):
         "wandb; auto: tensorboard when installed",
     )
     project: str = Field("kiln", description="the MLflow experiment / W&B project of the run")
+    log_every: int | None = Field(
+        None, ge=1, description="TensorBoard: the mean training loss every N steps, too"
+    )
 
     @field_validator("name", "dir", mode="before")
     @classmethod

@@ -91,6 +91,12 @@ class RunDir:
         }
         write_text_atomic(self.info_path, json.dumps(payload, indent=2) + "\n")
 
+    def update_info(self, **fields: Any) -> None:
+        """Add or replace fields of info.json: what a task settles after training (the decision
+        thresholds of task=binary|multilabel), read back by `data_info` like the rest."""
+        payload = {**self.load_info(), **fields}
+        write_text_atomic(self.info_path, json.dumps(payload, indent=2) + "\n")
+
     def write_metrics(self, history: list[dict[str, Any]]) -> None:
         if not history:
             return

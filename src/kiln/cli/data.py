@@ -11,7 +11,7 @@ from kiln.errors import KilnError
 
 # The names of kiln.data.make's makers, here so that `kiln --help` need not import torch
 # (tests/test_cli.py checks the two lists agree).
-MAKER_NAMES = ("mnist-rotation", "mnist-seg", "shapes3d")
+MAKER_NAMES = ("mnist-rotation", "mnist-pairs", "mnist-seg", "shapes3d")
 
 
 def data_config(ns: argparse.Namespace):
@@ -201,6 +201,7 @@ def add_parsers(verbs) -> None:
 
     q = sub.add_parser(
         "make", help="build a derived dataset (mnist-rotation: rotated digits and their angles; "
+        "mnist-pairs: two digits side by side, labelled with both; "
         "mnist-seg, shapes3d: segmentation images and volumes with masks)",
         description="Build a dataset from a built-in one (or a synthetic one), as files.",
     )  # fmt: skip
@@ -209,9 +210,9 @@ def add_parsers(verbs) -> None:
                    help="where MNIST is (default $KILN_DATA or the cache)")  # fmt: skip
     q.add_argument("-o", "--output", help="folder to write (default data/NAME)")
     q.add_argument("--data-root", help=argparse.SUPPRESS)  # before data.root=: still read
-    q.add_argument("--train", type=int, help="training images (mnist-rotation 12,000, "
-                   "mnist-seg 10,000, shapes3d 400)")  # fmt: skip
-    q.add_argument("--test", type=int, help="test images (2,000, 1,000, 100)")
+    q.add_argument("--train", type=int, help="training images (mnist-rotation and mnist-pairs "
+                   "12,000, mnist-seg 10,000, shapes3d 400)")  # fmt: skip
+    q.add_argument("--test", type=int, help="test images (2,000, 2,000, 1,000, 100)")
     q.add_argument("--max-angle", type=float, help="mnist-rotation: degrees (45)")
     q.add_argument("--size", type=int, help="mnist-seg: canvas side (64); shapes3d: volume (32)")
     q.add_argument("--seed", type=int, help="random seed (0)")

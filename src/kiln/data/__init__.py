@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from kiln.config import DataConfig
+from kiln.config import DataConfig, NormalizeValues
 from kiln.data import builtin, folder, masks, tabular  # noqa: F401  (registers the datasets)
 from kiln.data.batch_augment import BatchAugment, per_sample_only
 from kiln.data.files import FileSplit, WorkerLoader
@@ -18,12 +18,13 @@ from kiln.data.registry import (
     DataInfo,
     RawDataset,
     Split,
-    are_masks,
     default_root,
     get_dataset,
     register_dataset,
 )
+from kiln.data.splits import SPLIT_SEED, hold_out, sample, stratified_split
 from kiln.data.stats import channel_stats, file_stats
+from kiln.errors import ConfigError
 
 __all__ = [
     "DATASETS",
@@ -41,40 +42,13 @@ __all__ = [
     "make_loader",
     "register_dataset",
     "resolve_root",
+    "SPLIT_SEED",
+    "stratified_split",
 ]
-
-SPLIT_SEED = 0  # the validation split never changes with train.seed: runs stay comparable
 
 
 def resolve_root(cfg: DataConfig) -> Path:
     return Path(cfg.root).expanduser() if cfg.root else default_root()
-
-
-def stratified_split(train, fraction: float):
-    """A fixed, stratified split of a training set into (rest, held out): round(N x fraction)
-    images held out, shared among the classes in proportion to their size (largest remainders),
-    each class's drawn at random with a fixed seed."""
-    g = torch.Generator().manual_seed(SPLIT_SEED)
-    labels = train.labels
-    # numeric targets (task=regress) or masks (task=segment): a plain random split
-    if labels.is_floating_point() or are_masks(labels):
-        held_index = torch.randperm(len(labels), generator=g)[: round(len(labels) * fraction)]
-        keep = torch.ones(len(labels), dtype=torch.bool)
-        keep[held_index] = False
-        return train.take(keep.nonzero().flatten()), train.take(held_index.sort().values)
-    classes, counts = torch.unique(labels, return_counts=True)
-    exact = counts.double() * fraction
-    quota = exact.floor().long()
-    extra = round(len(labels) * fraction) - int(quota.sum())
-    quota[torch.argsort(exact - quota, descending=True, stable=True)[:extra]] += 1
-    held = []
-    for c, n in zip(classes.tolist(), quota.tolist(), strict=True):
-        members = (labels == c).nonzero().flatten()
-        held.append(members[torch.randperm(len(members), generator=g)[:n]])
-    held_index = torch.cat(held).sort().values
-    keep = torch.ones(len(labels), dtype=torch.bool)
-    keep[held_index] = False
-    return train.take(keep.nonzero().flatten()), train.take(held_index)
 
 
 def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
@@ -84,13 +58,14 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
 
     entry = get_dataset(cfg.name)
     raw: RawDataset = entry.loader(cfg, resolve_root(cfg))
-    if raw.val is not None:
+    notes = list(raw.notes)
+    if raw.val is not None and len(raw.val) > 0:
         train, val = raw.train, raw.val
-    else:
-        train, val = stratified_split(raw.train, cfg.val_fraction)
-    test = raw.test
-    if cfg.subset is not None and cfg.subset < len(train):
-        train = train.take(torch.arange(cfg.subset))
+    else:  # none given (or a split column without validation rows): carved from training
+        train, val, note = hold_out(raw.train, cfg.val_fraction, "validation", "data.val_fraction")
+        notes += [note] if note else []
+    train = sample(train, cfg.subset)
+    val, test = sample(val, cfg.subset_eval), sample(raw.test, cfg.subset_eval)
     workers = default_workers(cfg.workers)
     placement = place(cfg.memory, (train, val, test), torch.device(device))
     if placement.in_memory:  # decode once, then the fast in-memory path
@@ -98,7 +73,9 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
             s.load(workers) if isinstance(s, FileSplit) else s for s in (train, val, test)
         )
     channels = train.channels if isinstance(train, FileSplit) else train.images.shape[1]
-    if not cfg.normalize:
+    if isinstance(cfg.normalize, NormalizeValues):
+        mean, std = fixed_normalization(cfg.normalize, channels)
+    elif not cfg.normalize:
         mean, std = [0.0] * channels, [1.0] * channels
     elif isinstance(train, FileSplit):
         mean, std = file_stats(train, workers)
@@ -109,6 +86,7 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
     )
     info = DataInfo(cfg.name, list(raw.classes), channels, int(height), int(width), mean, std)
     info.features = raw.features
+    info.resize = cfg.resize
     if not isinstance(train, FileSplit) and train.images.dim() == 5:  # volumes (N, C, D, H, W)
         info.depth = int(train.images.shape[2])
     if train.labels.is_floating_point():  # numeric targets: the task trains on them standardized
@@ -116,7 +94,21 @@ def build(cfg: DataConfig, device: torch.device | str = "cpu") -> DataBundle:
         info.target_std = train.labels.std(dim=0).clamp_min(1e-8).tolist()
     sizes = raw.sizes or {f"{height}x{width}": len(raw.train) + len(raw.test)}
     modes = raw.modes or {("L" if channels == 1 else "RGB"): len(raw.train) + len(raw.test)}
-    return DataBundle(train, val, test, info, raw.skipped, sizes, modes, placement, raw.note)
+    return DataBundle(train, val, test, info, raw.skipped, sizes, modes, placement, raw.note,
+                      notes)  # fmt: skip
+
+
+def fixed_normalization(values: NormalizeValues, channels: int) -> tuple[list[float], list[float]]:
+    """data.normalize={mean, std}: one value for every channel, or one per channel."""
+    out = []
+    for key, given in (("mean", values.mean), ("std", values.std)):
+        if len(given) not in (1, channels):
+            raise ConfigError(
+                f"data.normalize.{key} has {len(given)} values and the images have {channels} "
+                f"channel(s): give 1 value or {channels}"
+            )
+        out.append([float(v) for v in given] * (channels if len(given) == 1 else 1))
+    return out[0], out[1]
 
 
 def make_loader(
@@ -132,10 +124,12 @@ def make_loader(
     workers: int = 0,
     placement: Placement | None = None,
     shard: tuple[int, int] = (0, 1),
+    drop_last: bool = False,
 ):
     """The in-memory path when the split is in memory and every augmentation step (resolved
     data.augment) runs on whole batches; else a DataLoader whose workers decode and augment.
-    `shard` = (rank, world size): this process's share of the split (several processes)."""
+    `shard` = (rank, world size): this process's share of the split (several processes);
+    `drop_last`: no last batch smaller than the others (data.drop_last)."""
     steps = augment or []
     in_memory = isinstance(split, Split) and (placement is None or placement.in_memory)
     if in_memory and not per_sample_only(steps):
@@ -143,7 +137,7 @@ def make_loader(
         batch_augment = BatchAugment(steps) if steps else None
         return MemoryLoader(
             split, batch_size, normalize, device, shuffle, generator, weights, batch_augment, store,
-            shard=shard,
+            shard=shard, drop_last=drop_last,
         )  # fmt: skip
     per_sample = None
     if steps:
@@ -156,7 +150,7 @@ def make_loader(
         per_sample = build_augment(steps, size, channels)
     return WorkerLoader(
         split, batch_size, normalize, device, shuffle, generator, workers, per_sample, weights,
-        shard=shard,
+        shard=shard, drop_last=drop_last,
     )  # fmt: skip
 
 

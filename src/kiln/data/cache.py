@@ -194,11 +194,16 @@ def _same_files(before: dict[str, Stamp], now: dict[str, Stamp]) -> str | None:
 
 
 def _plain(label):
-    """A label as JSON keeps it: numeric targets (a tuple) as a list."""
+    """A label as JSON keeps it: numeric targets (a tuple) as a list, a set of labels
+    (data.label_sep) as {"set": [sorted names]}."""
+    if isinstance(label, frozenset):
+        return {"set": sorted(label)}
     return list(label) if isinstance(label, tuple) else label
 
 
 def _label(label):
+    if isinstance(label, dict):
+        return frozenset(label["set"])
     return tuple(label) if isinstance(label, list) else label
 
 

@@ -16,7 +16,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset
 
 from kiln.data.images import decode
-from kiln.data.memory import Normalize, shard_length, shard_positions
+from kiln.data.memory import Normalize, batch_count, shard_length, shard_positions
 from kiln.data.registry import Split
 
 
@@ -32,6 +32,7 @@ class FileSplit:
     width: int
     decoded: torch.Tensor | None = None
     rows: torch.Tensor | None = None
+    resize: str = "cover"  # data.resize
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -39,13 +40,13 @@ class FileSplit:
     def image(self, index: int) -> torch.Tensor:
         if self.decoded is not None:  # a copy: augmentation must never write into the cache
             return self.decoded[int(self.rows[index])].clone()
-        return decode(self.paths[index], self.channels, self.height, self.width)
+        return decode(self.paths[index], self.channels, self.height, self.width, self.resize)
 
     def take(self, index: torch.Tensor) -> FileSplit:
         paths = [self.paths[i] for i in index.tolist()]
         rows = None if self.rows is None else self.rows[index]
         shape = (self.channels, self.height, self.width)
-        return FileSplit(paths, self.labels[index], *shape, self.decoded, rows)
+        return FileSplit(paths, self.labels[index], *shape, self.decoded, rows, self.resize)
 
     def head(self, n: int) -> torch.Tensor:
         return torch.stack([self.image(i) for i in range(min(n, len(self)))])
@@ -119,8 +120,9 @@ class WorkerLoader:
         augment: torch.nn.Module | None = None,
         weights: torch.Tensor | None = None,
         shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
     ):
-        self.batch_size, self.normalize = batch_size, normalize
+        self.batch_size, self.normalize, self.drop_last = batch_size, normalize, drop_last
         self.rank, self.world = shard
         self.device = torch.device(device)
         self.shuffle, self.generator = shuffle, generator
@@ -140,7 +142,7 @@ class WorkerLoader:
 
     def __len__(self) -> int:
         n = shard_length(self.num_samples, self.rank, self.world, pad=self.shuffle)
-        return (n + self.batch_size - 1) // self.batch_size
+        return batch_count(n, self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
@@ -160,6 +162,7 @@ class WorkerLoader:
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         index = order if order is not None else torch.arange(self.num_samples)
         index = shard_positions(index, self.rank, self.world, pad=self.shuffle).tolist()
+        index = index[: len(self) * self.batch_size] if self.drop_last else index
         self.plan.batches = [
             [(i, self.epoch_seed + i) for i in index[b : b + self.batch_size]]
             for b in range(start * self.batch_size, len(index), self.batch_size)

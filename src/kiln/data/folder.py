@@ -23,6 +23,11 @@ from kiln.errors import ConfigError, DataError
 def load_folder(cfg, root: Path) -> RawDataset:
     from kiln.data.cache import Source
 
+    if cfg.label_sep is not None:
+        raise ConfigError(
+            f"data.label_sep={cfg.label_sep!r} splits the label cells of a CSV; a folder gives "
+            "each image one class. For several labels per image list them in a CSV: data.name=csv"
+        )
     return from_source(cfg, Source(Path(root)))
 
 
@@ -35,7 +40,8 @@ def load_csv(cfg, root: Path) -> RawDataset:
     from kiln.data.cache import Source
 
     columns = (cfg.file_column, cfg.label_column, cfg.split_column)
-    return from_source(cfg, Source(Path(root), Path(cfg.csv), columns, tuple(cfg.targets)))
+    source = Source(Path(root), Path(cfg.csv), columns, tuple(cfg.targets), cfg.label_sep)
+    return from_source(cfg, source)
 
 
 def from_source(cfg, source) -> RawDataset:
@@ -62,11 +68,15 @@ def from_source(cfg, source) -> RawDataset:
         samples = [checked.samples[i] for i in picked]
         if isinstance(samples[0].label, tuple):  # numeric targets (task=regress)
             labels = torch.tensor([s.label for s in samples], dtype=torch.float32)
+        elif isinstance(samples[0].label, frozenset):  # label sets: multi-hot rows
+            labels = torch.zeros(len(samples), len(index), dtype=torch.bool)
+            for row, s in enumerate(samples):
+                labels[row, [index[name] for name in s.label]] = True
         else:
             labels = torch.tensor([index[s.label] for s in samples], dtype=torch.long)
         rows = None if checked.rows is None else torch.tensor([checked.rows[i] for i in picked])
         paths = [s.path for s in samples]
-        return FileSplit(paths, labels, *checked.shape, checked.images, rows)
+        return FileSplit(paths, labels, *checked.shape, checked.images, rows, cfg.resize)
 
     given = {
         name: [i for i, s in enumerate(checked.samples) if s.split == name]
@@ -74,10 +84,12 @@ def from_source(cfg, source) -> RawDataset:
     }
     train_split = split_of(train)
     test_split = split_of(given["test"])
+    notes = []
     if test_split is None:  # no test split given: hold out a fixed, stratified part of train
-        from kiln.data import stratified_split
+        from kiln.data.splits import carve_test
 
-        train_split, test_split = stratified_split(train_split, cfg.test_fraction)
+        train_split, test_split, note = carve_test(train_split, cfg.test_fraction)
+        notes += [note] if note else []
     return RawDataset(
         train=train_split,
         test=test_split,
@@ -87,6 +99,7 @@ def from_source(cfg, source) -> RawDataset:
         sizes=dict(checked.sizes),
         modes=dict(checked.modes),
         note=checked.note,
+        notes=notes,
     )
 
 

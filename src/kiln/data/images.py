@@ -51,13 +51,39 @@ def convert_mode(image: Image.Image, channels: int) -> Image.Image:
 MAX_COVER_PIXELS = 16_000_000
 
 
+# data.resize: how an image of another size becomes (height, width); the sidecar says it in words.
+RESIZE = {
+    "cover": "scale to cover height x width (bilinear), then center-crop",
+    "fit": "scale to fit inside height x width (bilinear), then pad with black, centered",
+    "stretch": "stretch to height x width (bilinear), whatever the aspect ratio",
+}
+
+
 def fit_size(
-    image: Image.Image, height: int, width: int, resample=Image.Resampling.BILINEAR
+    image: Image.Image,
+    height: int,
+    width: int,
+    resample=Image.Resampling.BILINEAR,
+    mode: str = "cover",
+    fill: int = 0,
 ) -> Image.Image:
-    """Scale so the image covers (height, width), then center-crop: no distortion, no borders
-    (`resample` NEAREST for masks, whose values are class indices)."""
+    """To (height, width) as data.resize says (`mode`): `cover` scales so the image covers it,
+    then center-crops (no distortion, no borders); `fit` scales so it fits inside, then pads
+    with `fill`, centered (no distortion, nothing cut off: the tutorials' letterbox); `stretch`
+    resizes to it (nothing cut off, no borders). `resample` NEAREST for masks, whose values are
+    class indices (and `fill` 255 for them: ignored)."""
     if image.size == (width, height):
         return image
+    if mode == "stretch":
+        return resize(image, (width, height), resample)
+    if mode == "fit":
+        scale = min(width / image.width, height / image.height)
+        resized = (min(width, max(1, round(image.width * scale))),
+                   min(height, max(1, round(image.height * scale))))  # fmt: skip
+        canvas = Image.new(image.mode, (width, height), fill)
+        canvas.paste(resize(image, resized, resample),
+                     ((width - resized[0]) // 2, (height - resized[1]) // 2))  # fmt: skip
+        return canvas
     scale = max(width / image.width, height / image.height)
     resized = (max(width, round(image.width * scale)), max(height, round(image.height * scale)))
     left, top = (resized[0] - width) // 2, (resized[1] - height) // 2
@@ -83,17 +109,22 @@ def resize(image: Image.Image, size: tuple[int, int], resample) -> Image.Image:
     return image
 
 
-def decode(image: Image.Image | Path | str, channels: int, height: int, width: int) -> torch.Tensor:
-    """uint8 (C, H, W) in the run's channels and size."""
+def decode(
+    image: Image.Image | Path | str, channels: int, height: int, width: int, resize: str = "cover"
+) -> torch.Tensor:
+    """uint8 (C, H, W) in the run's channels and size (resized as data.resize says)."""
     if not isinstance(image, Image.Image):
         image = open_image(Path(image))
-    return torch.from_numpy(to_array(image, channels, height, width).copy()).permute(2, 0, 1)
+    array = to_array(image, channels, height, width, resize)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1)
 
 
-def to_array(image: Image.Image, channels: int, height: int, width: int) -> np.ndarray:
+def to_array(
+    image: Image.Image, channels: int, height: int, width: int, resize: str = "cover"
+) -> np.ndarray:
     """uint8 (H, W, C) in the run's channels and size, of an image already opened (and rotated
     by its EXIF orientation): what `decode` gives, before it becomes a tensor."""
-    image = fit_size(convert_mode(image, channels), height, width)
+    image = fit_size(convert_mode(image, channels), height, width, mode=resize)
     return np.asarray(image, dtype=np.uint8).reshape(height, width, channels)
 
 
@@ -110,12 +141,14 @@ def infer_size(sizes: Iterable[tuple[int, int]]) -> list[int]:
     return [height, width]
 
 
-def to_uint8(image: ImageLike, input_shape: tuple[int, int, int]) -> torch.Tensor:
+def to_uint8(
+    image: ImageLike, input_shape: tuple[int, int, int], resize: str = "cover"
+) -> torch.Tensor:
     """Any image -> uint8 (C, H, W) in the model's channels and size (tensors are checked)."""
     if isinstance(image, (str, Path, Image.Image)):
         path = image if isinstance(image, (str, Path)) else None
         try:
-            return decode(image, *input_shape)
+            return decode(image, *input_shape, resize=resize)
         except UNREADABLE as exc:
             raise KilnError(f"cannot read image {path or 'given'}: {exc}") from None
     if isinstance(image, torch.Tensor):

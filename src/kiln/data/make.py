@@ -4,6 +4,10 @@ mnist-rotation: MNIST digits each rotated by a known random angle, saved as PNG 
 (file, angle, digit, split), so `task=regress` learns to read the angle back (recipe:
 recipes/mnist-rotation.yaml).
 
+mnist-pairs: two MNIST digits side by side (28x56), labelled with the set of digits shown, e.g.
+`3;7` (a CSV: file, labels, left, right, split), so `task=multilabel` learns several labels per
+image (recipe: recipes/mnist-pairs.yaml).
+
 mnist-seg and shapes3d: segmentation sets in the seg-folder layout (images and masks), 2-D
 canvases of MNIST digits and 3-D volumes of spheres and cubes (recipes/mnist-seg.yaml,
 recipes/shapes3d.yaml).
@@ -64,6 +68,36 @@ def mnist_rotation(
             rows.append((name, f"{angles[i]:.3f}", int(labels[i]), split))
     table = io.StringIO()
     csv.writer(table).writerows([["file", "angle", "digit", "split"], *rows])
+    write_text_atomic(out / "labels.csv", table.getvalue())  # last: its presence means complete
+    return out / "labels.csv"
+
+
+@maker("mnist-pairs")
+def mnist_pairs(
+    root: Path, out: Path, train: int = 12_000, test: int = 2_000, seed: int = 0
+) -> Path:
+    """`train` and `test` images of two MNIST digits side by side (28 x 56 pixels), drawn at
+    random from MNIST's training and test digits; the labels are the set of digits shown (one
+    label when both are the same digit, about one image in ten)."""
+    from kiln.data.builtin import load_mnist
+
+    raw = load_mnist(None, root)
+    rng = np.random.default_rng(seed)
+    rows = []
+    for split, source, n in (("train", raw.train, train), ("test", raw.test, test)):
+        if not 0 < n <= 1_000_000:
+            raise ConfigError(f"--{split} must be between 1 and 1,000,000, got {n}")
+        folder = out / "images" / split
+        folder.mkdir(parents=True, exist_ok=True)
+        digits, labels = source.images[:, 0].numpy(), source.labels.numpy()
+        for i in range(n):
+            left, right = rng.integers(len(digits), size=2)
+            name = f"images/{split}/{i:05d}.png"
+            Image.fromarray(np.hstack([digits[left], digits[right]])).save(out / name)
+            shown = sorted({int(labels[left]), int(labels[right])})
+            rows.append((name, ";".join(map(str, shown)), labels[left], labels[right], split))
+    table = io.StringIO()
+    csv.writer(table).writerows([["file", "labels", "left", "right", "split"], *rows])
     write_text_atomic(out / "labels.csv", table.getvalue())  # last: its presence means complete
     return out / "labels.csv"
 

@@ -76,7 +76,7 @@ def load_seg_folder(cfg, root: Path) -> RawDataset:
     else:
         channels, size, sizes, modes = image_format(train_pairs, pairs, cfg)
         workers = default_workers(cfg.workers)
-        loaded = {s: load_images(v, channels, size, colours, names, problems, workers)
+        loaded = {s: load_images(v, channels, size, colours, names, problems, workers, cfg.resize)
                   for s, v in pairs.items()}  # fmt: skip
     if problems and cfg.on_bad == "error":
         raise DataError(f"{len(problems)} problem(s) in the images and masks, found before "
@@ -173,11 +173,13 @@ def image_format(train_pairs, pairs, cfg) -> tuple[int, tuple[int, int], dict, d
     return channels, size, sizes, modes
 
 
-def load_images(pairs, channels: int, size, colours, names, problems, workers: int) -> tuple:
+def load_images(
+    pairs, channels: int, size, colours, names, problems, workers: int, resize: str = "cover"
+) -> tuple:
     """Decode a split's images and masks, in DataLoader worker processes (small PNGs cost more in
-    PIL's Python than in decoding: threads would wait for the GIL)."""
+    PIL's Python than in decoding: threads would wait for the GIL); `resize`: data.resize."""
     height, width = size
-    source = PairSource(pairs, channels, size, colours, names)
+    source = PairSource(pairs, channels, size, colours, names, resize)
     chunks = [list(range(b, min(b + 256, len(pairs)))) for b in range(0, len(pairs), 256)]
     loader = DataLoader(source, batch_sampler=chunks, collate_fn=as_list,
                         num_workers=min(workers, len(chunks)))  # fmt: skip
@@ -198,9 +200,9 @@ class PairSource(Dataset):
     """index -> (image (H, W, C) uint8, mask (H, W) uint8) in the run's channels and size, or the
     problem (a str) that keeps the pair out."""
 
-    def __init__(self, pairs, channels: int, size, colours, names):
+    def __init__(self, pairs, channels: int, size, colours, names, resize: str = "cover"):
         self.pairs, self.channels, self.size = pairs, channels, size
-        self.colours, self.names = colours, names
+        self.colours, self.names, self.resize = colours, names, resize
 
     def __len__(self) -> int:
         return len(self.pairs)
@@ -223,8 +225,9 @@ class PairSource(Dataset):
         bad = bad_index(mask, self.names, mask_path)
         if bad:
             return bad
-        pixels = np.asarray(fit_size(convert_mode(image, self.channels), height, width), np.uint8)
-        return pixels.reshape(height, width, self.channels), fit_mask(mask, height, width)
+        image = fit_size(convert_mode(image, self.channels), height, width, mode=self.resize)
+        pixels = np.asarray(image, np.uint8).reshape(height, width, self.channels)
+        return pixels, fit_mask(mask, height, width, self.resize)
 
 
 def mask_array(mask: Image.Image, path: Path, colours) -> np.ndarray | str:
@@ -267,12 +270,13 @@ def bad_index(mask: np.ndarray, names: list[str] | None, path: Path) -> str | No
     return None
 
 
-def fit_mask(mask: np.ndarray, height: int, width: int) -> np.ndarray:
-    """The image's geometry (fit_size: cover, then center-crop), with nearest neighbours so that
-    class indices stay class indices."""
+def fit_mask(mask: np.ndarray, height: int, width: int, resize: str = "cover") -> np.ndarray:
+    """The image's geometry (fit_size, as data.resize says), with nearest neighbours so that
+    class indices stay class indices; the padding of `fit` is ignored (255)."""
     if mask.shape == (height, width):
         return mask
-    return np.asarray(fit_size(Image.fromarray(mask), height, width, Image.Resampling.NEAREST))
+    nearest = Image.Resampling.NEAREST
+    return np.asarray(fit_size(Image.fromarray(mask), height, width, nearest, resize, IGNORE))
 
 
 def read_volume(path: Path) -> np.ndarray:

@@ -53,6 +53,11 @@ def shard_positions(order: torch.Tensor, rank: int, world: int, pad: bool = Fals
     return order[rank::world]
 
 
+def batch_count(n: int, batch_size: int, drop_last: bool = False) -> int:
+    """Batches in a pass over n samples (without the last, smaller one with `drop_last`)."""
+    return n // batch_size if drop_last else (n + batch_size - 1) // batch_size
+
+
 def shard_length(n: int, rank: int, world: int, pad: bool = False) -> int:
     """len(shard_positions(...)) for an order of n positions."""
     return -(-n // world) if pad else len(range(rank, n, world))
@@ -76,6 +81,7 @@ class MemoryLoader:
         augment: BatchAugment | None = None,
         store: torch.device | str | None = None,
         shard: tuple[int, int] = (0, 1),
+        drop_last: bool = False,
     ):
         # `store`: where the images stay (default: the training device); batches move to `device`
         self.device = torch.device(device)
@@ -89,10 +95,11 @@ class MemoryLoader:
         self.augment = augment
         self.epoch_seed = 0
         self.rank, self.world = shard
+        self.drop_last = drop_last
 
     def __len__(self) -> int:
         n = shard_length(len(self.labels), self.rank, self.world, pad=self.shuffle)
-        return (n + self.batch_size - 1) // self.batch_size
+        return batch_count(n, self.batch_size, self.drop_last)
 
     @property
     def num_samples(self) -> int:
@@ -121,6 +128,7 @@ class MemoryLoader:
                 order = torch.arange(self.num_samples, device=self.images.device)
             order = shard_positions(order, self.rank, self.world, pad=self.shuffle)
         n = self.num_samples if order is None else len(order)
+        n = len(self) * self.batch_size if self.drop_last else n
         for batch, begin in enumerate(range(start * self.batch_size, n, self.batch_size), start):
             end = begin + self.batch_size
             if order is None:

@@ -7,7 +7,7 @@ from typing import Any
 
 import torch
 
-from kiln.data.registry import DataBundle, are_masks
+from kiln.data.registry import DataBundle, are_masks, is_multi_hot
 
 IMBALANCE_WARNING = 3.0
 
@@ -16,12 +16,16 @@ def data_stats(bundle: DataBundle) -> dict[str, Any]:
     """Images per class and split, imbalance, sizes and modes, normalization."""
     classes = bundle.info.classes
     masks = are_masks(bundle.train.labels)  # task=segment: pixels per class, not images
+    multi = is_multi_hot(bundle.train.labels)  # several labels per image
     per_split = {}
     for name in ("train", "val", "test"):
         labels = getattr(bundle, name).labels
         if masks:
             labels = labels[labels < len(classes)]  # every pixel but the ignored ones
-        counts = torch.bincount(labels, minlength=len(classes)).tolist()
+        if multi:  # several labels per image: the images that have each label
+            counts = labels.sum(dim=0).tolist()
+        else:
+            counts = torch.bincount(labels, minlength=len(classes)).tolist()
         per_split[name] = dict(zip(classes, counts, strict=True))
     train_counts = [c for c in per_split["train"].values()]
     smallest = min(train_counts)
@@ -30,7 +34,10 @@ def data_stats(bundle: DataBundle) -> dict[str, Any]:
         "dataset": bundle.info.name,
         "classes": classes,
         "per_split": per_split,
-        "totals": {name: sum(counts.values()) for name, counts in per_split.items()},
+        "totals": {  # label sets: images, not the labels they carry
+            name: len(getattr(bundle, name)) if multi else sum(counts.values())
+            for name, counts in per_split.items()
+        },
         "counted": "pixels" if masks else "images",
         "imbalance_ratio": round(ratio, 3),
         "imbalanced": ratio > IMBALANCE_WARNING and not masks,  # Dice weighs classes alike
@@ -81,7 +88,7 @@ def sample_grid(
             ax.imshow(array[:, :, 0], cmap="gray", vmin=0, vmax=255)
         else:
             ax.imshow(array)
-        ax.set_title(bundle.info.classes[int(train.labels[index])], fontsize=7)
+        ax.set_title(label_text(train.labels[index], bundle.info.classes), fontsize=7)
     title = f"{bundle.info.name}: {n} training images" + (" (augmented)" if augment else "")
     fig.suptitle(title, fontsize=9)
     fig.tight_layout()
@@ -89,6 +96,13 @@ def sample_grid(
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def label_text(label: torch.Tensor, classes: list[str]) -> str:
+    """An image's class, or its labels joined by ';' when it has a set of them."""
+    if label.dim() == 1:  # a multi-hot row
+        return ";".join(classes[k] for k in label.nonzero().flatten().tolist()) or "(none)"
+    return classes[int(label)]
 
 
 def draw_mask(ax, image: torch.Tensor, mask: torch.Tensor, classes: list[str]) -> None:

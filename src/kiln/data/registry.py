@@ -22,7 +22,8 @@ from kiln.errors import ConfigError
 @dataclass
 class Split:
     """Images as uint8 (N, C, H, W) (volumes: (N, C, D, H, W)) and labels (N,), all in memory;
-    labels may also be numbers (N, T) for task=regress or masks (N, [D,] H, W) for task=segment."""
+    labels may also be numbers (N, T) for task=regress, masks (N, [D,] H, W) for task=segment,
+    or multi-hot rows (N, K) of bools for task=multilabel (True: the image has that label)."""
 
     images: torch.Tensor
     labels: torch.Tensor
@@ -41,9 +42,14 @@ class Split:
 
 
 def are_masks(labels: torch.Tensor) -> bool:
-    """Segmentation masks (N, [D,] H, W) of class indices: not class labels (N,), and not
-    numeric targets (N, T), which are floats."""
-    return labels.dim() > 1 and not labels.is_floating_point()
+    """Segmentation masks (N, [D,] H, W) of class indices: not class labels (N,), not numeric
+    targets (N, T), which are floats, and not multi-hot label sets (N, K), which are bools."""
+    return labels.dim() > 1 and not labels.is_floating_point() and not is_multi_hot(labels)
+
+
+def is_multi_hot(labels: torch.Tensor) -> bool:
+    """Several labels per image (data.label_sep): (N, K) bools, True where the image has it."""
+    return labels.dtype == torch.bool and labels.dim() == 2
 
 
 @dataclass
@@ -61,6 +67,7 @@ class RawDataset:
     modes: dict[str, int] = field(default_factory=dict)  # PIL mode -> images
     features: list[str] | None = None  # tables: the input columns, in order
     note: str = ""  # one line on how the data was read (the decoded cache: opened, or written)
+    notes: list[str] = field(default_factory=list)  # splits the loader made or changed, said once
 
 
 @dataclass
@@ -79,10 +86,20 @@ class DataInfo:
     target_std: list[float] | None = None
     depth: int | None = None  # volumes (C, D, H, W), e.g. task=segment on .npy files
     features: list[str] | None = None  # tables: the input columns (kiln predict reads them)
+    resize: str = "cover"  # data.resize: how images of another size were brought to this one
+    # The model's output size when it is not one per class (task=binary: one logit)
+    outputs: int | None = None
+    # task=binary|multilabel: the decision threshold per output, chosen after training
+    thresholds: list[float] | None = None
 
     @property
     def num_classes(self) -> int:
         return len(self.classes)
+
+    @property
+    def num_outputs(self) -> int:
+        """What a model's head gives: one score per class unless the task says otherwise."""
+        return self.outputs if self.outputs is not None else len(self.classes)
 
     @property
     def input_shape(self) -> tuple[int, ...]:
@@ -96,8 +113,12 @@ class DataInfo:
 
     @classmethod
     def from_dict(cls, d: dict) -> DataInfo:
-        optional = ("target_mean", "target_std", "depth", "features")  # absent from older runs
-        return cls(**{k: d[k] if k not in optional else d.get(k) for k in cls.__dataclass_fields__})
+        # absent from older runs
+        optional = ("target_mean", "target_std", "depth", "features", "outputs", "thresholds")
+        info = cls(**{k: d[k] if k not in optional else d.get(k)
+                      for k in cls.__dataclass_fields__ if k != "resize"})  # fmt: skip
+        info.resize = d.get("resize", "cover")
+        return info
 
 
 @dataclass
@@ -111,6 +132,7 @@ class DataBundle:
     modes: dict[str, int] = field(default_factory=dict)
     placement: Any = None  # kiln.data.placement.Placement: in memory or not, and why
     note: str = ""  # RawDataset.note: said when training starts, after the "Data:" line
+    notes: list[str] = field(default_factory=list)  # splits made or changed: said when training
 
 
 Loader = Callable[[Any, Path], RawDataset]  # (DataConfig, root) -> RawDataset

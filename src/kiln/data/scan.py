@@ -35,7 +35,8 @@ class Sample:
     """One image to train on. `path` is absolute: the resolved root plus the path as listed."""
 
     path: Path
-    label: str | tuple[float, ...]  # a class name, or the numeric targets (task=regress)
+    # a class name, the numeric targets (task=regress), or a set of names (data.label_sep)
+    label: str | tuple[float, ...] | frozenset[str]
     split: str | None
     line: int | None = None
     csv: Path | None = None  # the CSV `line` refers to, so later problems can name it
@@ -115,20 +116,25 @@ class _Problems:
         return [p for *_, p in sorted(self._items, key=lambda item: item[:3])]
 
 
+def names(label: str | frozenset[str]) -> frozenset[str]:
+    """The class names of a sample: its one class, or its set of labels (data.label_sep)."""
+    return label if isinstance(label, frozenset) else frozenset((label,))
+
+
 def _only_in_eval(samples: list[Sample]) -> tuple[list[Sample], dict[str, list[str]]]:
-    """Split off the classes that have val/test samples but no training samples: a model cannot
-    learn them. Samples without a split count as trainable (they are carved up later).
+    """Split off the samples with a class that has val/test samples but no training samples: a
+    model cannot learn it. Samples without a split count as trainable (they are carved up later).
     Returns the kept samples and, per dropped label, the splits it appears in (in order)."""
-    trainable = {s.label for s in samples if s.split in ("train", None)}
+    trainable = {n for s in samples if s.split in ("train", None) for n in names(s.label)}
     dropped: dict[str, list[str]] = {}
     for s in samples:
-        if s.label not in trainable and s.split is not None:
-            splits = dropped.setdefault(s.label, [])
+        for name in sorted(names(s.label) - trainable):
+            splits = dropped.setdefault(name, [])
             if s.split not in splits:
                 splits.append(s.split)
     for splits in dropped.values():
         splits.sort(key=_SPLIT_RANK.__getitem__)
-    return [s for s in samples if s.label in trainable], dropped
+    return [s for s in samples if names(s.label) <= trainable], dropped
 
 
 def _only_in_reason(label: str, splits: list[str]) -> str:
@@ -268,10 +274,11 @@ def _walk_class(class_dir: Path, problems: _Problems, rank: int) -> list[Path]:
 def scan_csv(
     csv_path: Path,
     root: Path,
-    file_column: str = "file",
-    label_column: str = "label",
+    file_column: str | int = "file",
+    label_column: str | int = "label",
     split_column: str = "split",
     targets: list[str] | None = None,
+    label_sep: str | None = None,
 ) -> ScanResult:
     """List the images named by a CSV: one row per image, a path relative to `root`, a label and
     optionally a split (train/val/test; empty means none). Samples keep the CSV's row order.
@@ -280,7 +287,8 @@ def scan_csv(
     opened: a CSV from somewhere else must not make training read arbitrary files.
 
     With `targets` (task=regress) each row's label is the tuple of those numeric columns, and the
-    "classes" are the target names."""
+    "classes" are the target names. With `label_sep` each label cell is a set of names split on
+    it (`cat;outdoor`), and may be empty: an image with none of the labels."""
     csv_path, root = Path(csv_path), Path(root)
     if not csv_path.is_file():
         what = "is a folder, not a file" if csv_path.is_dir() else "does not exist"
@@ -291,6 +299,9 @@ def scan_csv(
             f"in {csv_path} are relative to"
         )
     header, rows = _read_csv(csv_path)
+    file_column = column_name(file_column, header, csv_path, "data.file_column")
+    if not targets:
+        label_column = column_name(label_column, header, csv_path, "data.label_column")
     wanted = [(file_column, "data.file_column", "image paths")]
     if targets:
         wanted += [(t, "data.targets", "numbers to predict") for t in targets]
@@ -327,6 +338,8 @@ def scan_csv(
             label = _numbers(row, targets)
             if isinstance(label, str):
                 found.append(Problem(concerned, label, line, shown_csv))
+        elif label_sep is not None:
+            label = frozenset(n.strip() for n in label.split(label_sep) if n.strip())
         elif not label:
             reason = f"empty label (column '{label_column}'); give every image a class"
             found.append(Problem(concerned, reason, line, shown_csv))
@@ -344,13 +357,27 @@ def scan_csv(
         return ScanResult(samples, problems.sorted(), list(targets))
     first_line: dict[str, int | None] = {}
     for s in samples:
-        first_line.setdefault(s.label, s.line)
+        for name in names(s.label):
+            first_line.setdefault(name, s.line)
     samples, dropped = _only_in_eval(samples)
     for label, in_splits in dropped.items():
         reason = _only_in_reason(label, in_splits)
         problem = Problem(shown_csv, reason, first_line[label], shown_csv)
         problems.add(problem, _SPLIT_RANK[in_splits[0]])
-    return ScanResult(samples, problems.sorted(), sort_classes(s.label for s in samples))
+    classes = sort_classes(n for s in samples for n in names(s.label))
+    return ScanResult(samples, problems.sorted(), classes)
+
+
+def column_name(column: str | int, header: list[str], csv_path: Path, key: str) -> str:
+    """A column given by position (0 first, as pandas' iloc) -> its name in the header."""
+    if isinstance(column, str):
+        return column
+    if column >= len(header):
+        raise DataError(
+            f"{key}={column}: {csv_path} has {len(header)} columns ({', '.join(header)}), "
+            f"numbered 0 to {len(header) - 1}"
+        )
+    return header[column]
 
 
 def _numbers(row: dict[str, str | None], columns: list[str]) -> tuple[float, ...] | str:

@@ -22,8 +22,9 @@ class Source:
 
     root: Path
     csv: Path | None = None
-    columns: tuple[str, str, str] = ("file", "label", "split")
+    columns: tuple[str | int, str | int, str] = ("file", "label", "split")  # names or positions
     targets: tuple[str, ...] = ()
+    label_sep: str | None = None  # data.label_sep: several labels in one cell
 
     @property
     def dataset(self) -> Path:
@@ -32,12 +33,15 @@ class Source:
     def scan(self) -> ScanResult:
         if self.csv is None:
             return scan_folder(self.root)
-        return scan_csv(self.csv, self.root, *self.columns, list(self.targets) or None)
+        return scan_csv(self.csv, self.root, *self.columns, list(self.targets) or None,
+                        self.label_sep)  # fmt: skip
 
     def key(self, cfg) -> str:
         """The entry's name: what decides the decoded pixels and labels, hashed."""
         settings = [str(self.root.resolve()), str(self.dataset), self.columns, self.targets,
                     cfg.channels, cfg.size]  # fmt: skip
+        if self.label_sep is not None or cfg.resize != "cover":  # (older entries keep their key)
+            settings += [self.label_sep, cfg.resize]
         digest = hashlib.sha256(json.dumps(settings).encode()).hexdigest()[:16]
         name = re.sub(r"[^A-Za-z0-9._-]+", "_", self.dataset.stem)[:40].lstrip(".")
         return f"{name or 'data'}-{digest}"

@@ -95,7 +95,7 @@ def check(cfg, scan: ScanResult, out: Callable[[Shape, int], Path] | None = None
     unique = unique_paths(scan.samples)
     target = _guess(cfg, scan.samples) if out and unique else None
     file = out(target, len(unique)) if target else None
-    outcomes = _decode_all(unique, cfg.workers, file, target)
+    outcomes = _decode_all(unique, cfg.workers, file, target, cfg.resize)
     metas = {p: o for p, o in outcomes.items() if isinstance(o, ImageMeta)}
     good = [s for s in scan.samples if s.path in metas]
     failed = [Failed(s, outcomes[s.path]) for s in scan.samples if s.path not in metas]
@@ -154,15 +154,19 @@ def _header(path: Path) -> ImageMeta | None:
 
 
 def _decode_all(
-    unique: list[Path], workers: int | None, file: Path | None = None, shape: Shape | None = None
+    unique: list[Path],
+    workers: int | None,
+    file: Path | None = None,
+    shape: Shape | None = None,
+    resize: str = "cover",
 ) -> dict[Path, ImageMeta | str]:
     """ImageMeta or the reason it fails, for each path; with `file`, readable images go to their
-    rows of it, converted to `shape`."""
+    rows of it, converted to `shape` (resized as data.resize says)."""
     workers = max(1, workers or os.cpu_count() or 1)
     # A few chunks per worker: one task per file would cost more in scheduling than small PNGs
     # cost to decode, and one chunk per worker would leave cores idle at the end.
     size = max(1, min(256, -(-len(unique) // (workers * 4))))
-    tasks = [(unique[i : i + size], i, file, shape) for i in range(0, len(unique), size)]
+    tasks = [(unique[i : i + size], i, file, shape, resize) for i in range(0, len(unique), size)]
     outcomes: dict[Path, ImageMeta | str] = {}
     with warnings.catch_warnings():
         # Over-limit sizes are reported as problems; the warning would only be noise.
@@ -183,20 +187,22 @@ def _map(fn, chunks: list, workers: int) -> list:
         return list(pool.map(fn, chunks))
 
 
-def _check_chunk(task: tuple[list[Path], int, Path | None, Shape | None]) -> list[ImageMeta | str]:
-    paths, first, file, shape = task
+def _check_chunk(
+    task: tuple[list[Path], int, Path | None, Shape | None, str],
+) -> list[ImageMeta | str]:
+    paths, first, file, shape, resize = task
     rows = None if file is None else np.load(file, mmap_mode="r+")
     results = []
     for row, path in enumerate(paths, first):
-        keep = None if rows is None else partial(_keep, rows, row, shape)
+        keep = None if rows is None else partial(_keep, rows, row, shape, resize)
         results.append(_check_image(path, keep))
     return results
 
 
-def _keep(rows: np.ndarray, row: int, shape: Shape, image: Image.Image) -> None:
+def _keep(rows: np.ndarray, row: int, shape: Shape, resize: str, image: Image.Image) -> None:
     """The image as training sees it (what kiln.data.images.decode gives), into its row."""
     ImageOps.exif_transpose(image, in_place=True)
-    rows[row] = to_array(image, *shape).transpose(2, 0, 1)
+    rows[row] = to_array(image, *shape, resize).transpose(2, 0, 1)
 
 
 def _check_image(path: Path, keep: Callable[[Image.Image], None] | None = None) -> ImageMeta | str:

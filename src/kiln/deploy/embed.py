@@ -32,7 +32,7 @@ from kiln.deploy.export import (
     load_file,
     output_path,
 )  # fmt: skip
-from kiln.deploy.preprocess import ImagePreprocess
+from kiln.deploy.preprocess import RESIZE_MODES, ImagePreprocess
 from kiln.errors import ConfigError
 from kiln.infer import Predictor, spec_from_run
 from kiln.infer.spec import ExportSpec, Parity, RawInput, sha256, sidecar_path
@@ -82,6 +82,12 @@ def export_embedded(
         what = "generates images from noise" if task.generates else "takes volumes (.npy)"
         raise ConfigError(
             f"{run.path} {what}: --embed-preprocessing is for models that take images"
+        )
+    if resize_mode(cfg) not in RESIZE_MODES:  # fit's letterbox is not in the graph (yet)
+        raise ConfigError(
+            f"{run.path} was trained with data.resize={resize_mode(cfg)}: --embed-preprocessing "
+            f"builds {' and '.join(RESIZE_MODES)} into the graph only; export without it (the "
+            "sidecar records the resize for the client)"
         )
     path = output_path(run, fmt, None, output, stem="model-embedded")
     model, epoch = load_model(run, which, "cpu")

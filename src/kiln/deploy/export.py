@@ -236,11 +236,11 @@ def write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, spec
 
 
 def write_state(module: nn.Module, example: torch.Tensor, path: Path, spec) -> None:
-    """Plain tensors (weights_only loadable); the sidecar's config rebuilds the model."""
-    from kiln import checkpoint
-
+    """The model's own state_dict and nothing else, as the tutorials save one, so that
+    `model.load_state_dict(torch.load(path, weights_only=True))` loads it; what it is and how
+    to rebuild it are in the sidecar (its config)."""
     state = {k: v.detach().clone() for k, v in module.model.state_dict().items()}
-    checkpoint.save({"model": state}, path)
+    torch.save(state, path)  # `path` is a temporary file, renamed once checked
 
 
 def write_executorch(module: nn.Module, example: torch.Tensor, path: Path, spec) -> None:

@@ -47,14 +47,18 @@ class Score(BaseModel):
 
 
 class Prediction(BaseModel):
-    """A classifier answers label, probability and top_k; a regression model answers values;
-    other tasks answer their own fields (kept as they are)."""
+    """A classifier answers label, probability and top_k (a multi-label one: labels and top_k);
+    a regression model answers values; other tasks answer their own fields (kept as they are)."""
 
     model_config = ConfigDict(extra="allow")
     file: str
     label: str | None = None
     probability: float | None = None
     top_k: list[Score] | None = None
+    labels: list[Score] | None = Field(
+        None, description="task=multilabel: every label at or above its threshold"
+    )
+    threshold: float | None = Field(None, description="task=binary: the positive class's")
     values: dict[str, float] | None = Field(None, description="task=regress: target -> value")
     mask_png: str | None = Field(
         None, description="task=segment: base64 PNG, one class index per pixel, at the model's "

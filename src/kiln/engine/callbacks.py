@@ -51,10 +51,12 @@ class RecordConfig(Callback):
 def format_row(row: dict[str, Any], epochs: int, task) -> str:
     """The one summary line per epoch, Keras style (the task says how its metric reads)."""
     m = task.metric
+    val = ""  # none without a validation split (data.val_fraction=0)
+    if "val_loss" in row:
+        val = f"val loss {row['val_loss']:.4f} {task.show(row[f'val_{m}'])}  "
     return (
         f"Epoch {row['epoch']}/{epochs}  "
-        f"train loss {row['train_loss']:.4f} {task.show(row[f'train_{m}'])}  "
-        f"val loss {row['val_loss']:.4f} {task.show(row[f'val_{m}'])}  "
+        f"train loss {row['train_loss']:.4f} {task.show(row[f'train_{m}'])}  {val}"
         f"lr {row['lr']:.2e}  {row['seconds']:.1f}s  {row['samples_per_s']:,.0f} samples/s"
     )
 
@@ -127,15 +129,20 @@ class TensorBoard(Callback):
     per-epoch images (`task.epoch_images(ctx, epoch)` -> {tag: CHW image})
     and, once training has finished, the run's hyperparameters against its final metrics.
 
+    `log_every` (run.log_every): also the mean training loss and the lr of every N steps, by
+    step, in tb/steps/ (the tutorials' `running_loss / N`).
+
     The writer (and TensorBoard's import), the sample grid and the graph are made at the end of the
     first epoch rather than before it: training starts without waiting for them."""
 
     HPARAMS_SUFFIX = ".hparams"  # the hparams file is rewritten when a finished run is extended
 
-    def __init__(self, log_dir: str, purge_step: int | None = None):
+    def __init__(self, log_dir: str, purge_step: int | None = None, log_every: int | None = None):
         self.log_dir, self.purge_step = log_dir, purge_step
         self._writer = None
         self.new_run = False  # this fit starts the run: it logs the samples and the graph
+        self.log_every, self.steps = log_every, None
+        self.loss_sum, self.losses = 0.0, 0
 
     @property
     def writer(self):
@@ -149,6 +156,8 @@ class TensorBoard(Callback):
 
     def on_fit_start(self, trainer: Trainer) -> None:
         self.new_run = trainer.start_epoch == 0  # a resumed run already logged them
+        if self.log_every:
+            self.open_steps(trainer)
 
     def log_inputs(self, trainer: Trainer) -> None:
         """A grid of training images and the model graph, logged once per run."""
@@ -169,10 +178,36 @@ class TensorBoard(Callback):
                 log.warning(f"note: model graph not written to TensorBoard ({exc})")
             trainer.model.train(was_training)
 
+    def open_steps(self, trainer: Trainer) -> None:
+        """tb/steps/: its own event files, so that resuming purges by step there and by epoch
+        in tb/ (a SummaryWriter purges every tag from one step on)."""
+        from torch.utils.tensorboard import SummaryWriter
+
+        done = trainer.start_epoch * trainer.steps_per_epoch + trainer.start_step
+        folder = Path(self.log_dir) / "steps"
+        if done:
+            after_existing_events(folder)
+        self.steps = SummaryWriter(str(folder), purge_step=done + 1 if done else None)
+
+    def on_batch_end(self, trainer: Trainer, epoch: int, step: int) -> None:
+        if self.steps is None:
+            return
+        self.loss_sum = self.loss_sum + trainer.batch_loss.detach()  # no device sync here
+        self.losses += 1
+        global_step = (epoch - 1) * trainer.steps_per_epoch + step + 1
+        if global_step % self.log_every == 0:
+            self.steps.add_scalar(
+                "step/train_loss", float(self.loss_sum) / self.losses, global_step
+            )
+            self.steps.add_scalar("step/lr", trainer.optimizer.param_groups[0]["lr"], global_step)
+            self.loss_sum, self.losses = 0.0, 0
+
     def on_epoch_end(self, trainer: Trainer, epoch: int, row: dict[str, Any]) -> None:
         if self.new_run:
             self.log_inputs(trainer)
             self.new_run = False
+        if self.steps is not None:
+            self.steps.flush()
         w = self.writer
         for key, value in row.items():  # loss, the task's metric and any other value it logs
             split, _, name = key.partition("_")
@@ -187,6 +222,8 @@ class TensorBoard(Callback):
         w.flush()
 
     def on_fit_end(self, trainer: Trainer) -> None:
+        if self.steps is not None:
+            self.steps.close()
         if self._writer is None:  # stopped before the end of an epoch: nothing was logged
             return
         try:

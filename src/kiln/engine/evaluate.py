@@ -12,7 +12,7 @@ from kiln import checkpoint
 from kiln import data as kdata
 from kiln.data import Normalize, make_loader
 from kiln.data.workers import default_workers
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, RunError
 from kiln.rundir import RunDir, load_model
 from kiln.tasks import StepContext, Task, get_task
 
@@ -44,6 +44,8 @@ def evaluate_run(
     if bundle is None:
         bundle = kdata.build(cfg.data)
     chosen = bundle.test if split == "test" else bundle.val
+    if len(chosen) == 0:
+        raise RunError(f"{run.path} has no {split} images: nothing to evaluate on that split")
     normalize = Normalize(info.mean, info.std, device)
     if loader is None:
         loader = make_loader(chosen, cfg.data.eval_batch_size, normalize, device,

@@ -62,7 +62,9 @@ def train(
     cfg = config if isinstance(config, RunConfig) else build_config(config, overrides)
     if isinstance(config, RunConfig) and overrides:
         cfg = build_config(config.to_dict(), overrides)
-    return train_prepared(prepare(resolve(cfg, model), model), callbacks, progress, started)
+    cfg = resolve(cfg, model)
+    _train_needed(cfg, progress)
+    return train_prepared(prepare(cfg, model), callbacks, progress, started)
 
 
 def train_prepared(ready: Prepared, callbacks: list[Callback] | None = None,
@@ -71,6 +73,27 @@ def train_prepared(ready: Prepared, callbacks: list[Callback] | None = None,
     (`kiln prune` fine-tunes a pruned model this way); `started`: when a time budget began."""
     run = distributed.on_main(lambda: _create_run(ready, progress))
     return _fit(ready, run, callbacks, progress, budget_started=started)
+
+
+def _train_needed(cfg: RunConfig, progress: bool) -> None:
+    """The runs the task needs first (a GAN's Fréchet classifier), each said in one line:
+    trained once (an interrupted one resumed), then reused."""
+    for need in get_task(cfg.task).needs(cfg):
+        if progress and distributed.is_main():
+            log.info(need.reusing if need.ready else need.training)
+        if need.ready:
+            continue
+        if distributed.under_torchrun():
+            raise ConfigError(
+                f"{need.path} is not trained yet: train this run once with train.devices=1 "
+                "(it trains it first), then again with more processes"
+            )
+        if (need.path / "checkpoints" / "last.pt").is_file():
+            train(resume=need.path, progress=False)
+        else:
+            if need.path.exists():
+                RunDir(need.path).discard()  # a folder left by a failed start
+            train(need.config, progress=False)
 
 
 def _create_run(ready: Prepared, progress: bool) -> RunDir:
@@ -90,10 +113,8 @@ def _create_run(ready: Prepared, progress: bool) -> RunDir:
         if progress:
             log.info(str(ready.weights))
     run.write_info(bundle.info, cfg, details)
-    if bundle.skipped:
+    if bundle.skipped:  # said once the trainer accepts the data (see _fit)
         (run.path / "skipped.txt").write_text("\n".join(bundle.skipped) + "\n")
-        n = len(bundle.skipped)
-        log.warning(f"Skipped {n} bad file(s) (data.on_bad=skip), listed in {run.path}/skipped.txt")
     return run
 
 
@@ -139,6 +160,11 @@ def _fit(
     progress = progress and main
     try:
         trainer = Trainer(cfg, net, bundle, run, device)  # checks the task, augment, balance
+        if main and bundle.skipped and resume_state is None:
+            n = len(bundle.skipped)
+            log.warning(
+                f"Skipped {n} bad file(s) (data.on_bad=skip), listed in {run.path}/skipped.txt"
+            )
         if cfg.train.time is not None:  # train.time: epochs and schedule fitted to the budget
             say = log.info if progress else (lambda line: None)
             begun = budget.now() if budget_started is None else budget_started
@@ -152,18 +178,25 @@ def _fit(
             verb = "Resuming" if resume_state else "Training"
             log.info(
                 f"{verb} {cfg.model.name} ({n:,} parameters) on {cfg.data.name} "
-                f"({len(bundle.train):,} train / {len(bundle.val):,} val) on {device} -> "
-                f"{run.path}"
+                f"({len(bundle.train):,} train / {len(bundle.val):,} val / "
+                f"{len(bundle.test):,} test) on {device} -> {run.path}"
             )
+            for note in bundle.notes:  # splits Kiln made or changed, said once
+                log.info(note)
+            if not trainer.validates:
+                log.info(
+                    f"No validation split (data.val_fraction={cfg.data.val_fraction}): training "
+                    "runs without validation, and best.pt is the last epoch's weights"
+                )
             log.info(trainer.data_path)
             if bundle.note:  # the decoded cache: opened, or written (and why)
                 log.info(bundle.note)
         with distributed.peer_failures(cfg.train.dist_timeout):
             history = trainer.fit(resume_state, reschedule)
         phases.mark("trained")
-    except ConfigError:  # a mistake found while setting up or in the first step (model vs task)
+    except BaseException:  # a mistake in the config, the model or the data, an interrupt, a bug
         if main and resume_state is None:
-            run.discard()  # no checkpoint was written: leave no half-made run folder behind
+            run.discard()  # only while no checkpoint exists: no half-made run folder is left
         raise
     distributed.teardown()  # what follows is rank 0's alone
     if trainer.budget is not None:
@@ -178,13 +211,19 @@ def _fit(
                         loader=trainer.loader(bundle.test))  # fmt: skip
     phases.mark("tested")
     if progress:
+        show, last = task.show, history[-1]
+        if best.best is not None:
+            picked = (f"Best {best.monitor} {task.format_value(best.monitor, best.best)} at "
+                      f"epoch {best.best_epoch}")  # fmt: skip
+        else:
+            picked = f"Kept the last epoch ({last['epoch']}): no validation split"
+        final = f"val {show(last[f'val_{task.metric}'])}" if trainer.validates else (
+            f"train {show(last[f'train_{task.metric}'])}")  # fmt: skip
         score = test.get(task.test_key or task.metric)
         loss = f"loss {test['loss']:.4f}, " if isinstance(test.get("loss"), float) else ""
         log.info(
-            f"Done in {time.perf_counter() - started:.1f}s. Best {best.monitor} "
-            f"{task.format_value(best.monitor, best.best)} at epoch {best.best_epoch}; "
-            f"final val {task.show(history[-1][f'val_{task.metric}'])}; "
-            f"test {task.show(score) if isinstance(score, float) else '-'} ({loss}best checkpoint)"
+            f"Done in {time.perf_counter() - started:.1f}s. {picked}; final {final}; "
+            f"test {show(score) if isinstance(score, float) else '-'} ({loss}best checkpoint)"
         )
     if progress and cfg.run.report:
         log.info("Writing report (plots and report.html; run.report=false skips it)...")

@@ -30,6 +30,7 @@ from kiln.engine.device import (
 )
 from kiln.engine.distill import teacher_run
 from kiln.engine.loggers import check_loggers
+from kiln.engine.user_model import check_user_model
 from kiln.errors import ConfigError
 from kiln.models import (
     build_model,
@@ -147,6 +148,7 @@ def prepare(
     else:
         import_run_modules(cfg.imports, imports_from)
     bundle = kdata.build(cfg.data, device)  # every process builds the data, and takes a share
+    bundle.info.outputs = get_task(cfg.task).model_outputs(cfg, bundle.info)  # binary: 1 logit
     phases.mark("data")
     seed_everything(cfg.train.seed + distributed.rank(), cfg.train.deterministic)
     if model is None:
@@ -156,6 +158,10 @@ def prepare(
     if not resume:
         tree = cfg.to_dict()
         tree["train"] = settle(tree["train"], device, built.model)  # auto -> what wins here
+        tree["train"] = check_user_model(  # a module Kiln did not write: one trial forward
+            built.model, bundle, device, tree["train"], get_task(cfg.task), model is not None,
+            explicit=cfg.train.channels_last is True,
+        )  # fmt: skip
         tree["train"]["devices"] = distributed.world_size()  # the processes it trains with
         cfg = RunConfig.model_validate(tree)
     phases.mark("model")

@@ -28,7 +28,13 @@ from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
 from kiln.engine.distill import load_teacher
 from kiln.engine.lookahead import Lookahead
-from kiln.engine.optim import build_optimizer, build_scheduler
+from kiln.engine.optim import (
+    Plateau,
+    build_optimizer,
+    build_scheduler,
+    end_of_epoch,
+    restore_scheduler,
+)
 from kiln.engine.stopping import EarlyStopping, StopRequest, TrainingInterrupted
 from kiln.errors import ConfigError
 from kiln.models.resize import CONVS
@@ -82,23 +88,19 @@ class Trainer:
             workers=self.workers,
             placement=data.placement,
             shard=distributed.shard(),
+            drop_last=cfg.data.drop_last,
         )
         self.data_path = describe_path(self.train_loader, data.placement, steps)
         self.val_loader = self.loader(data.val)
         self.steps_per_epoch = len(self.train_loader)
+        if self.steps_per_epoch == 0:
+            raise ConfigError(
+                f"data.drop_last=true with data.batch_size={cfg.data.batch_size} leaves no batch "
+                f"of {len(data.train)} training images: lower the batch size or drop_last=false"
+            )
+        self.validates = len(data.val) > 0  # data.val_fraction=0: best.pt is the last epoch
 
         self.freeze = cfg.model.freeze == "backbone"
-        self.optimizers, self.schedulers, self.trains, self.base_lrs = {}, {}, {}, {}
-        for name, wanted in self.task.optimizers(self.model, cfg).items():
-            opt = build_optimizer(cfg.optim, wanted.module, self.freeze, **wanted.options)
-            self.optimizers[name], self.trains[name] = opt, wanted.module
-            self.base_lrs[name] = [group["lr"] for group in opt.param_groups]
-            self.schedulers[name] = build_scheduler(cfg.sched, opt, self.steps_per_epoch,
-                                                    self.epochs)  # fmt: skip
-        self.optimizer = next(iter(self.optimizers.values()))  # its lr is the one logged
-        total_steps = self.steps_per_epoch * self.epochs
-        self.lookahead = Lookahead(self.model, total_steps, enabled=cfg.train.lookahead)
-        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         es = cfg.train.early_stop
         logged = ("train_loss", f"train_{self.metric}", "val_loss", f"val_{self.metric}")
         if es.monitor not in logged:
@@ -106,7 +108,22 @@ class Trainer:
                 f"train.early_stop.monitor: task '{cfg.task}' logs {', '.join(logged)}, "
                 f"not '{es.monitor}'"
             )
-        self.early_stop = EarlyStopping(es.monitor, self.task.direction(es.monitor), es.patience)
+        check_without_validation(cfg, self.validates)
+        mode = self.task.direction(es.monitor)
+        self.early_stop = EarlyStopping(es.monitor, mode, es.patience)
+        self.optimizers, self.schedulers, self.trains, self.base_lrs = {}, {}, {}, {}
+        for name, wanted in self.task.optimizers(self.model, cfg).items():
+            opt = build_optimizer(cfg.optim, wanted.module, self.freeze, **wanted.options)
+            self.optimizers[name], self.trains[name] = opt, wanted.module
+            self.base_lrs[name] = [group["lr"] for group in opt.param_groups]
+            self.schedulers[name] = build_scheduler(
+                cfg.sched, opt, self.steps_per_epoch, self.epochs, mode,
+                cycle_momentum=cfg.optim.betas is None,  # optim.betas as set, not cycled
+            )  # fmt: skip
+        self.optimizer = next(iter(self.optimizers.values()))  # its lr is the one logged
+        total_steps = self.steps_per_epoch * self.epochs
+        self.lookahead = Lookahead(self.model, total_steps, enabled=cfg.train.lookahead)
+        self.scaler = torch.amp.GradScaler(device.type, enabled=cfg.train.precision == "fp16")
         self.net = self.wrap()
         self.history: list[dict[str, Any]] = []
         self.start_epoch = 0  # epochs already completed (non-zero when resuming)
@@ -200,6 +217,7 @@ class Trainer:
         for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
             loss, out = self.task.train_step(ctx, x, y)
             self.lookahead.after_step((epoch - 1) * self.steps_per_epoch + step + 1)
+            self.batch_loss = loss  # the step's mean loss (TensorBoard, run.log_every)
             self.loss_sum += loss * len(y)
             self.score_sum = self.score_sum + self.task.score(out, y)
             self.seen += len(y)
@@ -217,15 +235,17 @@ class Trainer:
         self.lookahead.end_epoch()  # validated and saved: the averaged weights (when on)
         train_seconds = time.perf_counter() - started
         loss_sum, score_sum, seen = distributed.sum_across(self.loss_sum, self.score_sum, self.seen)
+        val = {}
         val_started = time.perf_counter()
-        val_loss, val_scores = self.evaluate_all(self.val_loader)
+        if self.validates:
+            val_loss, val_scores = self.evaluate_all(self.val_loader)
+            val = {"val_loss": val_loss, **{f"val_{k}": v for k, v in val_scores.items()}}
         self.val_seconds = time.perf_counter() - val_started
         row = {
             "epoch": epoch,
             "train_loss": float(loss_sum) / seen,
             **{f"train_{k}": v for k, v in self.task.summarize(score_sum, seen).items()},
-            "val_loss": val_loss,
-            **{f"val_{k}": v for k, v in val_scores.items()},
+            **val,
             "lr": self.optimizer.param_groups[0]["lr"],
             "seconds": round(time.perf_counter() - started, 3),
             "samples_per_s": round(seen / train_seconds, 1),
@@ -267,11 +287,16 @@ class Trainer:
         step_scale = epochs / self.cfg.train.epochs  # sched=step: its decays keep their place
         total = (epochs - 1) * self.steps_per_epoch + (last_steps or self.steps_per_epoch)
         for name, optimizer in self.optimizers.items():
+            if isinstance(self.schedulers[name], Plateau):
+                continue  # stepped per epoch on the monitored value: no horizon to move
             done = self.schedulers[name].last_epoch
             for group, lr in zip(optimizer.param_groups, self.base_lrs[name], strict=True):
                 group["lr"] = lr
-            scheduler = build_scheduler(self.cfg.sched, optimizer, self.steps_per_epoch, epochs,
-                                        step_scale, total)  # fmt: skip
+            scheduler = build_scheduler(
+                self.cfg.sched, optimizer, self.steps_per_epoch, epochs,
+                cycle_momentum=self.cfg.optim.betas is None, step_scale=step_scale,
+                total_steps=total,
+            )  # fmt: skip
             replay(scheduler, done)
             self.schedulers[name] = scheduler
         self.epochs, self.last_epoch_steps = epochs, last_steps
@@ -306,8 +331,11 @@ class Trainer:
     def end_epoch(self, epoch: int, row: dict[str, Any]) -> None:
         distributed.check_in_step(self.model, self.cfg.task)  # several processes, one model
         self.history.append(row)
-        monitored = row[self.early_stop.monitor]
-        if self.early_stop.update(monitored, epoch) and self.main:
+        monitored = row.get(self.early_stop.monitor)  # None: no validation split
+        for scheduler in self.schedulers.values():
+            end_of_epoch(scheduler, monitored)  # sched.name=plateau steps here
+        improved = self.early_stop.update(monitored, epoch) if monitored is not None else True
+        if improved and self.main:
             best = {
                 "model": self.model.state_dict(),
                 "epoch": epoch,
@@ -374,11 +402,8 @@ class Trainer:
         for name, opt in self.optimizers.items():
             opt.load_state_dict(state["optimizers"][name])
         done = state["epoch"] * self.steps_per_epoch + state["step"]
-        for name, scheduler in self.schedulers.items():
-            if reschedule:  # more epochs than planned: the horizon moves, replay to here
-                replay(scheduler, done)
-            else:
-                scheduler.load_state_dict(state["schedulers"][name])
+        for name, scheduler in self.schedulers.items():  # a moved horizon replays to here
+            restore_scheduler(scheduler, state["schedulers"][name], done, reschedule)
         self.scaler.load_state_dict(state["scaler"])
         self.early_stop.load_state_dict(state["early_stop"])
         self.history = list(state["history"])
@@ -429,3 +454,19 @@ def replay(scheduler: torch.optim.lr_scheduler.LRScheduler, steps: int) -> None:
         warnings.simplefilter("ignore")  # "scheduler.step() before optimizer.step()"
         for _ in range(steps):
             scheduler.step()
+
+
+def check_without_validation(cfg: RunConfig, validates: bool) -> None:
+    """Without a validation split (data.val_fraction=0) nothing can stop early or lower the lr
+    on a validation value: say which key to change."""
+    monitor = cfg.train.early_stop.monitor
+    if validates or not monitor.startswith("val_"):
+        return
+    for key, used in (("train.early_stop.patience", cfg.train.early_stop.patience is not None),
+                      ("sched.name=plateau", cfg.sched.name == "plateau")):  # fmt: skip
+        if used:
+            raise ConfigError(
+                f"{key} watches {monitor}, and this run has no validation split "
+                f"(data.val_fraction={cfg.data.val_fraction}): set "
+                f"train.early_stop.monitor=train_loss, or keep a validation split"
+            )

@@ -113,7 +113,6 @@ def _torchscript(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forwa
 
 def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forward, str]:
     """Rebuild the model from the config in the sidecar, then load plain tensors into it."""
-    from kiln import checkpoint
     from kiln.config import RunConfig
     from kiln.infer.spec import sidecar_path
     from kiln.models import build_model, import_run_modules
@@ -122,22 +121,43 @@ def _state_dict(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forwar
     cfg = RunConfig.model_validate(spec.config)
     import_run_modules(cfg.imports, sidecar_path(model_file))
     model = build_model(cfg.model, data_info(spec), load=False).model
-    state = checkpoint.load(model_file, map_location=device)
+    state = read_state_dict(model_file, device)
     try:
-        model.load_state_dict(state["model"])
-    except (RuntimeError, KeyError) as exc:
-        raise RunError(f"{model_file} does not match the model in its sidecar ({exc})") from None
+        model.load_state_dict(state)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise RunError(f"{model_file} does not match the model in its sidecar ({first})") from None
     model.to(device).eval()
     forward = get_task(spec.task).export_module(model, spec.tta)
     return (lambda x: forward(x.to(device))), f"torch ({device})"
+
+
+def read_state_dict(model_file: Path, device: str) -> dict[str, torch.Tensor]:
+    """A plain state_dict (weights_only), or one inside a Kiln checkpoint (older exports)."""
+    import pickle
+    from zipfile import BadZipFile
+
+    try:
+        state = torch.load(model_file, map_location=device, weights_only=True)
+    except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, BadZipFile) as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise RunError(f"{model_file} is not a plain state_dict ({first})") from None
+    if isinstance(state, dict) and isinstance(state.get("model"), dict) and "format" in state:
+        state = state["model"]  # written by Kiln before exports held the bare state_dict
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise RunError(f"{model_file} is not a state_dict (names to tensors)")
+    return state
 
 
 def data_info(spec: ExportSpec):
     from kiln.data.registry import DataInfo
 
     i = spec.input
+    data = spec.config.get("data", {})
     return DataInfo(
-        spec.config.get("data", {}).get("name", "export"),
+        data.get("name", "export"),
         spec.classes, i.channels, i.height, i.width, i.mean, i.std,
         target_mean=spec.target_mean, target_std=spec.target_std, depth=i.depth,
+        resize=data.get("resize", "cover"),
+        outputs=spec.output.get("outputs"), thresholds=spec.output.get("thresholds"),
     )  # fmt: skip

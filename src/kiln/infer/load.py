@@ -7,6 +7,7 @@ from pathlib import Path
 
 import torch
 
+from kiln.data.images import RESIZE
 from kiln.infer.backends import data_info, open_file
 from kiln.infer.predictor import Predictor, Servable
 from kiln.infer.spec import ExportSpec, InputSpec, ModelSpec, find_export
@@ -85,6 +86,7 @@ def spec_from_run(run, fmt: str, which: str, epoch: int | None, file: str) -> Ex
             height=info.height,
             width=info.width,
             color="L" if info.channels == 1 else "RGB",
+            resize=RESIZE[info.resize],
             mean=info.mean,
             std=info.std,
         ),

@@ -77,7 +77,7 @@ class Predictor:
         that carries its preprocessing."""
         if self.raw:
             return raw_rgb(image)
-        return normalize(to_uint8(image, self.input_shape), self.mean, self.std)
+        return normalize(to_uint8(image, self.input_shape, self.info.resize), self.mean, self.std)
 
     def read(self, item: Any) -> torch.Tensor:
         """One input as the task reads it (a segmentation run: at the image's own size),

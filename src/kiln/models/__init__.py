@@ -4,6 +4,7 @@ adds initialisation and starting weights. `@kiln.models.register("name")` adds y
 from kiln.models import (  # noqa: F401  (registers the built-in models and families)
     cnn,
     convnet,
+    densegan,
     fastnet,
     gan,
     lenet,

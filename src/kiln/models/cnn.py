@@ -36,4 +36,4 @@ class TutorialCNN(nn.Module):
 def cnn(info: DataInfo) -> nn.Module:
     if info.height < 6 or info.width < 6:
         raise ValueError(f"cnn needs images of at least 6x6, got {info.height}x{info.width}")
-    return TutorialCNN(info.channels, info.num_classes, info.height, info.width)
+    return TutorialCNN(info.channels, info.num_outputs, info.height, info.width)

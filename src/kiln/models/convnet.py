@@ -76,7 +76,7 @@ def convnet(
         raise ValueError(f"model.pool must be 'max' or 'avg', got {pool!r}")
     return ConvNet(
         info.channels,
-        info.num_classes,
+        info.num_outputs,
         min(info.height, info.width),
         depth,
         width,

@@ -100,4 +100,4 @@ def fastnet(
             f"stem has 2 x channels x 4 = {8 * info.channels} fixed filters: drop model.stem"
         )
     size = min(info.height, info.width)
-    return FastNet(info.channels, info.num_classes, size, widths, stem, scale, whiten)
+    return FastNet(info.channels, info.num_outputs, size, widths, stem, scale, whiten)

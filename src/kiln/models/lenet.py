@@ -42,4 +42,4 @@ def lenet(info: DataInfo) -> nn.Module:
         raise ValueError(
             f"lenet needs images of at least 28x28, got {info.height}x{info.width}; use mlp or cnn"
         )
-    return LeNet5(info.channels, info.num_classes, padding, size)
+    return LeNet5(info.channels, info.num_outputs, padding, size)

@@ -72,5 +72,5 @@ def mlp(
         raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
     c, h, w = info.input_shape
     return MLP(
-        c * h * w, info.num_classes, list(hidden), activation, dropout, batchnorm, final_activation
+        c * h * w, info.num_outputs, list(hidden), activation, dropout, batchnorm, final_activation
     )

@@ -142,7 +142,7 @@ def _build(
             f"{where}: needs an image (C, H, W) but gets {_fmt(shape)}; put it before flatten"
         )
     args = {
-        k: info.num_classes if v == "classes" else v
+        k: info.num_outputs if v == "classes" else v
         for k, v in _arguments(kind, value, where).items()
     }
     for name in set(INFERRED) & set(args):
@@ -232,10 +232,11 @@ def sequential(info: DataInfo, layers: list | dict | None = None) -> nn.Module:
     if layers is None:
         raise ValueError(f"set model.layers to the network's layers, e.g. {EXAMPLE}")
     model, out = _stack(layers, info.input_shape, "model.layers", info)
-    if out != (info.num_classes,):
+    if out != (info.num_outputs,):
         fix = "`flatten` and `{linear: classes}`" if len(out) > 1 else "`{linear: classes}`"
+        scores = f"{info.num_classes} classes" if info.outputs is None else "one output"
         raise ValueError(
-            f"the layers output shape {_fmt(out)}, but the data has {info.num_classes} classes so "
-            f"it must be ({info.num_classes},); end with {fix}"
+            f"the layers output shape {_fmt(out)}, but the data has {scores} so "
+            f"it must be ({info.num_outputs},); end with {fix}"
         )
     return model

@@ -29,7 +29,7 @@ def timm_entry(arch: str) -> ModelEntry:
         try:
             # timm fits the first convolution to in_chans and the classifier to num_classes.
             return timm.create_model(
-                arch, pretrained=pretrained, num_classes=info.num_classes, in_chans=info.channels
+                arch, pretrained=pretrained, num_classes=info.num_outputs, in_chans=info.channels
             )
         except (OSError, RuntimeError) as exc:
             if not pretrained:

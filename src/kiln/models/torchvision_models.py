@@ -39,10 +39,10 @@ def build_torchvision(
         weights = _weights(arch, pretrained)
         state = fetch_state_dict(weights.url, f"tv:{arch} ({weights})")
         model.load_state_dict(state, strict=not extra)  # the auxiliary heads are not built
-        replace_head(model, info.num_classes)
+        replace_head(model, info.num_outputs)
     else:
         model = torchvision.models.get_model(
-            arch, weights=None, num_classes=info.num_classes, **extra
+            arch, weights=None, num_classes=info.num_outputs, **extra
         )
     if small_stem is None:
         small_stem = max(info.height, info.width) <= SMALL

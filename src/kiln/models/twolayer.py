@@ -24,4 +24,4 @@ def twolayer(info: DataInfo, hidden: int = 100) -> nn.Module:
     if not isinstance(hidden, int) or hidden < 1:
         raise ValueError(f"model.hidden must be a positive integer, got {hidden!r}")
     c, h, w = info.input_shape
-    return TwoLayerNet(c * h * w, hidden, info.num_classes)
+    return TwoLayerNet(c * h * w, hidden, info.num_outputs)

@@ -159,4 +159,4 @@ def unet(
         raise ValueError(f"model.up must be one of {', '.join(UPSAMPLING)}, got {up!r}")
     if not 0.0 <= dropout < 1.0:
         raise ValueError(f"model.dropout must be in [0, 1), got {dropout}")
-    return UNet(info.channels, info.num_classes, dims, depth, width, up, dropout)
+    return UNet(info.channels, info.num_outputs, dims, depth, width, up, dropout)

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 # The built-in tasks register on import, in this order.
 # isort: off
-from kiln.tasks import classify, generate, regress, segment  # noqa: E402,F401
-from kiln.tasks.base import Optimizes, StepContext, Task, Teacher
+from kiln.tasks import classify, generate, multilabel, regress, segment  # noqa: E402,F401
+from kiln.tasks.base import Needed, Optimizes, StepContext, Task, Teacher
 from kiln.tasks.registry import (
     TASKS,
     direction,
@@ -20,6 +20,7 @@ from kiln.tasks.registry import (
 
 __all__ = [
     "TASKS",
+    "Needed",
     "Optimizes",
     "StepContext",
     "Teacher",

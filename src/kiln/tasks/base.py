@@ -15,9 +15,11 @@ what differs, at the least its loss and its metric:
 
 The hooks, by stage (each documented where it is defined):
 
-    config      Options (the task's own config section), models, check_config, options
-    training    build, sample_weights, optimizers, train_step, eval_step, score, summarize, show,
-                state_dict / load_state_dict, epoch_images, check_teacher / distill_loss
+    config      Options (the task's own config section), models, check_config, options,
+                needs (runs to train first), model_outputs
+    training    build, sample_weights, optimizers, check_outputs, train_step, eval_step, score,
+                summarize, show, state_dict / load_state_dict, epoch_images, check_teacher /
+                distill_loss
     evaluation  evaluate (kiln eval's numbers), print_eval, headline
     report      after_fit, report
     prediction  generates, read_input, input_files, predictions, show_answer, serve_answer,
@@ -103,6 +105,18 @@ class Teacher:
 
 
 @dataclass
+class Needed:
+    """A run a task needs before it trains (a GAN's Fréchet classifier): trained once at `path`
+    from `config`, then reused. `ready`: a finished run is there already. The lines say so."""
+
+    path: Path
+    config: dict[str, Any]
+    ready: bool
+    training: str  # said before training it
+    reusing: str  # said when it is there already
+
+
+@dataclass
 class Optimizes:
     """One optimizer a task asks for: the module whose parameters it steps and the options that
     differ from `optim.*` (a GAN's Adam betas). The trainer builds it, schedules it with `sched.*`
@@ -160,6 +174,17 @@ class Task:
             )
 
     @classmethod
+    def needs(cls, cfg: RunConfig) -> list[Needed]:
+        """Runs to train before this one (each once, then reused); none by default."""
+        return []
+
+    @classmethod
+    def model_outputs(cls, cfg: RunConfig, info: DataInfo) -> int | None:
+        """The size of the model's output when it is not one score per class (None), checked
+        against the data before the model is built; saved in info.json as `outputs`."""
+        return None
+
+    @classmethod
     def direction(cls, monitor: str) -> str:
         """'min' or 'max' for a monitored value: losses down, this task's metric as it says,
         another task's metric as that one says."""
@@ -188,6 +213,11 @@ class Task:
     def optimizers(self, model: nn.Module, cfg: RunConfig) -> dict[str, Optimizes]:
         """The optimizers to build, by name; their states go into last.pt under that name."""
         return {"model": Optimizes(model)}
+
+    @classmethod
+    def check_outputs(cls, outputs: Any, images: int, info: DataInfo, module: str) -> None:
+        """A module of the user's, run once on a few training inputs (`images`) before training:
+        raise a KilnError naming `module` when its outputs cannot be what this task learns."""
 
     def train_loss(self, outputs: Any, targets: torch.Tensor) -> torch.Tensor:
         """The batch's mean loss (what is backpropagated)."""
@@ -339,7 +369,7 @@ class Task:
         """One input (a path, PIL image or tensor) -> uint8 (C, H, W) at the model's size."""
         from kiln.data.images import to_uint8
 
-        return to_uint8(item, info.input_shape)
+        return to_uint8(item, info.input_shape, info.resize)
 
     @classmethod
     def input_files(cls, paths: Sequence[str | Path], info: DataInfo) -> list[Path]:

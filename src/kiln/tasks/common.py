@@ -140,13 +140,14 @@ def validation_inputs(run: RunDir, n: int, spec) -> tuple[torch.Tensor, Any, str
     cfg = run.load_config()
     mean, std = spec.input.mean, spec.input.std
     try:
-        val = kdata.build(cfg.data).val
+        bundle = kdata.build(cfg.data)
     except KilnError as exc:
         first = str(exc).splitlines()[0]
         shape = (n, *run.data_info().input_shape)
         images = torch.randint(0, 256, shape, generator=torch.Generator().manual_seed(0))
         source = f"random images (the run's data is unavailable: {first})"
         return normalized(images.to(torch.uint8), mean, std), None, source
-    part = val.take(torch.arange(min(n, len(val))))
-    source = f"validation images of {cfg.data.name}"
+    val, what = (bundle.val, "validation") if len(bundle.val) else (bundle.test, "test")
+    part = val.take(torch.arange(min(n, len(val))))  # no validation split: test images
+    source = f"{what} images of {cfg.data.name}"
     return normalized(part.head(len(part)), mean, std), part.labels.clone(), source

@@ -53,7 +53,7 @@ def build_loggers(cfg: RunConfig, run: RunDir, purge_step: int | None = None) ->
             require("tensorboard", "trackers", needed)
             from kiln.engine.callbacks import TensorBoard
 
-            found.append(TensorBoard(str(run.tb), purge_step))
+            found.append(TensorBoard(str(run.tb), purge_step, cfg.run.log_every))
         elif name == "mlflow":
             require("mlflow", "trackers", needed)
             from kiln.engine.loggers.mlflow_logger import MLflowLogger

@@ -8,8 +8,8 @@ from typing import Any
 import torch
 from torch import nn
 
-from kiln.data.registry import are_masks
-from kiln.errors import ConfigError
+from kiln.data.registry import are_masks, is_multi_hot
+from kiln.errors import ConfigError, KilnError
 from kiln.tasks.base import StepContext, Task
 from kiln.tasks.common import check_same_outputs, distilled
 from kiln.tasks.registry import register_task
@@ -39,8 +39,56 @@ class ClassifyTask(Task):
     def __init__(self, label_smoothing: float = 0.0, class_weights: torch.Tensor | None = None):
         self.evaluated = None  # (model, Predictions) of the last evaluate: the report's figures
         # class_weights (data.balance=weights) weigh the training loss only: evaluation stays honest
-        self.train_loss = nn.CrossEntropyLoss(weight=class_weights, label_smoothing=label_smoothing)
-        self.eval_loss = nn.CrossEntropyLoss(reduction="sum")
+        self.cross_entropy = nn.CrossEntropyLoss(weight=class_weights,
+                                                 label_smoothing=label_smoothing)  # fmt: skip
+        self.eval_loss = nn.CrossEntropyLoss(reduction="sum")  # on log-probabilities: their NLL
+        self.log_probs: bool | None = None  # the model returns log_softmax (seen at step one)
+
+    def train_loss(self, outputs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Cross-entropy on scores; on log-probabilities (a module ending in log_softmax, as the
+        PyTorch MNIST example's) their negative log-likelihood, as F.nll_loss computes it."""
+        if self.log_probs is None:
+            self.log_probs = are_log_probabilities(outputs)
+            if self.log_probs:
+                smoothing = self.cross_entropy.label_smoothing
+                print(
+                    "note: the model returns log-probabilities (log_softmax): the loss is their "
+                    "negative log-likelihood (NLL)"
+                    + (f", with train.label_smoothing={smoothing}" if smoothing else ""),
+                    flush=True,
+                )
+        if self.log_probs and not self.cross_entropy.label_smoothing:
+            return nn.functional.nll_loss(outputs.float(), labels, self.cross_entropy.weight)
+        return self.cross_entropy(outputs, labels)  # on log-probabilities: the smoothed NLL
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"log_probs": self.log_probs}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.log_probs = state.get("log_probs", self.log_probs)
+
+    @classmethod
+    def check_outputs(cls, outputs: Any, images: int, info, module: str) -> None:
+        """One score (or log-probability) per class and image."""
+        k = info.num_classes
+        shown = ", ".join(info.classes[:5]) + (", ..." if k > 5 else "")
+        if not isinstance(outputs, torch.Tensor):
+            raise KilnError(
+                f"{module}.forward returns {type(outputs).__name__}; task=classify needs one "
+                f"tensor of shape (N, {k}): a score per class ({shown})"
+            )
+        if outputs.dim() == 2 and outputs.shape[1] == k and outputs.shape[0] == images:
+            return
+        if outputs.dim() >= 1 and outputs.shape[0] != images:
+            why = (f"{outputs.shape[0]} rows for {images} images: a view or reshape in forward "
+                   "mixes the batch with the features (flatten with x.view(x.shape[0], -1) or "
+                   "torch.flatten(x, 1))")  # fmt: skip
+        else:
+            why = f"make its last layer give {k} outputs, one per class ({shown})"
+        raise KilnError(
+            f"{module}.forward returns outputs of shape {tuple(outputs.shape)} for {images} "
+            f"images; task=classify needs ({images}, {k}): {why}"
+        )
 
     @classmethod
     def check_config(cls, cfg) -> None:
@@ -56,6 +104,9 @@ class ClassifyTask(Task):
             raise ConfigError("the data has numeric targets (data.targets): set task=regress")
         if are_masks(data.train.labels):
             raise ConfigError("the data has a mask per image (a class per pixel): set task=segment")
+        if is_multi_hot(data.train.labels):
+            raise ConfigError("the data has a set of labels per image (data.label_sep): set "
+                              "task=multilabel")  # fmt: skip
         class_weights, _ = balance(cfg.data.balance, data.train.labels, data.info.num_classes)
         if class_weights is not None:
             class_weights = class_weights.to(device)
@@ -185,6 +236,14 @@ class ClassifyTask(Task):
     @classmethod
     def accuracy(cls, outputs: torch.Tensor, labels: torch.Tensor) -> float:
         return (outputs.argmax(1) == labels).float().mean().item()
+
+
+def are_log_probabilities(outputs: torch.Tensor) -> bool:
+    """Rows whose exponentials sum to 1: log-probabilities (log_softmax), not free scores."""
+    if not isinstance(outputs, torch.Tensor) or outputs.dim() != 2 or outputs.shape[1] < 2:
+        return False
+    with torch.no_grad():
+        return bool((outputs.detach().float().logsumexp(dim=1).abs() < 1e-3).all())
 
 
 def top_labels(probs: torch.Tensor, classes: list[str], top_k: int) -> list[dict[str, Any]]:

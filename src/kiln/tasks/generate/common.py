@@ -39,9 +39,18 @@ def fixed_noise(latent: int, seed: int, n: int = SAMPLES_PER_GRID) -> torch.Tens
     return torch.randn(n, latent, generator=torch.Generator().manual_seed(seed))
 
 
+def users_model(name: str) -> bool:
+    """A model registered from the user's own module (`imports:`), e.g. a tutorial's VAE class:
+    trusted to be the generator it is named for; Kiln's zoo classifiers are refused."""
+    from kiln.models.registry import MODELS
+
+    entry = MODELS.get(name)
+    return entry is not None and not entry.builder.__module__.startswith("kiln.")
+
+
 class GenerativeTask(Task):
     """What task=vae and task=gan share: the model they train, noise in, images out, and their
-    plots and report. `models[0]` is the model the task trains."""
+    plots and report. `models` are the models the task trains (`models[0]` the default)."""
 
     generates = True
     CURVES: tuple = ()  # (panel title, [logged keys]) of curves.png
@@ -49,11 +58,11 @@ class GenerativeTask(Task):
 
     @classmethod
     def check_config(cls, cfg) -> None:
-        model = cls.models[0]
-        if cfg.model.name not in (model, "custom"):
+        if cfg.model.name not in (*cls.models, "custom") and not users_model(cfg.model.name):
+            made = " or ".join(f"model={m}" for m in cls.models)
             raise ConfigError(
-                f"task={cls.name} trains model={model}, not model={cfg.model.name}: add "
-                f"model={model} (options: `kiln list models`)"
+                f"task={cls.name} trains {made}, not model={cfg.model.name}: add "
+                f"model={cls.models[0]} (options: `kiln list models`)"
             )
         if cfg.train.loss != "auto":
             raise ConfigError(

@@ -2,9 +2,10 @@
 
 FID (Heusel et al., 2017) compares the mean and covariance of Inception-v3 features of real and
 generated images. Kiln does the same in the penultimate layer (the input of the last linear layer)
-of a classifier run trained on the same dataset (`gan.frechet_classifier: RUN_DIR`), so the number
-needs no download and fits 28x28 digits; it is *not* FID and is not comparable with published FIDs
-or across classifiers, only between runs scored by the same classifier. Lower is better; 0 means
+of a classifier run trained on the same dataset (`gan.frechet_classifier: RUN_DIR`, or one Kiln
+trains itself when that is unset: gan.py), so the number needs no download and fits 28x28 digits;
+it is *not* FID and is not comparable with published FIDs or across classifiers, only between
+runs scored by the same classifier. Lower is better; 0 means
 the two feature distributions have the same mean and covariance.
 
     d^2 = |mu_r - mu_g|^2 + tr(C_r + C_g - 2 (C_r^1/2 C_g C_r^1/2)^1/2)
@@ -102,18 +103,19 @@ class ClassifierFeatures(nn.Module):
 
 
 def load_classifier(
-    run_dir: str | Path | None, shape: tuple[int, int, int], dataset: str, device
+    run_dir: str | Path, shape: tuple[int, int, int], dataset: str, device
 ) -> ClassifierFeatures:
     """The feature extractor of classifier run `run_dir`, checked against the data it scores."""
     from kiln.rundir import RunDir, load_model
 
     key = "gan.frechet_classifier"
-    if not run_dir:
+    if not Path(run_dir).is_dir():
         raise ConfigError(
-            f"{key} is not set: the Fréchet distance is measured in the features of a Kiln "
-            f"classifier trained on the same dataset. Train one first, e.g.\n"
+            f"{key}: no classifier run at {run_dir}: the Fréchet distance is measured in the "
+            f"features of a Kiln classifier trained on the same dataset. `kiln train` of a GAN "
+            f"trains one first when {key} is not set; or train one, e.g.\n"
             f"  kiln train data={dataset} model=convnet epochs=2 name={dataset}-classifier\n"
-            f"then pass {key}=runs/{dataset}-classifier"
+            f"and pass {key}=runs/{dataset}-classifier"
         )
     try:
         run = RunDir.open(run_dir)

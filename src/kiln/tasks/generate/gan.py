@@ -1,4 +1,5 @@
-"""task=gan: a DCGAN (model=dcgan) trained the standard way, scored by a Fréchet distance.
+"""task=gan: a DCGAN (model=dcgan) or the Keras tutorial's dense GAN (model=densegan) trained the
+standard way, scored by a Fréchet distance.
 
 Each batch takes two steps, as in the DCGAN paper and PyTorch's DCGAN tutorial:
   1. the discriminator: BCE(D(real), 1) + BCE(D(G(z)), 0), on real images and detached samples;
@@ -11,8 +12,11 @@ refused rather than ignored.
 
 The metric, `frechet`, is the Fréchet distance between real and generated images in the features
 of a Kiln classifier trained on the same dataset (gan.frechet_classifier; frechet.py):
-not FID, lower is better. val_frechet compares the validation split with as many samples drawn
-from a fixed seed; train_frechet compares each epoch's training batches with the samples the
+not FID, lower is better. Without gan.frechet_classifier, Kiln trains a small one itself before
+the GAN (a convnet, CLASSIFIER_EPOCHS epochs on the same data, said in one line), kept under
+RUN_DIR/.frechet/ and reused by every later GAN run on the same data (`Task.needs`).
+val_frechet compares the validation split with as many samples drawn from a fixed seed;
+train_frechet compares each epoch's training batches with the samples the
 generator made for them as it trained. loss is the generator's; loss_d the discriminator's, and
 d_real / d_fake the discriminator's mean probability that real / generated images are real. The
 val_ and test values of those come from both networks in evaluation mode (BatchNorm's running
@@ -22,6 +26,8 @@ the training ones; the Fréchet distance needs only the generator.
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +36,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 
 from kiln.errors import ConfigError
-from kiln.tasks.base import Optimizes, StepContext
+from kiln.tasks.base import Needed, Optimizes, StepContext
 from kiln.tasks.generate.common import EvalMode, GenerativeTask, Pixels, fixed_noise
 from kiln.tasks.generate.frechet import (
     ClassifierFeatures,
@@ -41,6 +47,11 @@ from kiln.tasks.generate.frechet import (
 from kiln.tasks.registry import register_task
 
 BETAS = (0.5, 0.999)  # the DCGAN paper's Adam momentum
+CLASSIFIER_EPOCHS = 2  # the classifier Kiln trains for the Fréchet distance when none is given
+# Data keys that do not change the images a classifier sees: they leave the cached one valid
+NOT_IMAGES = (
+    "batch_size", "eval_batch_size", "drop_last", "workers", "memory", "augment", "balance",
+)  # fmt: skip
 
 
 class GanOptions(BaseModel):
@@ -49,15 +60,19 @@ class GanOptions(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
     frechet_classifier: str | None = Field(
-        None, description="a classify run on the same dataset, e.g. runs/mnist-classifier"
-    )
+        None, description="a classify run on the same dataset, e.g. runs/mnist-classifier; "
+        "unset: Kiln trains a small one first (once, under RUN_DIR/.frechet/)",
+    )  # fmt: skip
 
 
-@register_task("gan", "DCGAN (model=dcgan): Fréchet distance in a Kiln classifier's features")
+@register_task(
+    "gan", "DCGAN (model=dcgan) or dense GAN (model=densegan): Fréchet distance in a Kiln "
+    "classifier's features",
+)  # fmt: skip
 class GANTask(GenerativeTask):
     metric = "frechet"
     higher_is_better = False
-    models = ("dcgan",)
+    models = ("dcgan", "densegan")
     Options = GanOptions
     CURVES = (
         ("generator loss", ["loss"]),
@@ -87,9 +102,38 @@ class GANTask(GenerativeTask):
                 raise ConfigError(f"{key}={value}: task=gan does not use it; leave it unset")
 
     @classmethod
+    def needs(cls, cfg) -> list[Needed]:
+        """Without gan.frechet_classifier: a small classifier on the same data, trained once
+        under RUN_DIR/.frechet/ and reused."""
+        if cls.options(cfg).frechet_classifier:
+            return []
+        path, config = classifier_run(cfg)
+        data = cfg.data.name
+        return [Needed(
+            path, config, ready=(path / "eval-test.json").is_file(),
+            training=f"Fréchet distance: gan.frechet_classifier is not set, so Kiln first trains "
+            f"a small classifier on {data} (convnet, {CLASSIFIER_EPOCHS} epochs) -> {path}; "
+            "later runs on this data reuse it",
+            reusing=f"Fréchet distance: in the features of the classifier Kiln trained on {data} "
+            f"before, {path} (gan.frechet_classifier=RUN picks another)",
+        )]  # fmt: skip
+
+    @classmethod
     def build(cls, cfg, data, device) -> GANTask:
         info = data.info
-        classifier = cls.options(cfg).frechet_classifier
+        n, batch = len(data.train), cfg.data.batch_size
+        if (
+            cfg.model.name == "densegan"
+            and cfg.model.kwargs().get("batchnorm", True)
+            and not cfg.data.drop_last
+            and (n % batch == 1)
+        ):
+            raise ConfigError(
+                f"model=densegan: {n:,} training images in batches of {batch} leave a last batch "
+                "of one image, which its BatchNorm cannot train on; change data.batch_size or "
+                "data.subset, set data.drop_last=true, or set model.batchnorm=false"
+            )
+        classifier = cls.options(cfg).frechet_classifier or str(classifier_run(cfg)[0])
         features = load_classifier(classifier, info.input_shape, info.name, device)
         return cls(features, Pixels(info.mean, info.std, device), cfg.train.seed, classifier)
 
@@ -206,6 +250,23 @@ class GANTask(GenerativeTask):
     def eval_note(cls, result: dict[str, Any]) -> str:
         return (f"Fréchet distance in the features of classifier {result['classifier']} "
                 "(lower is better; not FID)")  # fmt: skip
+
+
+def classifier_run(cfg) -> tuple[Path, dict[str, Any]]:
+    """(where, config) of the classifier Kiln trains for a GAN's Fréchet distance: a convnet on
+    the GAN's data (named by a hash of the data keys that change its images), under run.dir."""
+    data = {k: v for k, v in cfg.data.model_dump(mode="json").items() if k not in NOT_IMAGES}
+    key = hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:10]
+    path = Path(cfg.run.dir) / ".frechet" / f"{cfg.data.name}-{key}"
+    config = {
+        "task": "classify", "imports": list(cfg.imports),
+        "data": {**data, "batch_size": 128},
+        "model": {"name": "convnet", "width": 16},
+        "optim": {"name": "adamw", "lr": 3e-3},
+        "train": {"epochs": CLASSIFIER_EPOCHS, "device": cfg.train.device, "seed": cfg.train.seed},
+        "run": {"dir": str(path.parent), "name": path.name, "report": False},
+    }  # fmt: skip
+    return path, config
 
 
 def bce(logits: torch.Tensor, target: float) -> torch.Tensor:

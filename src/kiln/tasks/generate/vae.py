@@ -98,7 +98,8 @@ class VAETask(GenerativeTask):
         with EvalMode(model):
             z = fixed_noise(model.latent, self.seed).to(ctx.device)
             samples = model.decode(z).sigmoid()
-            real = ctx.data.val.head(16).to(ctx.device)
+            shown = ctx.data.val if len(ctx.data.val) else ctx.data.train  # val_fraction=0
+            real = shown.head(16).to(ctx.device)
             mean, _ = model.encode(ctx.normalize(real))
             recon = model.decode(mean).sigmoid()
         pairs = torch.stack([real.float() / 255, recon], dim=1).flatten(0, 1)  # image, recon, ...
