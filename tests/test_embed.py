@@ -112,6 +112,39 @@ def test_embedded_export_answers_like_the_run(exports, trained_run: Path, files,
         assert abs(g[1] - w[1]) < 1e-5
 
 
+def test_executorch_program_takes_one_size_and_answers_like_the_run(trained_run, tmp_path):
+    """--format executorch: the program takes decoded images of one size (a camera's frames,
+    --input-size), resizes them to the model's size itself, and answers what the run answers
+    on the same files; images of another size are refused in one line."""
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is in the dev extra")
+    result = export_run(
+        trained_run, "executorch", output=tmp_path / "et", parity_images=32,
+        embed_preprocessing=True, input_size=(30, 20), log=lambda _: None,
+    )  # fmt: skip
+    spec = ExportSpec.read(result.sidecar)
+    raw = spec.raw_input
+    assert (raw.height, raw.width, raw.max_batch) == (30, 20, 8) and "30x20" in raw.size
+    for parity in (spec.parity, spec.parity_resized):
+        assert parity.max_abs_logit_diff <= 1e-4 and parity.top1_agreement == 1.0
+    rng = np.random.default_rng(1)
+    files = []
+    for i, mode in enumerate(["RGB", "L", "RGBA"] * 4):  # 12 images: two calls of at most 8
+        files.append(tmp_path / f"frame{i}.png")
+        random_image(rng, 30, 20, mode).save(files[-1])
+    want = kiln.load(trained_run).predict(files, top_k=3)
+    got = kiln.load(result.path).predict(files, top_k=3)
+    assert [a["label"] for a in got] == [a["label"] for a in want]
+    for g, w in zip(top(got), top(want), strict=True):
+        assert abs(g[1] - w[1]) < 1e-5
+    other = tmp_path / "other.png"
+    random_image(rng, 20, 30, "RGB").save(other)
+    with pytest.raises(KilnError, match="exactly 30x20 pixels"):
+        kiln.load(result.path).predict([other])
+    with pytest.raises(ConfigError, match="--input-size fixes the image size"):
+        export_run(trained_run, "onnx", output=tmp_path / "x", embed_preprocessing=True,
+                   input_size=(30, 20), log=lambda _: None)  # fmt: skip
+
+
 def readme_script() -> str:
     """The script exactly as README.md prints it (the block after its marker)."""
     text = README.read_text()
@@ -161,7 +194,7 @@ def test_serve_passes_decoded_pixels_in(exports, trained_run: Path, files):
 
 
 def test_embedded_export_refuses_what_it_cannot_carry(trained_run: Path, tmp_path: Path):
-    with pytest.raises(ConfigError, match="--format onnx or --format torchscript"):
+    with pytest.raises(ConfigError, match="use --format onnx, torchscript or executorch"):
         export_run(trained_run, "state_dict", output=tmp_path, embed_preprocessing=True)
     with pytest.raises(ConfigError, match="drop --quantize"):
         export_run(trained_run, "onnx", quantize="dynamic", output=tmp_path,

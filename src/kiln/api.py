@@ -206,17 +206,21 @@ def export(
     output: str | Path | None = None,
     quantize: str | None = None,
     parity_images: int = 256,
+    embed_preprocessing: bool = False,
+    input_size: tuple[int, int] | None = None,
     trust_imports: bool = False,
 ) -> ExportResult:
-    """Export a run as onnx, torchscript or state_dict, checked against the run on validation
-    images: `kiln export`. Returns the file, its sidecar and the parity measured. Needs the
-    `export` extra for ONNX."""
+    """Export a run as onnx, torchscript, state_dict or executorch, checked against the run on
+    validation images: `kiln export`. `embed_preprocessing=True`: the graph takes decoded uint8
+    images and preprocesses them itself (of one `input_size` (height, width) for executorch).
+    Returns the file, its sidecar and the parity measured. Needs the `export` extra for ONNX."""
     from kiln.deploy.export import export_run
 
     logs.ensure()
     with trusting(trust_imports):
         return export_run(_path(run), format, quantize=quantize, output=output, which=checkpoint,
-                          parity_images=parity_images, log=_log)  # fmt: skip
+                          parity_images=parity_images, embed_preprocessing=embed_preprocessing,
+                          input_size=input_size, log=_log)  # fmt: skip
 
 
 def serve(

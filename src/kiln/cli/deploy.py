@@ -16,6 +16,7 @@ EPILOG_EXPORT = """examples:
   kiln export runs/mnist-cnn --format executorch      .pte for phones and boards (XNNPACK)
   kiln export runs/mnist-cnn --format executorch --quantize static     int8 .pte
   kiln export runs/mnist-cnn --embed-preprocessing    takes decoded images of any size
+  kiln export runs/mnist-cnn --format executorch --embed-preprocessing --input-size 480x640
 Each export gets a sidecar FILE.json (classes, input size, mean/std) that kiln serve reads."""
 
 EPILOG_SERVE = """examples:
@@ -27,6 +28,16 @@ Without a token, requests must address the server by an IP address, localhost or
 rebinding); with one, any name. Refusals are JSON: 4xx, or 503 with Retry-After when busy."""
 
 
+def image_size(text: str) -> tuple[int, int]:
+    """'480x640' -> (480, 640): height x width."""
+    parts = text.lower().split("x")
+    if len(parts) != 2 or not all(p.strip().isdigit() and int(p) > 0 for p in parts):
+        raise argparse.ArgumentTypeError(
+            f"expected HEIGHTxWIDTH in pixels, e.g. 480x640, got {text!r}"
+        )
+    return int(parts[0]), int(parts[1])
+
+
 def cmd_export(ns: argparse.Namespace) -> int:
     from kiln.deploy.export import export_run
     from kiln.deploy.quantize import Calibration
@@ -35,7 +46,7 @@ def cmd_export(ns: argparse.Namespace) -> int:
     result = export_run(
         ns.run, ns.format, quantize=ns.quantize, output=ns.output, which=ns.checkpoint,
         parity_images=ns.parity_images, calibration=calibration,
-        embed_preprocessing=ns.embed_preprocessing,
+        embed_preprocessing=ns.embed_preprocessing, input_size=ns.input_size,
     )  # fmt: skip
     for p in filter(None, (result.spec.parity, result.spec.parity_resized)):
         gate = f" (limit {p.tolerance:.0e})" if p.tolerance is not None else ""
@@ -122,7 +133,12 @@ def add_parsers(verbs) -> None:
     p.add_argument(
         "--embed-preprocessing", action="store_true",
         help="the graph takes decoded uint8 RGB images (N, H, W, 3) of any size and resizes, "
-        "crops and normalizes them itself (onnx, torchscript)",
+        "crops and normalizes them itself (onnx, torchscript; executorch: of one size)",
+    )  # fmt: skip
+    p.add_argument(
+        "--input-size", type=image_size, metavar="HxW",
+        help="with --embed-preprocessing --format executorch: the one size the program takes "
+        "(e.g. 480x640, a camera's frames; default the model's own)",
     )  # fmt: skip
     p.set_defaults(func=cmd_export)
 

@@ -1,10 +1,11 @@
 """`kiln export RUN --embed-preprocessing`: an export whose graph takes decoded images as they are.
 
-The graph takes uint8 RGB images (N, H, W, 3) of any height and width, does Kiln's whole
-preprocessing (kiln/deploy/preprocess.py: channels, Pillow's bilinear cover-resize and
-center-crop, scaling, mean/std), runs the model with its test-time views, and ends with the task's
-head (`Task.export_head`: class probabilities for classification). A client decodes an image and
-passes its bytes; nothing of Kiln's preprocessing is left to re-implement.
+The graph takes uint8 RGB images (N, H, W, 3) of any height and width (an ExecuTorch program: of
+one size, `--input-size HxW`, the model's own by default: its memory is planned ahead), does
+Kiln's whole preprocessing (kiln/deploy/preprocess.py: channels, Pillow's bilinear cover-resize
+and center-crop, scaling, mean/std), runs the model with its test-time views, and ends with the
+task's head (`Task.export_head`: class probabilities for classification). A client decodes an
+image and passes its bytes; nothing of Kiln's preprocessing is left to re-implement.
 
 Before the file is kept it is loaded back through its runtime and checked, as every export is,
 against Kiln's own path (Pillow decode, normalize, the eager model, the head) on validation images
@@ -39,8 +40,9 @@ from kiln.infer.spec import ExportSpec, Parity, RawInput, sha256, sidecar_path
 from kiln.rundir import RunDir, load_model
 from kiln.tasks import get_task
 
-FORMATS = ("onnx", "torchscript")
+FORMATS = ("onnx", "torchscript", "executorch")
 MAX_SIDE = 8192  # the largest height or width the ONNX graph declares
+PROGRAM_BATCH = 8  # an ExecuTorch program's largest batch (its buffers are planned for it)
 # Sizes the parity check resizes validation images to, relative to the model's (height, width):
 # larger and smaller, square and not, so that both the cover-resize and the crop are exercised.
 RESIZED = ((1.5, 1.5), (0.75, 0.75), (2.0, 1.25), (0.6, 1.4), (3.1, 2.3), (1.0, 1.7))
@@ -69,13 +71,22 @@ def export_embedded(
     which: str,
     parity_images: int,
     log: Callable[[str], None] = print,
+    input_size: tuple[int, int] | None = None,
 ) -> ExportResult:
-    """Write, load back and check an export that carries its preprocessing (module docstring)."""
+    """Write, load back and check an export that carries its preprocessing (module docstring).
+    `input_size`: the (height, width) an ExecuTorch program takes."""
     if fmt not in FORMATS:
         raise ConfigError(
-            f"--embed-preprocessing puts the preprocessing in a graph: use --format onnx or "
-            f"--format torchscript, not {fmt}"
+            f"--embed-preprocessing puts the preprocessing in a graph: use --format onnx, "
+            f"torchscript or executorch, not {fmt}"
         )
+    if input_size is not None and fmt != "executorch":
+        raise ConfigError(
+            f"--input-size fixes the image size of an ExecuTorch program; a {fmt} graph with "
+            "its preprocessing takes images of any size: drop --input-size"
+        )
+    if input_size is not None and min(input_size) < 1:
+        raise ConfigError(f"--input-size must be HEIGHTxWIDTH in pixels, got {input_size}")
     cfg, info = run.load_config(), run.data_info()
     task = get_task(cfg.task)
     if task.generates or info.depth is not None:
@@ -95,6 +106,12 @@ def export_embedded(
     spec.tta_in_graph = True
     head, output_name = task.export_head()
     spec.raw_input = RawInput(resize=resize_mode(cfg))
+    if fmt == "executorch":  # one size, a batch of at most PROGRAM_BATCH
+        height, width = input_size or (spec.input.height, spec.input.width)
+        spec.raw_input = RawInput(
+            resize=resize_mode(cfg), height=height, width=width, max_batch=PROGRAM_BATCH,
+            size=f"exactly {height}x{width} pixels (height x width), 1 to {PROGRAM_BATCH} a call",
+        )  # fmt: skip
     spec.output = {**spec.output, "name": output_name}
     i, mode = spec.input, spec.raw_input.resize
     preprocess = ImagePreprocess(i.channels, i.height, i.width, i.mean, i.std, mode)
@@ -107,7 +124,8 @@ def export_embedded(
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     try:
         started = time.perf_counter()
-        write = {"onnx": write_onnx, "torchscript": write_torchscript}[fmt]
+        write = {"onnx": write_onnx, "torchscript": write_torchscript,
+                 "executorch": write_executorch}[fmt]  # fmt: skip
         write(eager, tmp, spec)
         log(f"Wrote {fmt} with the preprocessing inside in {time.perf_counter() - started:.1f} s")
         exported = load_file(tmp, spec)
@@ -177,6 +195,16 @@ def write_torchscript(module: Embedded, path: Path, spec: ExportSpec) -> None:
         ) from None
 
 
+def write_executorch(module: Embedded, path: Path, spec: ExportSpec) -> None:
+    """A .pte taking uint8 (N, height, width, 3) at the one size the sidecar names; the model's
+    operators delegated to XNNPACK, the preprocessing run by ExecuTorch's portable kernels."""
+    from kiln.deploy.executorch import write_program
+
+    raw = spec.raw_input
+    example = torch.zeros(1, raw.height, raw.width, 3, dtype=torch.uint8)
+    write_program(module, example, path, spec, max_batch=raw.max_batch)
+
+
 # Checks -------------------------------------------------------------------------------------------
 
 
@@ -228,7 +256,15 @@ def check(
     batch size the graph was not traced with) and at other sizes; above TOLERANCE it fails."""
     head = eager.head
     results = []
-    for label, batch in (("", images), ("resized to other sizes ", resized(images, *size(spec)))):
+    checks = (("", images), ("resized to other sizes ", resized(images, *size(spec))))
+    raw = spec.raw_input
+    if raw.height is not None and (raw.height, raw.width) != size(spec):  # one size: only that
+        fixed = f"resized to the program's {raw.height}x{raw.width} "
+        checks = (("", at_size(images, raw.height, raw.width)), (fixed, at_size(
+            resized(images, *size(spec)), raw.height, raw.width)))  # fmt: skip
+    elif raw.height is not None:  # the model's own size: the images as they are, twice
+        checks = (("", images), ("", images))
+    for label, batch in checks:
         ref = kiln_path(eager, batch, spec)
         got = head(exported.logits(exported.collate(batch))).float()
         diff = (got - ref).abs().max().item()
@@ -248,6 +284,14 @@ def check(
             )
         results.append(parity)
     return results[0], results[1]
+
+
+def at_size(images: list[torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
+    """Each image resized to (height, width) with Pillow's bicubic: the files a camera of that
+    size would give."""
+    size = (width, height)
+    return [torch.from_numpy(np.asarray(Image.fromarray(im.numpy()).resize(
+        size, Image.Resampling.BICUBIC)).copy()) for im in images]  # fmt: skip
 
 
 def size(spec: ExportSpec) -> tuple[int, int]:

@@ -40,15 +40,16 @@ def require() -> None:
 
 
 def write_program(module: nn.Module, example: torch.Tensor, path: Path, spec,
-                  calibrate: torch.Tensor | None = None) -> None:  # fmt: skip
+                  calibrate: torch.Tensor | None = None,
+                  max_batch: int = MAX_BATCH) -> None:  # fmt: skip
     """`module` (inputs as the graph takes them) as a .pte with its work delegated to XNNPACK;
-    int8 when `calibrate` holds calibration inputs."""
+    int8 when `calibrate` holds calibration inputs. Batches of 1 to `max_batch`."""
     require()
     from kiln.deploy.export import ExportError
 
     # The program's buffers are planned for the example's batch: give it the largest one.
-    example = example[:1].expand(MAX_BATCH, *example.shape[1:]).contiguous()
-    shapes = ({0: torch.export.Dim("batch", min=1, max=MAX_BATCH)},)
+    example = example[:1].expand(max_batch, *example.shape[1:]).contiguous()
+    shapes = ({0: torch.export.Dim("batch", min=1, max=max_batch)},)
     kind = "int8 " if calibrate is not None else ""
     try:
         with warnings.catch_warnings():

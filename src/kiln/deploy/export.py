@@ -67,10 +67,12 @@ def export_run(
     calibration: Calibration | None = None,
     embed_preprocessing: bool = False,
     log: Callable[[str], None] = print,
+    input_size: tuple[int, int] | None = None,
 ) -> ExportResult:
     """Export checkpoint `which` of a run; see the module docstring for the checks.
     `calibration`: how a static int8 export measures its activation ranges (--quantize static);
-    `embed_preprocessing`: the graph takes decoded images (kiln/deploy/embed.py)."""
+    `embed_preprocessing`: the graph takes decoded images (kiln/deploy/embed.py), of one
+    `input_size` (height, width) for an ExecuTorch program."""
     check_options(fmt, quantize)
     calibration = calibration or Calibration()
     calibration.check()
@@ -93,7 +95,12 @@ def export_run(
                 "--embed-preprocessing writes a float graph: drop --quantize, or export an int8 "
                 "model without --embed-preprocessing"
             )
-        return export_embedded(run, fmt, output, which, parity_images, log)
+        return export_embedded(run, fmt, output, which, parity_images, log, input_size)
+    if input_size is not None:
+        raise ConfigError(
+            "--input-size is the image size an export with --embed-preprocessing takes; without "
+            "it the graph takes the model's own size: add --embed-preprocessing or drop it"
+        )
     path = output_path(run, fmt, quantize, output)
     model, epoch = load_model(run, which, "cpu")
     spec = spec_from_run(run, fmt, which, epoch, file=path.name)

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kiln.errors import RunError, require
+from kiln.errors import KilnError, RunError, require
 from kiln.infer.spec import ExportSpec
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -75,10 +75,19 @@ def _executorch(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forwar
             method = Runtime.get().load_program(str(model_file)).load_method("forward")
     except Exception as exc:  # the runtime raises RuntimeError or ValueError with a code
         raise RunError(f"ExecuTorch cannot load {model_file}: {exc}") from None
-    part = 64
+    raw = spec.raw_input
+    part = raw.max_batch if raw is not None and raw.max_batch else 64
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        x = x.float().contiguous()
+        if raw is None:
+            x = x.float()
+        elif raw.height is not None and tuple(x.shape[1:3]) != (raw.height, raw.width):
+            raise KilnError(
+                f"{model_file.name} takes images of exactly {raw.height}x{raw.width} pixels "
+                f"(height x width), this one is {x.shape[1]}x{x.shape[2]}: resize it first, or "
+                "export ONNX or TorchScript with --embed-preprocessing (any size)"
+            )
+        x = x.contiguous()
         # outputs live in the program's planned memory: copy them before the next call
         outs = [method.execute([x[i : i + part]])[0].clone() for i in range(0, len(x), part)]
         return torch.cat(outs)

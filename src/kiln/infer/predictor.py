@@ -76,22 +76,35 @@ class Predictor:
         (C, H, W) at the model's input size, or uint8 RGB (H, W, 3) at its own size for an export
         that carries its preprocessing."""
         if self.raw:
-            return raw_rgb(image)
+            return self.fixed_size(raw_rgb(image))
         return normalize(to_uint8(image, self.input_shape, self.info.resize), self.mean, self.std)
 
     def read(self, item: Any) -> torch.Tensor:
         """One input as the task reads it (a segmentation run: at the image's own size),
         normalized (or as it is, for an export that carries its preprocessing)."""
         if self.raw:
-            return raw_rgb(item)
+            return self.fixed_size(raw_rgb(item))
         return normalize(self.task.read_input(item, self.info), self.mean, self.std)
+
+    def fixed_size(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Decoded pixels as they are, refused (one line) when the graph takes one size only."""
+        raw = self.spec.raw_input
+        if raw.height is not None and tuple(pixels.shape[:2]) != (raw.height, raw.width):
+            raise KilnError(
+                f"this export takes images of exactly {raw.height}x{raw.width} pixels (height x "
+                f"width), not {pixels.shape[0]}x{pixels.shape[1]}: resize them first, or export "
+                "ONNX or TorchScript with --embed-preprocessing (any size)"
+            )
+        return pixels
 
     def example(self, n: int = 1) -> torch.Tensor:
         """Zeros shaped like the graph's input: images, or latent vectors for a generator."""
         if self.spec.latent is not None:
             return torch.zeros(n, self.spec.latent)
         if self.raw:
-            return torch.zeros(n, *self.input_shape[1:], 3, dtype=torch.uint8)
+            raw = self.spec.raw_input
+            size = (raw.height, raw.width) if raw.height is not None else self.input_shape[1:]
+            return torch.zeros(n, *size, 3, dtype=torch.uint8)
         return torch.zeros(n, *self.input_shape)
 
     def collate(self, items: list[torch.Tensor]) -> torch.Tensor | list[torch.Tensor]:

@@ -52,6 +52,9 @@ class RawInput(BaseModel):
     color: Literal["RGB"] = "RGB"
     size: str = "any height and width from 1 to 8192 pixels; one size per batch"
     resize: str = "cover"  # kiln.deploy.preprocess.RESIZE_MODES
+    height: int | None = None  # set (with width): the only size the graph takes (ExecuTorch)
+    width: int | None = None
+    max_batch: int | None = None  # set: the most images one call takes (ExecuTorch)
 
 
 class ModelSpec(BaseModel):
