@@ -81,7 +81,7 @@ PAIRS = [
 # Kiln's recipes too long to measure again on a busy 2-core CPU: their figures as measured before
 # (benchmarks/README.md), shown as such.
 CITED = {
-    "cifar10-lenet/kiln": "89.26% in 936 s (one core-quiet run, benchmarks/recipes.py, in "
+    "cifar10-lenet/kiln": "90.04% in 432 s (median of 3 seeds, benchmarks/recipes.py, in "
     "benchmarks/README.md)",
     "vae/kiln": "-101.70 (19 min 22 s on one core, benchmarks/generate.py, in "
     "benchmarks/README.md)",
