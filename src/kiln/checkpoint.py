@@ -10,7 +10,7 @@ from typing import Any
 
 import torch
 
-from kiln.errors import RunError
+from kiln.errors import RunError, first_line
 from kiln.io import NO_SPACE, DiskFull, atomic_open
 
 FORMAT = 1
@@ -61,7 +61,7 @@ def load(
             "load code from checkpoints. Use a checkpoint written by Kiln"
         ) from None
     except (RuntimeError, zipfile.BadZipFile, EOFError, ValueError, OSError) as exc:
-        detail = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        detail = first_line(exc)
         raise RunError(f"checkpoint {path} is truncated or corrupt ({detail}); {hint}") from None
     if not isinstance(state, dict) or "model" not in state or state.get("format") != FORMAT:
         raise RunError(

@@ -25,6 +25,13 @@ class MissingExtra(KilnError):
     """An optional part of Kiln whose libraries are not installed."""
 
 
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (its type's name when it has none): what a
+    one-line error quotes of a library's long message."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
 def install_line(extra: str) -> str:
     """The command that installs an extra, in a clone of Kiln (the distribution is
     kiln-workbench; the import name and the command stay `kiln`)."""

@@ -20,7 +20,7 @@ from torch import fx, nn
 from torch.fx.passes.shape_prop import ShapeProp
 from torch.nn.utils import prune
 
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, first_line
 from kiln.models.resize import CONVS, NORMS, layer_size
 
 # What lies between a convolution and its readers without mixing channels.
@@ -53,7 +53,7 @@ def find_groups(model: nn.Module, example: torch.Tensor) -> list[Group]:
         graph = fx.symbolic_trace(model)
         ShapeProp(graph).propagate(example)
     except Exception as exc:  # fx raises many types for code it cannot follow
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ConfigError(
             f"--structured channels follows the model's graph with torch.fx, which cannot trace "
             f"this model ({first}); prune it without --structured (unstructured sparsity)"

@@ -89,3 +89,14 @@ def sample(split, n: int | None):
     if n is None or n >= len(split):
         return split
     return split.take(stratified_index(split.labels, n))
+
+
+def capped(split, most: int) -> tuple[torch.Tensor, object]:
+    """(index into the split, the split) of at most `most` images: a fixed random choice, in the
+    split's order, when it is larger (what a report draws from a huge split)."""
+    index = torch.arange(len(split))
+    if len(split) <= most:
+        return index, split
+    pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
+    index = pick[:most].sort().values
+    return index, split.take(index)

@@ -34,7 +34,7 @@ from kiln.deploy.export import (
     output_path,
 )  # fmt: skip
 from kiln.deploy.preprocess import RESIZE_MODES, ImagePreprocess
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, first_line
 from kiln.infer import Predictor, spec_from_run
 from kiln.infer.spec import ExportSpec, Parity, RawInput, sha256, sidecar_path
 from kiln.rundir import RunDir, load_model
@@ -170,7 +170,7 @@ def write_onnx(module: Embedded, path: Path, spec: ExportSpec) -> None:
         program.save(str(path))
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(
             f"ONNX export of model '{spec.model.name}' with its preprocessing failed ({first}); "
             "try --format torchscript, or export without --embed-preprocessing"
@@ -188,7 +188,7 @@ def write_torchscript(module: Embedded, path: Path, spec: ExportSpec) -> None:
             scripted = torch.jit.script(Embedded(module.preprocess, traced, module.head))
             torch.jit.save(scripted, str(path))
     except Exception as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(
             f"TorchScript export of model '{spec.model.name}' with its preprocessing failed "
             f"({first}); try --format onnx, or export without --embed-preprocessing"
@@ -229,10 +229,14 @@ def resized(images: list[torch.Tensor], height: int, width: int) -> list[torch.T
     out = []
     for k, image in enumerate(images):
         fy, fx = RESIZED[k % len(RESIZED)]
-        size = (max(1, round(width * fx)), max(1, round(height * fy)))
-        pil = Image.fromarray(image.numpy()).resize(size, Image.Resampling.BICUBIC)
-        out.append(torch.from_numpy(np.asarray(pil).copy()))
+        out.append(bicubic(image, max(1, round(height * fy)), max(1, round(width * fx))))
     return out
+
+
+def bicubic(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
+    """uint8 (H, W, 3) resized with Pillow's bicubic: the file a camera of that size gives."""
+    pil = Image.fromarray(image.numpy()).resize((width, height), Image.Resampling.BICUBIC)
+    return torch.from_numpy(np.asarray(pil).copy())
 
 
 @torch.inference_mode()
@@ -260,8 +264,9 @@ def check(
     raw = spec.raw_input
     if raw.height is not None and (raw.height, raw.width) != size(spec):  # one size: only that
         fixed = f"resized to the program's {raw.height}x{raw.width} "
-        checks = (("", at_size(images, raw.height, raw.width)), (fixed, at_size(
-            resized(images, *size(spec)), raw.height, raw.width)))  # fmt: skip
+        others = resized(images, *size(spec))
+        checks = (("", [bicubic(im, raw.height, raw.width) for im in images]),
+                  (fixed, [bicubic(im, raw.height, raw.width) for im in others]))  # fmt: skip
     elif raw.height is not None:  # the model's own size: the images as they are, twice
         checks = (("", images), ("", images))
     for label, batch in checks:
@@ -284,14 +289,6 @@ def check(
             )
         results.append(parity)
     return results[0], results[1]
-
-
-def at_size(images: list[torch.Tensor], height: int, width: int) -> list[torch.Tensor]:
-    """Each image resized to (height, width) with Pillow's bicubic: the files a camera of that
-    size would give."""
-    size = (width, height)
-    return [torch.from_numpy(np.asarray(Image.fromarray(im.numpy()).resize(
-        size, Image.Resampling.BICUBIC)).copy()) for im in images]  # fmt: skip
 
 
 def size(spec: ExportSpec) -> tuple[int, int]:

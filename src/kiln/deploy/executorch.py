@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from kiln.errors import ConfigError
+from kiln.errors import ConfigError, first_line
 
 MAX_BATCH = 64  # the largest batch the program takes in one call; the runtime splits bigger ones
 INSTALL = "pip install 'executorch==1.5.1' (the ExecuTorch release for torch 2.14.1)"
@@ -61,7 +61,7 @@ def write_program(module: nn.Module, example: torch.Tensor, path: Path, spec,
                 program = torch.export.export(graph, (example,), dynamic_shapes=shapes)
             buffer = lower(program)
     except Exception as exc:  # torch.export and the lowering raise many types: all mean "cannot"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(
             f"ExecuTorch {kind}export of model '{spec.model.name}' failed ({first}); "
             "try --format onnx"

@@ -20,7 +20,7 @@ from torch import nn
 
 from kiln.deploy import quantize as q
 from kiln.deploy.quantize import QUANTIZE, Calibration
-from kiln.errors import ConfigError, KilnError, RunError, require
+from kiln.errors import ConfigError, KilnError, RunError, first_line, require
 from kiln.infer import Predictor, open_export, spec_from_run
 from kiln.infer.spec import FORMATS, SUFFIXES, ExportSpec, Parity, sha256, sidecar_path
 from kiln.rundir import RunDir, load_model
@@ -216,7 +216,7 @@ def write_onnx(module: nn.Module, example: torch.Tensor, path: Path, spec: Expor
             )
         program.save(str(path), external_data=big)
     except Exception as exc:  # the exporter raises many types; all mean "cannot export this model"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise ExportError(
             f"ONNX export of model '{spec.model.name}' failed ({first}); "
             "try --format torchscript or --format state_dict"

@@ -19,7 +19,7 @@ from torch import nn
 
 from kiln.data import DataBundle, Normalize
 from kiln.engine.device import autocast
-from kiln.errors import ConfigError, KilnError
+from kiln.errors import ConfigError, KilnError, first_line
 
 LIBRARIES = ("torch", "torchvision", "timm", "kiln")  # their modules run on channels-last inputs
 TRIAL_IMAGES = 2
@@ -130,11 +130,6 @@ def advice(bundle: DataBundle) -> str:
         "set data.channels and data.size to the images it was written for (e.g. data.size=28 "
         "for the MNIST tutorials' modules)"
     )
-
-
-def first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
 
 
 def user_frame(error: BaseException) -> str | None:

@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from kiln.errors import KilnError, RunError, require
+from kiln.errors import RunError, first_line, require
 from kiln.infer.spec import ExportSpec
 
 Forward = Callable[[torch.Tensor], torch.Tensor]
@@ -79,15 +79,7 @@ def _executorch(model_file: Path, spec: ExportSpec, device: str) -> tuple[Forwar
     part = raw.max_batch if raw is not None and raw.max_batch else 64
 
     def logits(x: torch.Tensor) -> torch.Tensor:
-        if raw is None:
-            x = x.float()
-        elif raw.height is not None and tuple(x.shape[1:3]) != (raw.height, raw.width):
-            raise KilnError(
-                f"{model_file.name} takes images of exactly {raw.height}x{raw.width} pixels "
-                f"(height x width), this one is {x.shape[1]}x{x.shape[2]}: resize it first, or "
-                "export ONNX or TorchScript with --embed-preprocessing (any size)"
-            )
-        x = x.contiguous()
+        x = (x if raw is not None else x.float()).contiguous()  # raw: uint8 (Predictor.fixed_size)
         # outputs live in the program's planned memory: copy them before the next call
         outs = [method.execute([x[i : i + part]])[0].clone() for i in range(0, len(x), part)]
         return torch.cat(outs)
@@ -149,7 +141,7 @@ def read_state_dict(model_file: Path, device: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(model_file, map_location=device, weights_only=True)
     except (pickle.UnpicklingError, RuntimeError, EOFError, OSError, ValueError, BadZipFile) as exc:
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        first = first_line(exc)
         raise RunError(f"{model_file} is not a plain state_dict ({first})") from None
     if isinstance(state, dict) and isinstance(state.get("model"), dict) and "format" in state:
         state = state["model"]  # written by Kiln before exports held the bare state_dict

@@ -13,10 +13,10 @@ module holding `.generator` and `.discriminator`, `.latent`, `generate(z)` (imag
 
 from __future__ import annotations
 
-import torch
 from torch import nn
 
 from kiln.data.registry import DataInfo
+from kiln.models.gan import GANPair
 from kiln.models.registry import register_model
 
 SLOPE = 0.2  # LeakyReLU's negative slope, as in the tutorial
@@ -34,7 +34,7 @@ def dense_stack(sizes: list[int], batchnorm: bool = False) -> list[nn.Module]:
     return layers
 
 
-class DenseGAN(nn.Module):
+class DenseGAN(GANPair):
     def __init__(self, shape: tuple[int, int, int], latent: int = 100,
                  generator: tuple[int, ...] = (256, 512, 1024),
                  discriminator: tuple[int, ...] = (512, 256), batchnorm: bool = True):  # fmt: skip
@@ -49,25 +49,6 @@ class DenseGAN(nn.Module):
         self.discriminator = nn.Sequential(
             nn.Flatten(), *dense_stack([pixels, *discriminator, 1]), nn.Flatten(0)
         )
-
-    def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """The discriminator's logits (N,) for images scaled to [-1, 1]."""
-        return self.discriminator(images)
-
-    def generate(self, z: torch.Tensor) -> torch.Tensor:
-        """Images (N, C, H, W) in [-1, 1] from noise z (N, latent)."""
-        return self.generator(z)
-
-    def pixels(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] from noise z (N, latent): what an export computes."""
-        return (self.generate(z) + 1) / 2
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n new images in [0, 1] from z ~ N(0, I) (drawn on the CPU with `generator`)."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.latent, generator=generator).to(device)
-        return self.pixels(z)
 
 
 @register_model("densegan", "the Keras tutorial's dense GAN (task=gan): 100-256-512-1024-pixels")

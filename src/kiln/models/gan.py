@@ -74,13 +74,13 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class DCGAN(nn.Module):
-    def __init__(self, channels: int, height: int, width: int, latent: int = 100, base: int = 64):
-        super().__init__()
-        self.latent = latent
-        self.generator = Generator(latent, channels, height, width, base)
-        self.discriminator = Discriminator(channels, height, width, base)
-        self.apply(dcgan_init)
+class GANPair(nn.Module):
+    """A generator and a discriminator trained by task=gan: what the task and exports call.
+    Subclasses set `latent`, `generator` (noise -> images in [-1, 1]) and `discriminator`."""
+
+    latent: int
+    generator: nn.Module
+    discriminator: nn.Module
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """The discriminator's logits for images scaled to [-1, 1]."""
@@ -100,6 +100,15 @@ class DCGAN(nn.Module):
         device = next(self.parameters()).device
         z = torch.randn(n, self.latent, generator=generator).to(device)
         return self.pixels(z)
+
+
+class DCGAN(GANPair):
+    def __init__(self, channels: int, height: int, width: int, latent: int = 100, base: int = 64):
+        super().__init__()
+        self.latent = latent
+        self.generator = Generator(latent, channels, height, width, base)
+        self.discriminator = Discriminator(channels, height, width, base)
+        self.apply(dcgan_init)
 
 
 @register_model("dcgan", "DCGAN generator + discriminator (task=gan): latent size, width")

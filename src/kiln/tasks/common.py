@@ -151,3 +151,21 @@ def validation_inputs(run: RunDir, n: int, spec) -> tuple[torch.Tensor, Any, str
     part = val.take(torch.arange(min(n, len(val))))  # no validation split: test images
     source = f"{what} images of {cfg.data.name}"
     return normalized(part.head(len(part)), mean, std), part.labels.clone(), source
+
+
+class ClassScores:
+    """Export hooks of a task whose outputs are scores per class along dim 1 (classify, and
+    segment per pixel): an export with its preprocessing answers softmax probabilities, and
+    exports agree when they pick the same class."""
+
+    @classmethod
+    def export_head(cls) -> tuple[nn.Module, str]:
+        return nn.Softmax(dim=1), "probabilities"
+
+    @classmethod
+    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
+        return outputs.clamp_min(1e-30).log()  # softmax(log p) = p
+
+    @classmethod
+    def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
+        return (exported.argmax(1) == reference.argmax(1)).float().mean().item()

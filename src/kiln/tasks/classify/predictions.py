@@ -9,6 +9,7 @@ import torch
 
 from kiln import data as kdata
 from kiln.data import Normalize, make_loader
+from kiln.data.splits import capped
 from kiln.models.tta import infer
 
 MAX_SAMPLES = 10_000  # images predicted for the figures when nothing was kept, at most
@@ -56,11 +57,7 @@ def predict_split(
     tta: str = "none",
 ) -> Predictions:
     """Logits for the split, or for a fixed random MAX_SAMPLES of it when it is larger."""
-    index = torch.arange(len(split))
-    if len(split) > MAX_SAMPLES:
-        pick = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
-        index = pick[:MAX_SAMPLES].sort().values
-        split = split.take(index)
+    index, split = capped(split, MAX_SAMPLES)
     normalize = Normalize(info.mean, info.std, device)
     loader = make_loader(split, batch, normalize, device, workers=workers)
     logits, labels = collect_logits(model.to(device), loader, tta)

@@ -11,7 +11,7 @@ from torch import nn
 from kiln.data.registry import are_masks, is_multi_hot
 from kiln.errors import ConfigError, KilnError
 from kiln.tasks.base import StepContext, Task
-from kiln.tasks.common import check_same_outputs, distilled
+from kiln.tasks.common import ClassScores, check_same_outputs, distilled
 from kiln.tasks.registry import register_task
 
 
@@ -30,7 +30,7 @@ def balance(how: str, labels: torch.Tensor, num_classes: int):
 
 
 @register_task("classify", "one label per image: cross-entropy, accuracy")
-class ClassifyTask(Task):
+class ClassifyTask(ClassScores, Task):
     metric = "acc"  # the name shown next to loss in logs and metrics.csv
     higher_is_better = True
     percent = True
@@ -219,19 +219,6 @@ class ClassifyTask(Task):
              for j, c in enumerate(row)]
             for n, row in enumerate(targets)
         ]  # fmt: skip
-
-    @classmethod
-    def export_head(cls) -> tuple[torch.nn.Module, str]:
-        """An export that carries its preprocessing answers class probabilities."""
-        return torch.nn.Softmax(dim=1), "probabilities"
-
-    @classmethod
-    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs.clamp_min(1e-30).log()  # softmax(log p) = p
-
-    @classmethod
-    def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
-        return (exported.argmax(1) == reference.argmax(1)).float().mean().item()
 
     @classmethod
     def accuracy(cls, outputs: torch.Tensor, labels: torch.Tensor) -> float:

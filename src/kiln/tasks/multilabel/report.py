@@ -18,6 +18,7 @@ import torch
 from matplotlib.figure import Figure
 
 from kiln.data import Normalize, make_loader
+from kiln.data.splits import capped
 from kiln.evaluate.grid import Cell, save_grid
 from kiln.evaluate.plots import save, write_curves
 from kiln.evaluate.report import figure, no_test_section, section_intro, table, write_run_report
@@ -44,11 +45,7 @@ def write_plots(task, run, model, bundle, device) -> dict[str, Path]:
     split = bundle.test
     if len(split) == 0:
         return written
-    index = torch.arange(len(split))
-    if len(split) > MAX_SAMPLES:
-        index = torch.randperm(len(split), generator=torch.Generator().manual_seed(0))
-        index = index[:MAX_SAMPLES].sort().values
-        split = split.take(index)
+    _, split = capped(split, MAX_SAMPLES)
     normalize = Normalize(info.mean, info.std, device)
     loader = make_loader(split, 512, normalize, device)
     probs, targets, _ = task.answers(model.eval(), loader, run.load_config().model.tta)

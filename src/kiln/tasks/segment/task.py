@@ -25,7 +25,7 @@ from kiln.data.batch_augment import IGNORE, per_sample_only
 from kiln.errors import ConfigError
 from kiln.models.tta import infer
 from kiln.tasks.base import StepContext, Task
-from kiln.tasks.common import check_same_outputs, distilled
+from kiln.tasks.common import ClassScores, check_same_outputs, distilled
 from kiln.tasks.registry import register_task
 from kiln.tasks.segment.metrics import confusion_matrix, metrics_report, scores
 
@@ -55,7 +55,7 @@ class SegmentOptions(BaseModel):
 
 
 @register_task("segment", "a class per pixel (data.name=seg-folder, model=unet): Dice + CE, mIoU")
-class SegmentTask(Task):
+class SegmentTask(ClassScores, Task):
     metric = "miou"
     higher_is_better = True
     models = ("unet",)
@@ -273,19 +273,6 @@ class SegmentTask(Task):
                 for j, c in enumerate(row)
             ])  # fmt: skip
         return answers
-
-    @classmethod
-    def export_head(cls) -> tuple[torch.nn.Module, str]:
-        """An export that carries its preprocessing answers class probabilities per pixel."""
-        return torch.nn.Softmax(dim=1), "probabilities"
-
-    @classmethod
-    def from_export_head(cls, outputs: torch.Tensor) -> torch.Tensor:
-        return outputs.clamp_min(1e-30).log()  # softmax(log p) = p
-
-    @classmethod
-    def agreement(cls, reference: torch.Tensor, exported: torch.Tensor) -> float:
-        return (exported.argmax(1) == reference.argmax(1)).float().mean().item()
 
 
 def check_augment(augment, data) -> None:
