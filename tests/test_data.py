@@ -102,6 +102,29 @@ def test_memory_loader_visits_every_sample_once_per_epoch_and_normalizes():
     assert rest == [order[4:8].tolist(), order[8:].tolist()]
 
 
+def test_unaugmented_split_normalized_up_front_gives_the_same_batches(monkeypatch):
+    """Normalizing the whole split once is only a speed-up: every batch holds exactly the numbers
+    that normalizing the batch gives; a split too big for its float copy stays uint8."""
+    from kiln.data import memory, placement
+
+    images = torch.randint(0, 256, (50, 3, 4, 4), dtype=torch.uint8)
+    split = Split(images, torch.arange(50))
+    norm = Normalize([0.4, 0.5, 0.6], [0.2, 0.25, 0.3], "cpu")
+
+    def batches(loader):
+        return list(loader.batches(torch.randperm(50, generator=torch.Generator().manual_seed(3))))
+
+    ahead = MemoryLoader(split, 8, norm, shuffle=True)
+    assert ahead.normalized and ahead.images.dtype == torch.float32
+    monkeypatch.setattr(placement, "NORMALIZED_LIMIT", 50 * 3 * 4 * 4 * 4 - 1)
+    per_batch = MemoryLoader(split, 8, norm, shuffle=True)
+    assert not per_batch.normalized and per_batch.images.dtype == torch.uint8
+    for (xa, ya), (xb, yb) in zip(batches(ahead), batches(per_batch), strict=True):
+        assert torch.equal(xa, xb) and torch.equal(ya, yb)
+    assert split.images.dtype == torch.uint8  # the dataset itself is untouched
+    assert memory.fits_normalized(images) is False  # the limit above, seen by the loader
+
+
 def test_mnist_missing_files_offline_names_each_file_and_folder(tmp_path, monkeypatch):
     monkeypatch.setenv("KILN_OFFLINE", "1")
     with pytest.raises(DataError) as err:

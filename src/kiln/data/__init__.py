@@ -160,6 +160,8 @@ def describe_path(loader, placement: Placement | None, steps: list[dict[str, dic
     if isinstance(loader, MemoryLoader):
         why = placement.reason if placement is not None else "already in memory"
         line = f"Data: in memory on {loader.images.device}, batched by index ({why})"
+        if loader.normalized:
+            line += "; normalized once, up front"
         if names:
             line += f"; augmentation on whole batches ({', '.join(names)})"
         return line
