@@ -122,6 +122,14 @@ class MemoryLoader:
         self, order: torch.Tensor | None = None, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalized images, labels) from batch number `start` on."""
+        for _, x, y in self.indexed_batches(order, start):
+            yield x, y
+
+    def indexed_batches(
+        self, order: torch.Tensor | None = None, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (the samples' positions in the split, normalized images, labels): what is
+        computed once per sample (a teacher's outputs) is looked up by these positions."""
         device, copy = self.device, self.images.device != self.device
         if self.world > 1:
             if order is None:
@@ -132,10 +140,11 @@ class MemoryLoader:
         for batch, begin in enumerate(range(start * self.batch_size, n, self.batch_size), start):
             end = begin + self.batch_size
             if order is None:
+                idx = torch.arange(begin, min(end, n), device=device)
                 x, y = self.images[begin:end], self.labels[begin:end]
             else:
-                idx = order[begin:end]
-                x, y = self.images[idx], self.labels[idx.to(device)]
+                idx = order[begin:end].to(device)
+                x, y = self.images[order[begin:end]], self.labels[idx]
             if copy:
                 x = x.to(device, non_blocking=True)
             if self.augment is not None:
@@ -145,7 +154,7 @@ class MemoryLoader:
                     x, y = self.augment(x, g, masks=y)
                 else:
                     x = self.augment(x, g)
-            yield self.normalize(x), y
+            yield idx, self.normalize(x), y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(self.order())
