@@ -143,8 +143,9 @@ class MemoryLoader:
                 idx = torch.arange(begin, min(end, n), device=device)
                 x, y = self.images[begin:end], self.labels[begin:end]
             else:
-                idx = order[begin:end].to(device)
-                x, y = self.images[order[begin:end]], self.labels[idx]
+                positions = order[begin:end]
+                idx = positions.to(device)
+                x, y = self.images[positions], self.labels[idx]
             if copy:
                 x = x.to(device, non_blocking=True)
             if self.augment is not None:
