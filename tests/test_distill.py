@@ -1,10 +1,12 @@
 """Knowledge distillation (`distill.teacher=RUN`): a small student learns more from a trained
-teacher than from the labels alone, segmentation distills pixel by pixel, and a teacher it
-cannot learn from is refused in one line before any run folder is made."""
+teacher than from the labels alone, without augmentation the teacher runs once per training
+sample and teaches the same, segmentation distills pixel by pixel, and a teacher it cannot learn
+from is refused in one line before any run folder is made."""
 
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 from types import SimpleNamespace
@@ -16,6 +18,8 @@ from conftest import assert_clean_error
 from test_segment import write_seg_folder
 
 import kiln
+from kiln.engine import distill
+from kiln.tasks import Teacher
 from kiln.tasks.common import soft_kl
 
 STUDENT = {"model__name": "mlp", "model__hidden": [32], "epochs": 20, "data__subset": 150,
@@ -65,6 +69,61 @@ def test_a_distilled_student_beats_the_student_alone(teacher: Path, tmp_path: Pa
     assert taught.config.distill.teacher == str(teacher)  # recorded in config.yaml
     assert yaml.safe_load((taught.path / "config.yaml").read_text())["distill"]["alpha"] == 0.7
     assert taught.test_acc > alone.test_acc, (taught.test_acc, alone.test_acc)
+
+
+FORWARD = Teacher.__call__
+
+
+def count_teacher_images(monkeypatch) -> list[int]:
+    """The number of images in every call of a teacher's forward pass, from now on."""
+    calls: list[int] = []
+
+    def counted(self, x):
+        calls.append(len(x))
+        return FORWARD(self, x)
+
+    monkeypatch.setattr(Teacher, "__call__", counted)
+    return calls
+
+
+def test_without_augmentation_the_teacher_runs_once_per_sample_and_teaches_the_same(
+    teacher: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+):
+    runs, epochs, batch = str(tmp_path / "runs"), STUDENT["epochs"], STUDENT["data__batch_size"]
+    common = {**STUDENT, "run__dir": runs, "distill__teacher": str(teacher)}
+    once = count_teacher_images(monkeypatch)
+    cached = kiln.train(**common, run__name="cached")
+    monkeypatch.setattr(distill, "CACHE_BYTES", 0)  # too big to keep: computed on every batch
+    every = count_teacher_images(monkeypatch)
+    per_batch = kiln.train(**common, run__name="per-batch")
+
+    samples = sum(once)  # one inference pass over the training split
+    assert 0 < samples <= STUDENT["data__subset"]
+    _, *steps = every  # the first call found the outputs too big to keep
+    assert sum(steps) == epochs * samples  # every sample of every epoch, one call per step
+    assert len(steps) == epochs * math.ceil(samples / batch)
+    for a, b in zip(cached.history, per_batch.history, strict=True):
+        assert a["train_loss"] == pytest.approx(b["train_loss"], rel=1e-4)
+        assert a["val_loss"] == pytest.approx(b["val_loss"], rel=1e-4)
+    assert cached.test_acc == pytest.approx(per_batch.test_acc, abs=1 / 360)
+
+
+def test_the_log_says_whether_teacher_outputs_are_computed_once_or_every_batch(
+    teacher: Path, run_cli, monkeypatch: pytest.MonkeyPatch
+):
+    calls = count_teacher_images(monkeypatch)
+    train = ("train", "model=mlp", "epochs=2", "data.subset=100", "device=cpu",
+             "run.report=false", f"distill.teacher={teacher}")  # fmt: skip
+    plain = run_cli(*train, "name=plain")
+    assert plain.returncode == 0, plain.stderr
+    assert "Teacher: outputs computed once for the" in plain.stdout + plain.stderr
+    once = sum(calls)
+    calls.clear()
+    flipped = run_cli(*train, "name=flipped", "data.augment=[flip]")
+    assert flipped.returncode == 0, flipped.stderr
+    line = "Teacher: outputs computed on every batch (data.augment: flip"
+    assert line in flipped.stdout + flipped.stderr
+    assert sum(calls) == 2 * once  # the augmented images of both epochs
 
 
 def test_segmentation_learns_from_a_teacher_pixel_by_pixel(tmp_path: Path):

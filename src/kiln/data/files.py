@@ -160,6 +160,15 @@ class WorkerLoader:
     def batches(
         self, order: torch.Tensor | None = None, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """Yield (normalized images, labels) from batch number `start` on."""
+        for _, x, y in self.indexed_batches(order, start):
+            yield x, y
+
+    def indexed_batches(
+        self, order: torch.Tensor | None = None, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (the samples' positions in the split, normalized images, labels), as
+        MemoryLoader.indexed_batches does."""
         index = order if order is not None else torch.arange(self.num_samples)
         index = shard_positions(index, self.rank, self.world, pad=self.shuffle).tolist()
         index = index[: len(self) * self.batch_size] if self.drop_last else index
@@ -167,9 +176,10 @@ class WorkerLoader:
             [(i, self.epoch_seed + i) for i in index[b : b + self.batch_size]]
             for b in range(start * self.batch_size, len(index), self.batch_size)
         ]
-        for x, y in self.loader:
+        for planned, (x, y) in zip(self.plan.batches, self.loader, strict=True):
+            positions = torch.tensor([i for i, _ in planned], device=self.device)
             x = x.to(self.device, non_blocking=True)
-            yield self.normalize(x), y.to(self.device, non_blocking=True)
+            yield positions, self.normalize(x), y.to(self.device, non_blocking=True)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(self.order())

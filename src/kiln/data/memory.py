@@ -130,6 +130,14 @@ class MemoryLoader:
         self, order: torch.Tensor | None = None, start: int = 0
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """Yield (normalized images, labels) from batch number `start` on."""
+        for _, x, y in self.indexed_batches(order, start):
+            yield x, y
+
+    def indexed_batches(
+        self, order: torch.Tensor | None = None, start: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+        """Yield (the samples' positions in the split, normalized images, labels): what is
+        computed once per sample (a teacher's outputs) is looked up by these positions."""
         device, copy = self.device, self.images.device != self.device
         if self.world > 1:
             if order is None:
@@ -140,10 +148,12 @@ class MemoryLoader:
         for batch, begin in enumerate(range(start * self.batch_size, n, self.batch_size), start):
             end = begin + self.batch_size
             if order is None:
+                idx = torch.arange(begin, min(end, n), device=device)
                 x, y = self.images[begin:end], self.labels[begin:end]
             else:
-                idx = order[begin:end]
-                x, y = self.images[idx], self.labels[idx.to(device)]
+                positions = order[begin:end]
+                idx = positions.to(device)
+                x, y = self.images[positions], self.labels[idx]
             if copy:
                 x = x.to(device, non_blocking=True)
             if self.augment is not None:
@@ -153,7 +163,7 @@ class MemoryLoader:
                     x, y = self.augment(x, g, masks=y)
                 else:
                     x = self.augment(x, g)
-            yield (x if self.normalized else self.normalize(x)), y
+            yield idx, (x if self.normalized else self.normalize(x)), y
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         return self.batches(self.order())

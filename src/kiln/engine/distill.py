@@ -2,13 +2,22 @@
 resolved (it exists, has a checkpoint, and its task can teach this run's task) and again against
 the data (same classes, same inputs), then loaded for the trainer, which hands it to every step
 (StepContext.teacher). What the loss does with its outputs is the task's (`Task.distill_loss`).
+
+Without augmentation a training sample is the same image every epoch, and so are the teacher's
+outputs on it: `cache_outputs` computes them once for the whole training split (one inference
+pass) and every batch looks its own up by the samples' positions, instead of running the teacher
+on every batch of every epoch.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+
 import torch
 
 from kiln.config import RunConfig
+from kiln.data import MemoryLoader, WorkerLoader
 from kiln.data.registry import DataInfo
 from kiln.errors import ConfigError, KilnError
 from kiln.rundir import RunDir, load_model
@@ -57,3 +66,43 @@ def load_teacher(cfg: RunConfig, info: DataInfo, device: torch.device) -> Teache
         model = model.to(memory_format=torch.channels_last)
     d = cfg.distill
     return Teacher(model.eval(), d.temperature, d.alpha, scale, shift, fast)
+
+
+CACHE_BYTES = 1 << 30  # the most memory the teacher's outputs on the training split may take
+
+
+def cache_outputs(
+    teacher: Teacher,
+    whole: MemoryLoader | WorkerLoader,
+    augment: list[str],
+    autocast: Callable[[], AbstractContextManager],
+) -> str:
+    """Without augmentation (`augment`: the data.augment steps' names), the teacher's outputs on
+    every training sample, computed once over `whole` (an unshuffled, unaugmented loader over the
+    training split) into `teacher.cached`. Returns the one log line saying which it does."""
+    if augment:
+        return (
+            f"Teacher: outputs computed on every batch (data.augment: {', '.join(augment)} "
+            "changes the images every epoch)"
+        )
+    n = whole.num_samples
+    cached = None
+    with torch.no_grad():
+        for index, x, _ in whole.indexed_batches():
+            with autocast():
+                out = teacher(x)
+            if cached is None:
+                size = out[0].numel() * out.element_size() * n
+                if size > CACHE_BYTES:
+                    return (
+                        f"Teacher: outputs computed on every batch (on all {n:,} training "
+                        f"samples they would take {size / 2**20:,.0f} MiB, more than "
+                        f"{CACHE_BYTES / 2**20:,.0f} MiB)"
+                    )
+                cached = out.new_empty((n, *out.shape[1:]))
+            cached[index] = out
+    teacher.cached = cached
+    return (
+        f"Teacher: outputs computed once for the {n:,} training samples (no augmentation) "
+        "and looked up by each batch"
+    )

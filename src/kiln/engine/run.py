@@ -189,6 +189,8 @@ def _fit(
                     "runs without validation, and best.pt is the last epoch's weights"
                 )
             log.info(trainer.data_path)
+            if trainer.teacher_note:
+                log.info(trainer.teacher_note)
             if bundle.note:  # the decoded cache: opened, or written (and why)
                 log.info(bundle.note)
         with distributed.peer_failures(cfg.train.dist_timeout):

@@ -26,7 +26,7 @@ from kiln.data.transforms import resolve_augment
 from kiln.data.workers import default_workers
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
-from kiln.engine.distill import load_teacher
+from kiln.engine.distill import cache_outputs, load_teacher
 from kiln.engine.lookahead import Lookahead
 from kiln.engine.optim import (
     Plateau,
@@ -132,6 +132,12 @@ class Trainer:
         self.val_seconds = 0.0  # the last validation's wall time
         self.last_epoch_steps: int | None = None  # a time budget may cut the last epoch short
         self._reset_totals()
+        self.teacher_note = ""  # distill.teacher: outputs computed once, or on every batch
+        if self.teacher is not None:
+            whole = make_loader(data.train, cfg.data.eval_batch_size, self.normalize, device,
+                                workers=self.workers, placement=data.placement)  # fmt: skip
+            names = [name for step in steps for name in step]
+            self.teacher_note = cache_outputs(self.teacher, whole, names, self.ctx.autocast)
 
     @property
     def ctx(self) -> StepContext:
@@ -214,7 +220,9 @@ class Trainer:
         started = time.perf_counter() - self.seconds
         self.model.train()
         ctx = self.ctx
-        for step, (x, y) in enumerate(self.train_loader.batches(order, start), start=start):
+        batches = self.train_loader.indexed_batches(order, start)
+        for step, (index, x, y) in enumerate(batches, start=start):
+            ctx.index = index  # where a teacher's outputs computed ahead are looked up
             loss, out = self.task.train_step(ctx, x, y)
             self.lookahead.after_step((epoch - 1) * self.steps_per_epoch + step + 1)
             self.batch_loss = loss  # the step's mean loss (TensorBoard, run.log_every)

@@ -68,6 +68,7 @@ class StepContext:
     data: DataBundle | None = None
     run_path: Path | None = None  # where a task may write per-epoch pictures
     teacher: Teacher | None = None  # distill.teacher: its outputs on the batch, for distill_loss
+    index: torch.Tensor | None = None  # training: the batch's positions in the training split
 
     def autocast(self) -> contextlib.AbstractContextManager:
         """Mixed precision for the forward pass, as train.precision says."""
@@ -85,7 +86,9 @@ class StepContext:
 class Teacher:
     """distill.teacher: a trained model whose outputs the model being trained learns from, called
     on the same (augmented) batch. `shift`/`scale` turn the student's normalized inputs into the
-    teacher's (their training splits may differ, and so their mean and std)."""
+    teacher's (their training splits may differ, and so their mean and std). Without
+    augmentation a sample's teacher outputs never change: `cached` holds them for the whole
+    training split, computed once (kiln/engine/distill.py), and batches look theirs up."""
 
     model: nn.Module
     temperature: float = 4.0
@@ -93,6 +96,14 @@ class Teacher:
     scale: torch.Tensor | None = None  # per channel: teacher input = x * scale + shift
     shift: torch.Tensor | None = None
     channels_last: bool = False  # the memory format the teacher trained in (its faster one)
+    cached: torch.Tensor | None = None  # its outputs on the training split, by position
+
+    def outputs(self, x: torch.Tensor, index: torch.Tensor | None = None) -> torch.Tensor:
+        """Its outputs on the batch `x`: looked up by the samples' positions in the training
+        split (`index`) when they were computed ahead, else computed now."""
+        if self.cached is not None and index is not None:
+            return self.cached[index]
+        return self(x)
 
     @torch.no_grad()
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
@@ -234,7 +245,8 @@ class Task:
             outputs = ctx.net(x)
             loss = self.train_loss(outputs, y)
             if ctx.teacher is not None:
-                loss = self.distill_loss(outputs, ctx.teacher(x), loss, ctx.teacher)
+                teacher = ctx.teacher.outputs(x, ctx.index)
+                loss = self.distill_loss(outputs, teacher, loss, ctx.teacher)
         ctx.step(loss)
         return loss.detach(), outputs.detach()
 
