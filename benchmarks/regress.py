@@ -45,7 +45,7 @@ def main() -> None:
         work = Path(tmp)
         seconds = run_kiln("train", REPO / "recipes" / "diabetes.yaml", f"run.dir={work}", cwd=work)
         test = json.loads((work / "diabetes" / "eval-test.json").read_text())
-        rows.append(("diabetes.yaml (MLP 10-32-1)", test, seconds))
+        rows.append(("diabetes.yaml (linear, SGD)", test, seconds))
         rows.append(("LinearRegression, same split", linear_baseline(), None))
         root = args.data_root.resolve()
         run_kiln("data", "make", "mnist-rotation", "--data-root", root, cwd=work)

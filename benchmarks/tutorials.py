@@ -9,6 +9,7 @@ batch norm) keep their runs and write `kiln compare` pictures into recipes/tutor
 
     python benchmarks/tutorials.py --list
     python benchmarks/tutorials.py --only mnist-mlp [--side tutorial|kiln|both] --write
+    python benchmarks/tutorials.py --only twolayer --seed 1 --write  # another seed, kept beside
     python benchmarks/tutorials.py --compare --write      # the five FashionMNIST MLP runs
     python benchmarks/tutorials.py --table --write        # re-render the table only
 """
@@ -48,6 +49,8 @@ class Pair:
     percent: bool = True
     note: str = ""
     kiln_data: str | None = None  # Kiln's recipe's data.root, where it reads other files
+    best: str | None = None  # Kiln's best recipe on the data when `kiln` is its quick one
+    unmeasured: str = ""  # why the tutorial's recipe cannot be measured here
 
 
 PAIRS = [
@@ -63,27 +66,34 @@ PAIRS = [
          "recipes/fashion-mnist-mlp-tutorial.yaml", "recipes/fashion-mnist-mlp.yaml", "",
          "accuracy"),
     Pair("cifar10-lenet", "CIFAR-10, the tutorial's Net, batch 4, SGD 0.001 / 0.9, 2 epochs",
-         "recipes/tutorials/cifar10-lenet-tutorial.yaml", "recipes/cifar10-fast.yaml", "",
-         "accuracy", kiln_data="cifar10"),  # the PNG folder (the tutorial's: the builtin)
+         "recipes/tutorials/cifar10-lenet-tutorial.yaml", "recipes/cifar10-quick.yaml", "",
+         "accuracy", kiln_data="cifar10",  # the PNG folder (the tutorial's: the builtin)
+         best="recipes/cifar10-fast.yaml"),
     Pair("twolayer", "diabetes table, TwoLayerNet, SGD, MSE, 500 steps of 64 rows",
          "recipes/tutorials/twolayer-table-tutorial.yaml", "recipes/diabetes.yaml", None, "r2",
          percent=False, note="R2 on the 88 test patients (higher is better)"),
     Pair("vae", "MNIST, the PyTorch example's VAE 784-400-20, Adam, 10 epochs",
-         "recipes/tutorials/mnist-vae-tutorial.yaml", "recipes/mnist-vae.yaml", "", "elbo",
-         percent=False, note="test ELBO, nats per image (higher is better)"),
+         "recipes/tutorials/mnist-vae-tutorial.yaml", "recipes/mnist-vae-fast.yaml", "", "elbo",
+         percent=False, note="test ELBO, nats per image (higher is better)",
+         best="recipes/mnist-vae.yaml"),
     Pair("unet3d", "4-channel, 4-class 32^3 volumes (made up, BraTS-shaped), 3-D U-Net, "
          "Dice + CE, StepLR(10, 0.1), 20 epochs", "recipes/tutorials/unet3d-tutorial.yaml", None,
          None, "miou", percent=False, note="test mean IoU; no Kiln recipe beside it"),
+    Pair("resnet18", "ants and bees, ResNet-18 fine-tuned from ImageNet weights, batch 4, "
+         "SGD 0.001 / 0.9, StepLR(7, 0.1), 25 epochs",
+         "recipes/tutorials/resnet18-transfer-tutorial.yaml", None, None, "accuracy",
+         unmeasured="not measured: it needs torchvision's ImageNet weights and the hymenoptera "
+         "images, and the machine these figures come from is offline"),
     Pair("pets", "four images (2 cats, 2 dogs), CSV img,label, 3 train / 1 test",
          "recipes/tutorials/pets-tutorial.yaml", None, None, "accuracy",
          note="one test image: a check that it runs, not a result"),
 ]  # fmt: skip
-# Kiln's recipes too long to measure again on a busy 2-core CPU: their figures as measured before
-# (benchmarks/README.md), shown as such.
+# Kiln's best recipes, too long to measure again on a busy 2-core CPU beside their quick ones:
+# their figures as measured before (benchmarks/README.md), shown as such.
 CITED = {
-    "cifar10-lenet/kiln": "90.04% in 432 s (median of 3 seeds, benchmarks/recipes.py, in "
+    "cifar10-lenet/best": "90.04% in 432 s (median of 3 seeds, benchmarks/recipes.py, in "
     "benchmarks/README.md)",
-    "vae/kiln": "-101.70 (19 min 22 s on one core, benchmarks/generate.py, in "
+    "vae/best": "-101.70 in 19 min 22 s (on one core, benchmarks/generate.py, in "
     "benchmarks/README.md)",
 }
 COMPARE = {
@@ -141,9 +151,11 @@ def train(recipe: str, data_root: Path | None, runs: Path, extra: list[str]) -> 
     }
 
 
-def measure(pair: Pair, side: str, datasets: Path, runs: Path, extra: list[str]) -> None:
+def measure(
+    pair: Pair, side: str, datasets: Path, runs: Path, extra: list[str], seed: int = 0
+) -> None:
     recipe = pair.tutorial if side == "tutorial" else pair.kiln
-    if recipe is None:
+    if recipe is None or (side == "tutorial" and pair.unmeasured):
         return
     data = pair.kiln_data if side == "kiln" and pair.kiln_data is not None else pair.data
     data_root = None if data is None else datasets / data
@@ -154,11 +166,14 @@ def measure(pair: Pair, side: str, datasets: Path, runs: Path, extra: list[str])
         from make_tumours import make
 
         make(ROOT / "data" / "tumours")
-    result = train(recipe, data_root, runs, extra)
-    save_result(f"{pair.name}/{side}", result)
+    result = train(recipe, data_root, runs, [*extra, f"train.seed={seed}"] if seed else extra)
+    result["seed"] = seed
+    result["command"] += f" train.seed={seed}" if seed else ""
+    save_result(f"{pair.name}/{side}" + (f"/seed{seed}" if seed else ""), result)
     figure = result["test"].get(pair.metric)
     load = f"load {result['load_before'][0]} -> {result['load_after'][0]}"
-    print(f"{pair.name} {side}: {pair.metric} {figure} in {result['seconds']} s ({load})")
+    print(f"{pair.name} {side} seed {seed}: {pair.metric} {figure} in {result['seconds']} s "
+          f"({load})")  # fmt: skip
 
 
 def make_pets(datasets: Path) -> None:
@@ -194,11 +209,17 @@ def shown(value: float | None, percent: bool) -> str:
 
 
 def figure(results: dict, key: str, pair: Pair) -> str:
+    """Seed 0's figure and seconds, and the other seeds' figures where they were measured."""
     result = results.get(key)
     if result is None:
         return CITED.get(key, "not measured")
-    value = result["test"].get(pair.metric)
-    return f"{shown(value, pair.percent)} in {result['seconds']:.0f} s"
+    text = f"{shown(result['test'].get(pair.metric), pair.percent)} in {result['seconds']:.0f} s"
+    seeds = sorted((int(k.rsplit("/seed", 1)[1]), r) for k, r in results.items()
+                   if k.startswith(f"{key}/seed"))  # fmt: skip
+    if seeds:
+        others = ", ".join(shown(r["test"].get(pair.metric), pair.percent) for _, r in seeds)
+        text += f" (seed 0; seeds {', '.join(str(n) for n, _ in seeds)}: {others})"
+    return text
 
 
 def table() -> str:
@@ -208,13 +229,14 @@ def table() -> str:
         "| --- | ---: | ---: | --- |",
     ]
     for pair in PAIRS:
-        commands = [f"`kiln train {pair.tutorial}`"]
-        if pair.kiln:
-            commands.append(f"`kiln train {pair.kiln}`")
+        recipes = [pair.tutorial, *(r for r in (pair.kiln, pair.best) if r)]
+        commands = "<br>".join(f"`kiln train {r}`" for r in recipes)
         what = pair.what + (f" ({pair.note})" if pair.note else "")
+        tutorial = pair.unmeasured or figure(results, f"{pair.name}/tutorial", pair)
         kiln_figure = figure(results, f"{pair.name}/kiln", pair) if pair.kiln else "-"
-        lines.append(f"| {what} | {figure(results, f'{pair.name}/tutorial', pair)} | "
-                     f"{kiln_figure} | {'<br>'.join(commands)} |")  # fmt: skip
+        if pair.best:
+            kiln_figure += f"<br>best: {figure(results, f'{pair.name}/best', pair)}"
+        lines.append(f"| {what} | {tutorial} | {kiln_figure} | {commands} |")
     compared = [results[k] for k in sorted(results) if k.startswith("compare/")]
     if compared:
         lines += ["", "| comparison run | test accuracy | seconds |", "| --- | ---: | ---: |"]
@@ -228,9 +250,10 @@ def table() -> str:
         lines += ["", f"Measured {', '.join(dates)} with `python benchmarks/tutorials.py` on "
                   f"{'; '.join(machines)}, shared with other jobs: the 1-minute load average "
                   f"ranged {min(loads):.1f} to {max(loads):.1f} over the runs, so the seconds "
-                  "are those of a busy machine (each figure is one run; the whole `kiln train` "
-                  "process, data reading included). Test figures: the best checkpoint on the "
-                  "test split; with no validation split (the tutorials' own split), the last "
+                  "are those of a busy machine (each figure is one run, seed 0 unless said; the "
+                  "whole `kiln train` process, data reading included; each tutorial recipe and "
+                  "Kiln's beside it were run back to back). Test figures: the best checkpoint on "
+                  "the test split; with no validation split (the tutorials' own split), the last "
                   "epoch."]  # fmt: skip
     return "\n".join(lines)
 
@@ -247,6 +270,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--only", nargs="+", choices=[p.name for p in PAIRS], default=[])
     parser.add_argument("--side", choices=["tutorial", "kiln", "both"], default="both")
+    parser.add_argument("--seed", type=int, default=0, help="train.seed (0: the table's figure)")
     parser.add_argument("--compare", action="store_true", help="the regularization comparisons")
     parser.add_argument("--table", action="store_true", help="only render the table")
     parser.add_argument("--list", action="store_true")
@@ -264,7 +288,7 @@ def main() -> None:
     try:
         for pair in (p for p in PAIRS if p.name in args.only):
             for side in ("tutorial", "kiln") if args.side == "both" else (args.side,):
-                measure(pair, side, datasets, runs, args.overrides)
+                measure(pair, side, datasets, runs, args.overrides, args.seed)
         if args.compare:
             compare(datasets, runs, args.overrides)
     finally:

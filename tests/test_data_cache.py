@@ -327,3 +327,34 @@ def test_cifar10_subset_from_the_cache_equals_the_uncached_build(tmp_path):
     again = build(root, tmp_path / "cache")
     assert_same(uncached, again)
     assert "240 decoded images from" in again.note
+
+
+def test_a_run_waiting_for_another_decoder_says_so_on_stderr(tmp_path, capsys):
+    """While another process holds an entry's lock, the run says that it waits (through the
+    kiln logger, on stderr: stdout may be `kiln data stats --json`) and goes on once it is free."""
+    import fcntl
+    import os
+    import threading
+
+    from kiln import logs
+    from kiln.data.cache_store import lock
+
+    logs.setup()  # the kiln logger's handlers, as every verb sets them up
+    (tmp_path / "entry.lock").touch()
+    other = os.open(tmp_path / "entry.lock", os.O_RDWR)  # another process's hold on the lock
+    fcntl.flock(other, fcntl.LOCK_EX)
+    got = threading.Event()
+
+    def wait_for_it() -> None:
+        with lock(tmp_path, "entry"):
+            got.set()
+
+    waiting = threading.Thread(target=wait_for_it)
+    waiting.start()
+    assert not got.wait(0.5)  # blocked while the other holds it
+    os.close(other)
+    waiting.join(10)
+    assert got.is_set()
+    said = capsys.readouterr()
+    assert said.err.count("waiting for another kiln process") == 1 and str(tmp_path) in said.err
+    assert "waiting" not in said.out

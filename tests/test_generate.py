@@ -47,7 +47,12 @@ def test_models_map_images_to_images(shape):
     assert widths == [256, 512, 1024, c * h * w]
     widths = [m.out_features for m in dense.discriminator if isinstance(m, torch.nn.Linear)]
     assert widths == [512, 256, 1]
-    for model in (vae, gan, dense):
+    dense_vae = create_model("densevae", info(c, h), latent=6, hidden=[32, 16])
+    logits, mean, logvar = dense_vae(x)
+    assert logits.shape == x.shape and mean.shape == logvar.shape == (5, 6)
+    widths = [m.out_features for m in dense_vae.modules() if isinstance(m, torch.nn.Linear)]
+    assert widths == [32, 16, 12, 16, 32, c * h * w]  # pixels-32-16-(mean, logvar), mirrored
+    for model in (vae, gan, dense, dense_vae):
         samples = model.eval().sample(7, generator=torch.Generator().manual_seed(0))
         assert samples.shape == (7, c, h, w)
         assert samples.min() >= 0 and samples.max() <= 1
@@ -146,6 +151,20 @@ def test_vae_run_logs_the_terms_and_writes_plots_and_report(runs: Path):
     page = (run / "report.html").read_text()
     assert "ELBO" in page and "Latent traversal" in page
     assert page.count("data:image/png;base64,") >= 4  # every figure inlined
+
+
+def test_dense_vae_trains_under_task_vae(tmp_path: Path):
+    """model=densevae (recipes/mnist-vae-fast.yaml's) is trained, scored and sampled by task=vae
+    as the convolutional model=vae is."""
+    run = kiln.train(config(tmp_path, "dense", "vae", name="densevae", hidden=[64], latent=4),
+                     progress=False)  # fmt: skip
+    rows = read_rows(run.path)
+    assert rows[-1]["val_elbo"] > rows[0]["val_elbo"]  # it learns
+    assert rows[-1]["val_elbo"] == pytest.approx(-(rows[-1]["val_recon"] + rows[-1]["val_kl"]),
+                                                 rel=1e-5)  # fmt: skip
+    test = json.loads((run.path / "eval-test.json").read_text())
+    assert test["elbo"] < 0 and test["kl"] > 0
+    assert (run.path / "plots" / "samples.png").is_file()
 
 
 def test_gan_run_scores_with_the_classifier_and_keeps_both_optimizers(runs: Path):

@@ -5,11 +5,11 @@ from __future__ import annotations
 
 import errno
 import json
+import logging
 import math
 import os
 import secrets
 import shutil
-import sys
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -22,16 +22,18 @@ from kiln.data.placement import human
 from kiln.data.verify import Shape
 from kiln.errors import KilnError
 
+log = logging.getLogger("kiln.data")
+
 MANIFEST, IMAGES = "manifest.json", "images.npy"
 KEYS = {"format", "pillow", "id", "dataset", "created", "cwd", "shape", "classes", "sizes", "modes",
         "scan_problems", "samples", "reasons", "listings", "files"}  # fmt: skip
 
 
 def say(note: str) -> None:
-    """A line said at once, while the data is built, on stderr (stdout may be JSON), by the
-    first process of a run alone."""
+    """A line said at once, while the data is built, by the first process of a run alone: at
+    warning level, so that it goes to stderr (stdout may be JSON: `kiln data stats --json`)."""
     if note and os.environ.get("RANK", "0") == "0":
-        print(note, file=sys.stderr, flush=True)
+        log.warning(f"note: {note}")
 
 
 class CannotWrite(Exception):
@@ -107,7 +109,7 @@ def lock(folder: Path, name: str, wait: bool = True) -> Iterator[None]:
         except BlockingIOError:
             if not wait:
                 raise
-            say(f"Data cache: waiting for another kiln process that is decoding into {folder}")
+            say(f"data cache: waiting for another kiln process that is decoding into {folder}")
             fcntl.flock(fd, fcntl.LOCK_EX)
         yield
     finally:

@@ -11,6 +11,7 @@ module, the input shape it got, the line that failed and what to try.
 
 from __future__ import annotations
 
+import logging
 import traceback
 from pathlib import Path
 
@@ -20,6 +21,8 @@ from torch import nn
 from kiln.data import DataBundle, Normalize
 from kiln.engine.device import autocast
 from kiln.errors import ConfigError, KilnError, first_line
+
+log = logging.getLogger("kiln.engine")
 
 LIBRARIES = ("torch", "torchvision", "timm", "kiln")  # their modules run on channels-last inputs
 TRIAL_IMAGES = 2
@@ -66,11 +69,10 @@ def check_user_model(
             "default memory format: set train.channels_last=false (or auto)"
         )
     where = user_frame(on_channels_last)
-    print(
+    log.info(
         f"note: {type(model).__qualname__} does not run on channels-last inputs "
         f"({f'{where}: ' if where else ''}{first_line(on_channels_last)}): training in the "
-        "default memory format (train.channels_last=false)",
-        flush=True,
+        "default memory format (train.channels_last=false)"
     )
     return {**train, "channels_last": False}
 

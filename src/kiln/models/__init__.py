@@ -5,6 +5,7 @@ from kiln.models import (  # noqa: F401  (registers the built-in models and fami
     cnn,
     convnet,
     densegan,
+    densevae,
     fastnet,
     gan,
     lenet,

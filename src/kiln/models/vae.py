@@ -32,7 +32,35 @@ def stage_widths(width: int, stages: int) -> list[int]:
     return [width * 2**i for i in range(stages)]
 
 
-class VAE(nn.Module):
+class VAEBase(nn.Module):
+    """What task=vae asks of a VAE, given `encode(x) -> (mean, logvar)`, `decode(z) -> pixel
+    logits` and `self.latent`: shared by the convolutional VAE and the dense one."""
+
+    latent: int
+
+    @staticmethod
+    def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+        """z = mean + sigma * eps: a sample of q(z|x) that gradients flow through."""
+        return mean + torch.randn_like(mean) * (0.5 * logvar).exp()
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """(pixel logits of a reconstruction from a sampled z, mean, log-variance)."""
+        mean, logvar = self.encode(x)
+        return self.decode(self.reparameterize(mean, logvar)), mean, logvar
+
+    def pixels(self, z: torch.Tensor) -> torch.Tensor:
+        """Images in [0, 1] decoded from latent vectors z (N, latent): what an export computes."""
+        return self.decode(z).sigmoid()
+
+    @torch.no_grad()
+    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n new images in [0, 1], decoded from z ~ N(0, I) (drawn on the CPU with `generator`)."""
+        device = next(self.parameters()).device
+        z = torch.randn(n, self.latent, generator=generator).to(device)
+        return self.pixels(z)
+
+
+class VAE(VAEBase):
     def __init__(
         self, channels: int, height: int, width: int, latent: int = 16, base: int = 32,
         beta: float = 1.0,
@@ -70,27 +98,6 @@ class VAE(nn.Module):
     def decode(self, z: torch.Tensor) -> torch.Tensor:
         """Pixel logits (N, C, H, W); sigmoid gives the image in [0, 1]."""
         return self.decoder(self.from_latent(z).view(-1, *self.start))
-
-    @staticmethod
-    def reparameterize(mean: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-        """z = mean + sigma * eps: a sample of q(z|x) that gradients flow through."""
-        return mean + torch.randn_like(mean) * (0.5 * logvar).exp()
-
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """(pixel logits of a reconstruction from a sampled z, mean, log-variance)."""
-        mean, logvar = self.encode(x)
-        return self.decode(self.reparameterize(mean, logvar)), mean, logvar
-
-    def pixels(self, z: torch.Tensor) -> torch.Tensor:
-        """Images in [0, 1] decoded from latent vectors z (N, latent): what an export computes."""
-        return self.decode(z).sigmoid()
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n new images in [0, 1], decoded from z ~ N(0, I) (drawn on the CPU with `generator`)."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.latent, generator=generator).to(device)
-        return self.pixels(z)
 
 
 @register_model("vae", "Convolutional VAE (task=vae): latent size, width, KL weight beta")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +14,8 @@ from kiln.errors import ConfigError, KilnError
 from kiln.tasks.base import StepContext, Task
 from kiln.tasks.common import ClassScores, check_same_outputs, distilled
 from kiln.tasks.registry import register_task
+
+log = logging.getLogger("kiln.tasks")
 
 
 def balance(how: str, labels: torch.Tensor, num_classes: int):
@@ -51,11 +54,10 @@ class ClassifyTask(ClassScores, Task):
             self.log_probs = are_log_probabilities(outputs)
             if self.log_probs:
                 smoothing = self.cross_entropy.label_smoothing
-                print(
+                log.info(
                     "note: the model returns log-probabilities (log_softmax): the loss is their "
                     "negative log-likelihood (NLL)"
-                    + (f", with train.label_smoothing={smoothing}" if smoothing else ""),
-                    flush=True,
+                    + (f", with train.label_smoothing={smoothing}" if smoothing else "")
                 )
         if self.log_probs and not self.cross_entropy.label_smoothing:
             return nn.functional.nll_loss(outputs.float(), labels, self.cross_entropy.weight)

@@ -1,4 +1,4 @@
-"""task=vae: a variational autoencoder (model=vae), trained on reconstruction + beta x KL.
+"""task=vae: a variational autoencoder (model=vae, model=densevae): reconstruction + beta x KL.
 
 Per image, in nats (natural-log units), with pixels p in [0, 1] and the decoder's logits:
 
@@ -42,7 +42,7 @@ def vae_terms(
 class VAETask(GenerativeTask):
     metric = "elbo"  # nats per image, higher is better (= -(recon + kl))
     higher_is_better = True
-    models = ("vae",)
+    models = ("vae", "densevae")
     CURVES = (
         ("loss: recon + beta x KL (nats per image)", ["loss"]),
         ("ELBO, nats per image (higher is better)", ["elbo"]),
