@@ -19,7 +19,7 @@ from PIL import Image
 import kiln
 from kiln.deploy import export as export_mod
 from kiln.deploy.export import ExportError, export_run
-from kiln.errors import KilnError
+from kiln.errors import KilnError, RunError
 from kiln.infer import load_servable
 from kiln.infer.spec import ExportSpec, sidecar_path
 
@@ -210,8 +210,8 @@ def test_disagreeing_export_is_refused_and_nothing_written(
 ):
     real = export_mod.load_file
 
-    def off_by_a_little(path, spec):
-        servable = real(path, spec)
+    def off_by_a_little(path, spec, final=None):
+        servable = real(path, spec, final)
         inner = servable._logits
         servable._logits = lambda x: inner(x) + 1e-3
         return servable
@@ -219,6 +219,23 @@ def test_disagreeing_export_is_refused_and_nothing_written(
     monkeypatch.setattr(export_mod, "load_file", off_by_a_little)
     with pytest.raises(ExportError, match=r"largest logit difference 0\.001 > 0\.0001"):
         export_run(trained_run, "onnx", output=tmp_path, log=lambda _: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_a_file_that_does_not_load_back_is_named_as_asked_and_not_written(
+    trained_run: Path, tmp_path: Path, monkeypatch
+):
+    """The runtime's refusal (here: made up) names the file asked for, not the temporary one."""
+
+    def refuse(path, spec):
+        raise RunError(f"ExecuTorch cannot load {path}: Failed to load method forward")
+
+    monkeypatch.setattr(export_mod, "open_export", refuse)
+    with pytest.raises(ExportError) as caught:
+        export_run(trained_run, "onnx", output=tmp_path / "m.onnx", log=lambda _: None)
+    message = str(caught.value)
+    assert f"cannot load {tmp_path / 'm.onnx'}:" in message and ".tmp" not in message
+    assert "nothing was written" in message and len(message.splitlines()) == 1
     assert list(tmp_path.iterdir()) == []
 
 

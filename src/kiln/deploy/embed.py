@@ -128,7 +128,7 @@ def export_embedded(
                  "executorch": write_executorch}[fmt]  # fmt: skip
         write(eager, tmp, spec)
         log(f"Wrote {fmt} with the preprocessing inside in {time.perf_counter() - started:.1f} s")
-        exported = load_file(tmp, spec)
+        exported = load_file(tmp, spec, path)
         spec.parity, spec.parity_resized = check(eager, exported, images, source, spec)
         os.replace(tmp, path)
         spec.sha256 = sha256(path)

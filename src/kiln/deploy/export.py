@@ -141,11 +141,11 @@ def export_run(
                 ) from None
         log(f"Wrote {fmt}{f' (int8, {quantize})' if quantize else ''} in "
             f"{time.perf_counter() - started:.1f} s")  # fmt: skip
-        exported = load_file(tmp, spec)
+        exported = load_file(tmp, spec, path)
         spec.parity = check_parity(eager, exported, sample, parity_images, quantize is None)
         result = ExportResult(path, sidecar_path(path), spec)
         if quantize:
-            fp32 = load_file(tmp_fp32, spec)
+            fp32 = load_file(tmp_fp32, spec, path)
             result.quantized = compare_quantized(fp32, exported, tmp_fp32, tmp, sample)
         os.replace(tmp, path)
         spec.sha256 = sha256(path)
@@ -273,11 +273,16 @@ def quantize_file(fmt: str, module: nn.Module, example, fp32: Path, out: Path, s
         write_torchscript(q.torchscript_dynamic(module), example, out, spec)
 
 
-def load_file(path: Path, spec: ExportSpec) -> Predictor:
+def load_file(path: Path, spec: ExportSpec, final: Path | None = None) -> Predictor:
+    """The file just written (`path`, a temporary name for `final`), opened as a user would."""
     try:
         return open_export(path, spec)
     except RunError as exc:
-        raise ExportError(f"the written file does not load back: {exc}") from None
+        message = str(exc).replace(str(path), str(final or path))
+        raise ExportError(
+            f"the written file does not load back ({message}); nothing was written: export "
+            "without --quantize, or to another --format"
+        ) from None
 
 
 # Checks -------------------------------------------------------------------------------------------
