@@ -73,34 +73,35 @@ CACHE_BYTES = 1 << 30  # the most memory the teacher's outputs on the training s
 
 def cache_outputs(
     teacher: Teacher,
-    whole: MemoryLoader | WorkerLoader,
+    whole: Callable[[], MemoryLoader | WorkerLoader],
     augment: list[str],
     autocast: Callable[[], AbstractContextManager],
 ) -> str:
     """Without augmentation (`augment`: the data.augment steps' names), the teacher's outputs on
-    every training sample, computed once over `whole` (an unshuffled, unaugmented loader over the
-    training split) into `teacher.cached`. Returns the one log line saying which it does."""
+    every training sample, computed once over `whole()` (an unshuffled, unaugmented loader over
+    the training split, built only then) into `teacher.cached`. Returns the one log line saying
+    which it does."""
     if augment:
         return (
             f"Teacher: outputs computed on every batch (data.augment: {', '.join(augment)} "
             "changes the images every epoch)"
         )
-    n = whole.num_samples
+    loader = whole()
+    n = loader.num_samples
     cached = None
-    with torch.no_grad():
-        for index, x, _ in whole.indexed_batches():
-            with autocast():
-                out = teacher(x)
-            if cached is None:
-                size = out[0].numel() * out.element_size() * n
-                if size > CACHE_BYTES:
-                    return (
-                        f"Teacher: outputs computed on every batch (on all {n:,} training "
-                        f"samples they would take {size / 2**20:,.0f} MiB, more than "
-                        f"{CACHE_BYTES / 2**20:,.0f} MiB)"
-                    )
-                cached = out.new_empty((n, *out.shape[1:]))
-            cached[index] = out
+    for index, x, _ in loader.indexed_batches():
+        with autocast():
+            out = teacher(x)  # Teacher.__call__ runs without gradients
+        if cached is None:
+            size = out[0].numel() * out.element_size() * n
+            if size > CACHE_BYTES:
+                return (
+                    f"Teacher: outputs computed on every batch (on all {n:,} training "
+                    f"samples they would take {size / 2**20:,.0f} MiB, more than "
+                    f"{CACHE_BYTES / 2**20:,.0f} MiB)"
+                )
+            cached = out.new_empty((n, *out.shape[1:]))
+        cached[index] = out
     teacher.cached = cached
     return (
         f"Teacher: outputs computed once for the {n:,} training samples (no augmentation) "

@@ -134,8 +134,11 @@ class Trainer:
         self._reset_totals()
         self.teacher_note = ""  # distill.teacher: outputs computed once, or on every batch
         if self.teacher is not None:
-            whole = make_loader(data.train, cfg.data.eval_batch_size, self.normalize, device,
-                                workers=self.workers, placement=data.placement)  # fmt: skip
+
+            def whole():  # built only when the outputs are cached (no augmentation)
+                return make_loader(data.train, cfg.data.eval_batch_size, self.normalize, device,
+                                   workers=self.workers, placement=data.placement)  # fmt: skip
+
             names = [name for step in steps for name in step]
             self.teacher_note = cache_outputs(self.teacher, whole, names, self.ctx.autocast)
 

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 
 from kiln.data.registry import DataInfo
+from kiln.models.latent import LatentGenerator
 from kiln.models.registry import register_model
 from kiln.models.vae import halvings, stage_widths
 
@@ -74,7 +75,7 @@ def dcgan_init(module: nn.Module) -> None:
         nn.init.zeros_(module.bias)
 
 
-class GANPair(nn.Module):
+class GANPair(LatentGenerator):
     """A generator and a discriminator trained by task=gan: what the task and exports call.
     Subclasses set `latent`, `generator` (noise -> images in [-1, 1]) and `discriminator`."""
 
@@ -93,13 +94,6 @@ class GANPair(nn.Module):
     def pixels(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] from noise z (N, latent): what an export computes."""
         return (self.generate(z) + 1) / 2
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n new images in [0, 1] from z ~ N(0, I) (drawn on the CPU with `generator`)."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.latent, generator=generator).to(device)
-        return self.pixels(z)
 
 
 class DCGAN(GANPair):

@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from kiln.data.registry import DataInfo
+from kiln.models.latent import LatentGenerator
 from kiln.models.registry import register_model
 
 MIN_SIZE = 4  # stop halving before the feature map gets smaller than this
@@ -32,7 +33,7 @@ def stage_widths(width: int, stages: int) -> list[int]:
     return [width * 2**i for i in range(stages)]
 
 
-class VAEBase(nn.Module):
+class VAEBase(LatentGenerator):
     """What task=vae asks of a VAE, given `encode(x) -> (mean, logvar)`, `decode(z) -> pixel
     logits` and `self.latent`: shared by the convolutional VAE and the dense one."""
 
@@ -51,13 +52,6 @@ class VAEBase(nn.Module):
     def pixels(self, z: torch.Tensor) -> torch.Tensor:
         """Images in [0, 1] decoded from latent vectors z (N, latent): what an export computes."""
         return self.decode(z).sigmoid()
-
-    @torch.no_grad()
-    def sample(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
-        """n new images in [0, 1], decoded from z ~ N(0, I) (drawn on the CPU with `generator`)."""
-        device = next(self.parameters()).device
-        z = torch.randn(n, self.latent, generator=generator).to(device)
-        return self.pixels(z)
 
 
 class VAE(VAEBase):
