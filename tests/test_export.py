@@ -196,6 +196,21 @@ def test_executorch_program_answers_like_the_run(conv_run: Path, images: list[Pa
     assert served.logits(many).shape == (150, 10)
 
 
+def test_int8_executorch_program_with_test_time_flips_loads_and_agrees(conv_run: Path, tmp_path):
+    """The run's model.tta=flip runs the net on an image and its mirror: the graph calls the net
+    once on both, since XNNPACK refuses to load an int8 convolution whose weights another call
+    of the same layer already used (what CIFAR-10's fast recipe hit)."""
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed")
+    result = export_run(conv_run, "executorch", quantize="static", output=tmp_path,
+                        log=lambda _: None)  # fmt: skip
+    assert result.path.name == "model-int8-static.pte" and result.spec.tta == "flip"
+    q = result.quantized
+    assert abs(q["int8_accuracy"] - q["fp32_accuracy"]) <= 0.01
+    assert result.spec.parity.top1_agreement >= 0.97
+    served = load_servable(result.path)
+    assert served.logits(torch.randn(70, 1, 8, 8)).shape == (70, 10)
+
+
 def test_without_executorch_the_format_names_what_to_install(conv_run, tmp_path, monkeypatch):
     import sys
 

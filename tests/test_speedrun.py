@@ -84,10 +84,15 @@ def test_flip_translate_averages_six_views_and_moves_dense_outputs_back():
     pair = lambda v: (classifier(v) + classifier(v.flip(-1))) / 2  # noqa: E731
     expected = pair(x) / 2 + (pair(shift(x, -1)) + pair(shift(x, 1))) / 4
     assert torch.allclose(infer(classifier, x, "flip_translate"), expected, atol=1e-6)
+    # an exported graph stacks the views into one batch and calls the model once: same answer
+    assert torch.allclose(
+        infer(classifier, x, "flip_translate", one_pass=True), expected, atol=1e-6
+    )
     # a dense model (one score per pixel) that copies its input: every view moved back lines up
     # with the image, except at the border where the shift reflected the edge in
     same = infer(nn.Identity(), x, "flip_translate")
     assert torch.allclose(same[..., 1:-1, 1:-1], x[..., 1:-1, 1:-1], atol=1e-6)
+    assert torch.equal(infer(nn.Identity(), x, "flip_translate", one_pass=True), same)
     assert torch.equal(shift(torch.arange(9.0).view(1, 1, 3, 3), 1)[0, 0, 1:, 1:],
                        torch.arange(9.0).view(3, 3)[:2, :2])  # fmt: skip
 

@@ -15,23 +15,38 @@ from torch import nn
 TTA = ("none", "flip", "flip_translate")
 
 
-def infer(model: nn.Module, x: torch.Tensor, tta: str = "none") -> torch.Tensor:
+def infer(
+    model: nn.Module, x: torch.Tensor, tta: str = "none", one_pass: bool = False
+) -> torch.Tensor:
     """Logits for a batch, averaged over the test-time views `tta` names. Dense outputs (a
-    score per pixel, e.g. task=segment) of a mirrored or shifted view are moved back first."""
+    score per pixel, e.g. task=segment) of a mirrored or shifted view are moved back first.
+    `one_pass` stacks the views into one batch and calls the model once: what an exported graph
+    does, since a graph that calls the same layers twice cannot be lowered everywhere
+    (ExecuTorch's int8 XNNPACK delegate refuses a quantized convolution whose weights another
+    call already used)."""
     if tta == "none":
         return model(x)
-    logits = _with_mirror(model, x)
+    views = [x, x.flip(-1)]
     if tta == "flip_translate":
-        up_left = _with_mirror(model, shift(x, -1), back=lambda t: shift(t, 1))
-        down_right = _with_mirror(model, shift(x, 1), back=lambda t: shift(t, -1))
+        up_left, down_right = shift(x, -1), shift(x, 1)
+        views += [up_left, up_left.flip(-1), down_right, down_right.flip(-1)]
+    if one_pass:
+        outputs = model(torch.cat(views)).unflatten(0, (len(views), -1)).unbind(0)
+    else:
+        outputs = [model(view) for view in views]
+    dense = outputs[0].dim() == x.dim()  # (N, K, H, W) for (N, C, H, W): the same layout
+    logits = _mean_of_mirrors(outputs[0], outputs[1], dense)
+    if tta == "flip_translate":
+        up_left = _mean_of_mirrors(*outputs[2:4], dense, back=lambda t: shift(t, 1))
+        down_right = _mean_of_mirrors(*outputs[4:6], dense, back=lambda t: shift(t, -1))
         logits = logits / 2 + (up_left + down_right) / 4
     return logits
 
 
-def _with_mirror(model: nn.Module, x: torch.Tensor, back=None) -> torch.Tensor:
-    """The mean of the outputs for x and its mirror image; `back` undoes a shift of dense ones."""
-    plain, mirrored = model(x), model(x.flip(-1))
-    if mirrored.dim() == x.dim():  # (N, K, H, W) for (N, C, H, W): the same layout
+def _mean_of_mirrors(plain, mirrored, dense: bool, back=None) -> torch.Tensor:
+    """The mean of the outputs for a view and its mirror image; dense ones are mirrored back
+    first and `back` undoes the view's shift."""
+    if dense:
         mirrored = mirrored.flip(-1)
         if back is not None:
             plain, mirrored = back(plain), back(mirrored)

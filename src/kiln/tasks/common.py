@@ -19,14 +19,14 @@ if TYPE_CHECKING:
 
 
 class WithTTA(nn.Module):
-    """The model plus its test-time augmentation, as one graph."""
+    """The model plus its test-time augmentation, as one graph that calls the model once."""
 
     def __init__(self, model: nn.Module, tta: str):
         super().__init__()
         self.model, self.tta = model, tta
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return infer(self.model, x, self.tta)
+        return infer(self.model, x, self.tta, one_pass=True)
 
 
 def soft_kl(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
