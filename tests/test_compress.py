@@ -127,7 +127,10 @@ def test_structured_pruning_refuses_a_model_without_prunable_channels(tmp_path, 
 
 
 def test_compress_measures_every_form_in_one_table(parent: Path, pruned, capsys):
-    result = compress_run(parent, rounds=1, calls=20, formats=("onnx",))
+    # the pruned child is found beside its parent; naming it as well measures it once
+    result = compress_run(parent, extra_runs=[str(pruned.run.path)], rounds=1, calls=20,
+                          formats=("onnx",))  # fmt: skip
+    assert [r["run"] for r in result["rows"]].count("conv-pruned50") == 1
     rows = {r["method"]: r for r in result["rows"]}
     fp32, dynamic = rows["fp32, ONNX Runtime"], rows["int8 dynamic, ONNX Runtime"]
     static = rows["int8 static, ONNX Runtime"]

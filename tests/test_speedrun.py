@@ -13,9 +13,11 @@ from torch import nn
 import kiln
 from kiln import checkpoint
 from kiln.data.registry import DataInfo
+from kiln.deploy.export import export_run
 from kiln.engine.lookahead import EVERY, START, Lookahead
 from kiln.engine.trainer import TrainingInterrupted
 from kiln.errors import ConfigError
+from kiln.infer import load_servable
 from kiln.models import create_model
 from kiln.models.tta import infer, shift
 from kiln.models.whitening import PatchWhitening
@@ -128,3 +130,19 @@ def test_whitened_lookahead_run_trains_and_resumes_bitwise(tmp_path: Path):
     assert resumed.test_acc == straight.test_acc
     answer = kiln.load(resumed.path).predict(torch.zeros(1, 8, 8, dtype=torch.uint8))
     assert answer[0]["label"] in [str(i) for i in range(10)]
+
+
+def test_speed_run_net_exports_to_int8_quietly_with_its_test_time_views(tmp_path: Path, caplog):
+    """FastNet's batch norm after a pool and its six test-time views, in both int8 formats: no
+    log lines from ONNX Runtime's quantizer reach the user, and the ExecuTorch program loads."""
+    config = {**CONFIG, "train": {**CONFIG["train"], "epochs": 1, "lookahead": False}}
+    run = kiln.train({**config, "run": {"dir": str(tmp_path), "name": "fast"}}, progress=False)
+    onnx = export_run(run.path, "onnx", quantize="static", output=tmp_path / "onnx",
+                      log=lambda _: None)  # fmt: skip
+    assert onnx.spec.parity.top1_agreement >= 0.9
+    assert not [r.getMessage() for r in caplog.records if r.name == "root"]
+    pytest.importorskip("executorch.runtime", reason="ExecuTorch is not installed")
+    pte = export_run(run.path, "executorch", quantize="static", output=tmp_path / "pte",
+                     log=lambda _: None)  # fmt: skip
+    assert pte.spec.tta == "flip_translate" and pte.spec.parity.top1_agreement >= 0.9
+    assert load_servable(pte.path).logits(torch.randn(3, 1, 8, 8)).shape == (3, 10)

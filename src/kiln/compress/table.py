@@ -108,7 +108,8 @@ def compress_run(
 
 
 def children(run: RunDir, extra: list[str] | None) -> list[RunDir]:
-    """Runs beside this one pruned from it or distilled from it, then the ones named."""
+    """Runs beside this one pruned from it or distilled from it, then the ones named (each
+    once)."""
     me = run.path.resolve()
     found = []
     for other in sorted(run.path.parent.iterdir()):
@@ -123,7 +124,8 @@ def children(run: RunDir, extra: list[str] | None) -> list[RunDir]:
         named = [p for p in (parent, teacher) if p]
         if any(Path(p).resolve() == me for p in named):
             found.append(RunDir.open(other))
-    return found + [RunDir.open(p) for p in extra or []]
+    unique = {r.path.resolve(): r for r in found + [RunDir.open(p) for p in extra or []]}
+    return list(unique.values())  # a run found and also named is measured once
 
 
 def describe(run: RunDir) -> str:

@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
+import logging
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -53,7 +54,7 @@ def onnx_dynamic(fp32: Path, out: Path) -> None:
     """Weights stored as int8, activations quantized on the fly per batch."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    with preprocessed(fp32, out) as prepared:
+    with preprocessed(fp32, out) as prepared, root_log_quiet():
         quantize_dynamic(str(prepared), str(out), weight_type=QuantType.QInt8)
 
 
@@ -71,7 +72,7 @@ def onnx_static(fp32: Path, out: Path, inputs: torch.Tensor, input_name: str,
     methods = {"minmax": CalibrationMethod.MinMax, "entropy": CalibrationMethod.Entropy,
                "percentile": CalibrationMethod.Percentile}  # fmt: skip
     quiet = contextlib.redirect_stdout(io.StringIO())  # the entropy calibrator prints its bins
-    with preprocessed(fp32, out) as prepared, warnings.catch_warnings(), quiet:
+    with preprocessed(fp32, out) as prepared, warnings.catch_warnings(), quiet, root_log_quiet():
         warnings.simplefilter("ignore")
         quantize_static(
             str(prepared), str(out), Batches(inputs, input_name),
@@ -79,6 +80,22 @@ def onnx_static(fp32: Path, out: Path, inputs: torch.Tensor, input_name: str,
             activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
             calibrate_method=methods[calibration.method],
         )  # fmt: skip
+
+
+@contextlib.contextmanager
+def root_log_quiet():
+    """ONNX Runtime's quantizer logs notes for its developers on the root logger (a batch norm's
+    weight has no channel axis, so it is quantized per tensor): not the user's to read. The null
+    handler also keeps logging from installing its stderr handler on the first such note."""
+    root, handler = logging.getLogger(), logging.NullHandler()
+    level = root.level
+    root.addHandler(handler)
+    root.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
 
 
 def torchscript_dynamic(module: nn.Module) -> nn.Module:

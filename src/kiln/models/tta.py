@@ -61,6 +61,7 @@ def shift(x: torch.Tensor, by: int) -> torch.Tensor:
     padded = F.pad(flat, (1, 1, 1, 1), mode="reflect")
     start = 1 - by
     moved = padded[:, start : start + h, start : start + w].reshape(x.shape)
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+    channels_last = x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+    if channels_last and not x.is_contiguous():  # one channel (or 1x1) is both: leave it be
         moved = moved.contiguous(memory_format=torch.channels_last)
     return moved
