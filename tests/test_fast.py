@@ -134,3 +134,26 @@ def test_idx_reader_reads_and_rejects(tmp_path):
         read_idx(data[:-1], tmp_path / "x")
     with pytest.raises(DataError, match="not an IDX file"):
         read_idx(gzip.compress(data), tmp_path / "x")
+
+
+def test_denormals_count_as_zero_while_training_and_not_afterwards(tmp_path):
+    """train.flush_denormal (default on): Adam's averages for dead units decay into denormals,
+    which x86 CPUs compute many times slower; the flag is PyTorch's default again after fit."""
+    if not torch.set_flush_denormal(True):
+        pytest.skip("this CPU cannot flush denormals")
+    torch.set_flush_denormal(False)
+    from kiln.engine.callbacks import Callback
+
+    tiny = torch.tensor([1e-39])  # a float32 denormal
+    seen = {}
+
+    class Probe(Callback):
+        def on_batch_end(self, trainer, epoch: int, step: int) -> None:
+            seen.setdefault(trainer.cfg.train.flush_denormal, float(tiny * 1.0))
+
+    for flush in (True, False):
+        kiln.train(model__name="mlp", data__subset=128, epochs=1, device="cpu",
+                   train__flush_denormal=flush, run__report=False, run__dir=str(tmp_path),
+                   run__name=f"flush-{flush}", progress=False, callbacks=[Probe()])  # fmt: skip
+        assert float(tiny * 1.0) == pytest.approx(1e-39)  # restored after training
+    assert seen == {True: 0.0, False: pytest.approx(1e-39)}
