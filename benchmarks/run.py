@@ -1,7 +1,8 @@
 """Training throughput, side by side on matched work: the tutorial loop, Lightning, the compute
 bound and Kiln. Same data (FashionMNIST), model (MLP 784-512-512-10), optimizer (Adam 1e-3),
-batch size (64), epochs and number of training samples for all four, run one after another in one
-process. Prints medians over repeats and the ratios; --write-readme updates benchmarks/README.md.
+batch size (64), epochs and number of training samples for all of them, each run in a fresh
+Python process of its own, one after another. Prints medians over repeats and the ratios;
+--write-readme updates benchmarks/README.md.
 
     python benchmarks/run.py [--quick] [--repeats N] [--data-root DIR] [--write-readme]
 
@@ -313,6 +314,16 @@ def time_to_accuracy(quick: bool, repeats: int, readme: bool) -> None:
         subprocess.run(cmd, check=True)
 
 
+def in_own_process(name: str, root: Path, quick: bool) -> float:
+    """One method's samples/s, measured in a fresh Python process, as a person runs one
+    training: nothing the methods before it left in this process (torch's worker threads, their
+    floating-point mode, the allocator's caches) carries over to it."""
+    cmd = [sys.executable, __file__, "--one", name, "--data-root", str(root)]
+    done = subprocess.run(cmd + (["--quick"] if quick else []), check=True, capture_output=True,
+                          text=True)  # fmt: skip
+    return float(done.stdout.strip().splitlines()[-1])
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 epoch on 10,000 images")
@@ -325,9 +336,14 @@ def main() -> None:
         action="store_true",
         help="then time Kiln's fast recipes to accuracy (benchmarks/recipes.py)",
     )
+    parser.add_argument("--one", choices=list(METHODS), help=argparse.SUPPRESS)
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # Lightning's advice on DataLoader workers, mostly
     os.environ["KILN_OFFLINE"] = "1"  # Kiln must find the files, never fetch them
+    if args.one:  # one method in this fresh process: print its rate for the parent
+        n, epochs = QUICK if args.quick else FULL
+        print(json.dumps(METHODS[args.one](data_root(args.data_root), n, epochs)))
+        return
 
     n, epochs = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
@@ -339,7 +355,7 @@ def main() -> None:
     rates: dict[str, list[float]] = {name: [] for name in args.only or METHODS}
     for repeat in range(repeats):
         for name, values in rates.items():
-            values.append(METHODS[name](root, n, epochs))
+            values.append(in_own_process(name, root, args.quick))
             print(
                 f"  [{repeat + 1}/{repeats}] {name:<26} {values[-1]:>9,.0f} samples/s", flush=True
             )

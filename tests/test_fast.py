@@ -136,9 +136,9 @@ def test_idx_reader_reads_and_rejects(tmp_path):
         read_idx(gzip.compress(data), tmp_path / "x")
 
 
-def test_denormals_count_as_zero_while_training_and_not_afterwards(tmp_path):
+def test_denormals_count_as_zero_while_training_unless_turned_off(tmp_path):
     """train.flush_denormal (default on): Adam's averages for dead units decay into denormals,
-    which x86 CPUs compute many times slower; the flag is PyTorch's default again after fit."""
+    which x86 CPUs compute many times slower; false leaves PyTorch's default (off)."""
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush denormals")
     torch.set_flush_denormal(False)
@@ -155,5 +155,4 @@ def test_denormals_count_as_zero_while_training_and_not_afterwards(tmp_path):
         kiln.train(model__name="mlp", data__subset=128, epochs=1, device="cpu",
                    train__flush_denormal=flush, run__report=False, run__dir=str(tmp_path),
                    run__name=f"flush-{flush}", progress=False, callbacks=[Probe()])  # fmt: skip
-        assert float(tiny * 1.0) == pytest.approx(1e-39)  # restored after training
     assert seen == {True: 0.0, False: pytest.approx(1e-39)}

@@ -27,6 +27,17 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def flush_denormals(enabled: bool) -> None:
+    """train.flush_denormal: CPU numbers below about 1e-38 (denormals) computed as zero. Adam's
+    moving average of a weight whose gradient is zero (a ReLU unit that stopped firing) shrinks
+    by a constant factor every step and is denormal after several hundred steps; x86 CPUs compute
+    on denormals many times slower (the FashionMNIST MLP's epochs: 1.8 s each with it, 1.8 s
+    growing to 2.5 s by the fourth without). Set before any parallel work: torch's worker threads
+    take the mode of the thread that starts them, and keep it. Process-wide, like the thread
+    count (set_threads): a command's process ends with its run."""
+    torch.set_flush_denormal(enabled)  # returns False where the CPU cannot: nothing to do then
+
+
 def set_threads() -> int:
     """One intra-op thread per available core (torch's default counts the machine's cores, which
     oversubscribes a container that may use fewer), shared among the processes torchrun started
@@ -75,20 +86,3 @@ def seed_everything(seed: int, deterministic: bool) -> None:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
         torch.backends.cudnn.benchmark = False
-
-
-@contextlib.contextmanager
-def denormals_flushed(enabled: bool):
-    """While training, CPU numbers below about 1e-38 (denormals) computed as zero
-    (train.flush_denormal). Adam's moving average of a weight whose gradient is zero (a ReLU unit
-    that stopped firing) shrinks by a constant factor every step and is denormal after several
-    hundred steps; x86 CPUs compute on denormals many times slower: the FashionMNIST MLP's epochs
-    grew a third slower by the fourth epoch without it (benchmarks/README.md). Back to PyTorch's
-    default (off) afterwards."""
-    if not enabled or not torch.set_flush_denormal(True):  # False: this CPU cannot
-        yield
-        return
-    try:
-        yield
-    finally:
-        torch.set_flush_denormal(False)

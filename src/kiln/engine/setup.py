@@ -23,6 +23,7 @@ from kiln.data.transforms import resolve_augment
 from kiln.engine import distributed, phases
 from kiln.engine.device import (
     check_precision,
+    flush_denormals,
     resolve_device,
     seed_everything,
     set_threads,
@@ -142,6 +143,7 @@ def prepare(
     else:
         device = resolve_device(cfg.train.device)
     check_precision(cfg.train.precision, device)
+    flush_denormals(cfg.train.flush_denormal)  # before set_threads: new threads take its mode
     set_threads()
     if imports_from is None:
         import_user_modules(cfg.imports)  # the config the user gave

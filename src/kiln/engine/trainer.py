@@ -26,7 +26,6 @@ from kiln.data.transforms import resolve_augment
 from kiln.data.workers import default_workers
 from kiln.engine import distributed
 from kiln.engine.callbacks import Callback
-from kiln.engine.device import denormals_flushed
 from kiln.engine.distill import cache_outputs, load_teacher
 from kiln.engine.lookahead import Lookahead
 from kiln.engine.optim import (
@@ -184,7 +183,7 @@ class Trainer:
         self.zeros = zero_masks(self.model) if self.cfg.train.keep_zeros else []
         if self.budget is not None:
             self.budget.start(self)
-        with StopRequest() as stop, denormals_flushed(self.cfg.train.flush_denormal):
+        with StopRequest() as stop:
             self.stop = stop
             self._call("on_fit_start")
             try:
