@@ -136,12 +136,14 @@ def test_idx_reader_reads_and_rejects(tmp_path):
         read_idx(gzip.compress(data), tmp_path / "x")
 
 
-def test_denormals_count_as_zero_while_training_unless_turned_off(tmp_path):
-    """train.flush_denormal (default on): Adam's averages for dead units decay into denormals,
-    which x86 CPUs compute many times slower; false leaves PyTorch's default (off)."""
+def test_denormals_count_as_zero_while_training_where_asked(tmp_path, monkeypatch):
+    """train.flush_denormal: Adam's averages for dead units decay into denormals, which x86 CPUs
+    compute many times slower. The mode is process-wide, so `auto` (the default) sets it in the
+    kiln command's own process only; from Python it leaves the process as it was."""
     if not torch.set_flush_denormal(True):
         pytest.skip("this CPU cannot flush denormals")
     torch.set_flush_denormal(False)
+    from kiln import process
     from kiln.engine.callbacks import Callback
 
     tiny = torch.tensor([1e-39])  # a float32 denormal
@@ -149,10 +151,20 @@ def test_denormals_count_as_zero_while_training_unless_turned_off(tmp_path):
 
     class Probe(Callback):
         def on_batch_end(self, trainer, epoch: int, step: int) -> None:
-            seen.setdefault(trainer.cfg.train.flush_denormal, float(tiny * 1.0))
+            seen.setdefault(name, float(tiny * 1.0))
 
-    for flush in (True, False):
+    def train(flush, name_):
         kiln.train(model__name="mlp", data__subset=128, epochs=1, device="cpu",
                    train__flush_denormal=flush, run__report=False, run__dir=str(tmp_path),
-                   run__name=f"flush-{flush}", progress=False, callbacks=[Probe()])  # fmt: skip
-    assert seen == {True: 0.0, False: pytest.approx(1e-39)}
+                   run__name=name_, progress=False, callbacks=[Probe()])  # fmt: skip
+
+    try:
+        for name, flush in (("auto, from Python", "auto"), ("true", True), ("false", False)):
+            train(flush, name)
+        monkeypatch.setattr(process, "_command", True)  # as `kiln train` marks its own process
+        name = "auto, the kiln command"
+        train("auto", name)
+    finally:
+        torch.set_flush_denormal(False)  # PyTorch's default again, for the tests after this one
+    assert seen == {"auto, from Python": pytest.approx(1e-39), "true": 0.0,
+                    "false": pytest.approx(1e-39), "auto, the kiln command": 0.0}  # fmt: skip

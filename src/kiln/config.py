@@ -354,11 +354,12 @@ class TrainConfig(_Section):
     )
     seed: int = 0
     deterministic: bool = False
-    flush_denormal: bool = Field(
-        True,
+    flush_denormal: Literal["auto"] | bool = Field(
+        "auto",
         description="on the CPU, compute numbers below 1e-38 as zero while training: Adam's "
         "averages for units that stopped learning decay into that range, which CPUs compute "
-        "many times slower",
+        "many times slower; the mode is process-wide, so auto turns it on in the kiln command's "
+        "own process and leaves yours (kiln.train from Python) as it is",
     )
     grad_clip: float | None = Field(None, gt=0.0)
     label_smoothing: float = Field(0.1, ge=0.0, lt=1.0)

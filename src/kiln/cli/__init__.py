@@ -125,7 +125,10 @@ def crash_report(exc: BaseException) -> str:
 
 
 def run() -> None:
-    """The `kiln` console script: `main()`, then a quick exit (kiln/cli/exit.py)."""
+    """The `kiln` console script: `main()` in a process marked as Kiln's own (kiln/process.py),
+    then a quick exit (kiln/cli/exit.py)."""
     from kiln.cli.exit import exit_now
+    from kiln.process import mark_command
 
+    mark_command()
     exit_now(main())

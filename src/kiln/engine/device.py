@@ -9,6 +9,7 @@ import torch
 
 from kiln.data.workers import cpu_count
 from kiln.errors import ConfigError
+from kiln.process import is_command
 
 DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -27,15 +28,20 @@ def resolve_device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def flush_denormals(enabled: bool) -> None:
+def flush_denormals(setting: str | bool) -> None:
     """train.flush_denormal: CPU numbers below about 1e-38 (denormals) computed as zero. Adam's
     moving average of a weight whose gradient is zero (a ReLU unit that stopped firing) shrinks
     by a constant factor every step and is denormal after several hundred steps; x86 CPUs compute
     on denormals many times slower (the FashionMNIST MLP's epochs: 1.8 s each with it, 1.8 s
     growing to 2.5 s by the fourth without). Set before any parallel work: torch's worker threads
-    take the mode of the thread that starts them, and keep it. Process-wide, like the thread
-    count (set_threads): a command's process ends with its run."""
-    torch.set_flush_denormal(enabled)  # returns False where the CPU cannot: nothing to do then
+    take the mode of the thread that starts them, and keep it. The mode is process-wide and
+    outlives the run, so `auto` sets it only in the kiln command's own process (kiln/process.py);
+    true or false set it wherever Kiln runs."""
+    if setting == "auto":
+        if not is_command():
+            return  # the user's process: their mode, as they left it
+        setting = True
+    torch.set_flush_denormal(bool(setting))  # False where the CPU cannot: nothing to do then
 
 
 def set_threads() -> int:
