@@ -121,3 +121,25 @@ def test_hparams_are_written_once_at_the_end_of_a_resumed_run(tmp_path):
     (event,) = acc.Scalars("hparam/final_val_loss")
     assert event.step == 3
     assert event.value == pytest.approx(float(metrics_rows(run)[-1]["val_loss"]), rel=1e-6)
+
+
+def test_hparams_survive_writer_numbers_that_sort_out_of_order(tmp_path):
+    """TensorBoard reads a run's event files in name order; files made by one process in the same
+    second are told apart by a counter it compares as text. With the extension's event file
+    numbered 9 and the hparams file 10 (a long-lived process: a notebook, a sweep), the hparams
+    file came first and its metrics were purged with the replayed step (a flake of the test
+    above, in a busy pytest process)."""
+    from tensorboard.summary.writer import event_file_writer
+
+    with pytest.raises(TrainingInterrupted):
+        kiln.train(config(tmp_path), progress=False, callbacks=[StopAfterFirstEpoch()])
+    run = next(tmp_path.iterdir())
+    kiln.train(resume=run, progress=False)
+    counter = event_file_writer._global_uid  # the next two writers: epoch 3's scalars, hparams
+    while len(str(counter._value)) == len(str(counter._value + 1)):  # numbered 9 and 10, 99...
+        counter.get()
+    kiln.train(resume=run, progress=False, epochs=3)
+    names = sorted(p.name for p in (run / "tb").glob("events.out.tfevents.*"))
+    assert names[-1].endswith(".hparams"), names
+    (event,) = load_events(run).Scalars("hparam/final_val_loss")
+    assert event.step == 3

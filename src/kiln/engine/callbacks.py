@@ -253,6 +253,20 @@ class TensorBoard(Callback):
                 w.file_writer.add_summary(summary, step)
             for tag, value in metrics.items():
                 w.add_scalar(tag, value, step)
+        read_last(Path(log_dir), self.HPARAMS_SUFFIX)
+
+
+def read_last(log_dir: Path, suffix: str) -> None:
+    """Rename the event file ending in `suffix` so that TensorBoard, which reads a run's files in
+    name order, reads it after the others: read before the scalars of the fit that wrote it, its
+    metrics would be purged with the steps that fit's purge_step replays. Files made by one
+    process in the same second are ordered by a counter compared as text ('10' before '9'), so
+    it takes the name of the last of the others, plus `suffix`."""
+    names = sorted(p.name for p in log_dir.glob("events.out.tfevents.*"))
+    (written,) = [n for n in names if n.endswith(suffix)]
+    others = [n for n in names if n != written]
+    if others and written < others[-1]:
+        (log_dir / written).rename(log_dir / (others[-1] + suffix))
 
 
 def finished(trainer: Trainer) -> bool:
