@@ -184,7 +184,7 @@ def compute_bound(root: Path, n: int, epochs: int, fused: bool = False,
             optimizer.zero_grad()
             loss.backward()
             optimizer.step()
-    return n * epochs / (time.perf_counter() - start)  # its own process: no mode to restore
+    return n * epochs / (time.perf_counter() - start)
 
 
 def compute_bound_fused(root: Path, n: int, epochs: int) -> float:
@@ -333,12 +333,11 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")  # Lightning's advice on DataLoader workers, mostly
     os.environ["KILN_OFFLINE"] = "1"  # Kiln must find the files, never fetch them
+    n, epochs = QUICK if args.quick else FULL
     if args.one:  # one method in this fresh process: print its rate for the parent
-        n, epochs = QUICK if args.quick else FULL
         print(json.dumps(METHODS[args.one](data_root(args.data_root), n, epochs)))
         return
 
-    n, epochs = QUICK if args.quick else FULL
     repeats = args.repeats or (1 if args.quick else 3)
     root = data_root(args.data_root)
     load_before = load_average()
