@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -146,3 +147,67 @@ def test_compress_measures_every_form_in_one_table(parent: Path, pruned, capsys)
     assert "| format / method |" in printed and "Load average" in printed
     assert json.loads((parent / "compress.json").read_text())["rows"] == result["rows"]
     assert "Smaller and faster" in (parent / "report-sections" / "compress.html").read_text()
+
+
+def test_compress_measures_up_to_date_exports_as_they_are(tmp_path: Path):
+    # A second kiln compress measures the exports the first wrote; an export made another way,
+    # a changed checkpoint or --export-again make it write them anew.
+    from kiln import checkpoint
+    from kiln.compress.table import current_export
+    from kiln.deploy.export import export_run
+    from kiln.deploy.quantize import Calibration
+    from kiln.engine.evaluate import report_run
+    from kiln.evaluate.report import ADDED
+
+    runs = str(tmp_path / "runs")
+    run = kiln.train(model__name="convnet", epochs=1, device="cpu", run__dir=runs,
+                     run__name="c", progress=False).path  # fmt: skip
+    page = (run / "report.html").read_text()
+    names = {None: "", "dynamic": "-int8", "static": "-int8-static"}
+    files = {q: run / "exports" / f"model{s}.onnx" for q, s in names.items()}
+
+    def compress(**kw):
+        lines: list[str] = []
+        result = compress_run(run, rounds=1, calls=10, formats=("onnx",), log=lines.append, **kw)
+        reused = [line.split(":")[0] for line in lines if "exported earlier" in line]
+        return result, reused, {q: f.stat().st_mtime_ns for q, f in files.items()}
+
+    first, reused, written = compress()
+    assert reused == [] and all(f.is_file() for f in files.values())
+    second, reused, again = compress()
+    assert reused == [r["method"] for r in first["rows"]] and again == written
+    assert [r["accuracy"] for r in second["rows"]] == [r["accuracy"] for r in first["rows"]]
+    # the report gains the table in place of the last one, the rest of the page as it was
+    refreshed = (run / "report.html").read_text()
+    assert refreshed.count("Smaller and faster") == 1 and "Smaller and faster" not in page
+    added = refreshed[refreshed.index(ADDED[0]) : refreshed.index(ADDED[1])]
+    assert refreshed.replace(added, "") == page.replace(ADDED[0] + "\n", "")
+    report_run(run)  # drawn whole: the same page (its PNGs' bytes aside)
+    assert re.sub('base64,[^"]*', "", (run / "report.html").read_text()) == re.sub(
+        'base64,[^"]*', "", refreshed
+    )
+
+    export_run(run, "onnx", quantize="static", calibration=Calibration(method="entropy"),
+               log=lambda _: None)  # fmt: skip
+    custom = files["static"].stat().st_mtime_ns
+    _, reused, after = compress()
+    assert reused == ["fp32, ONNX Runtime", "int8 dynamic, ONNX Runtime"]
+    assert after[None] == written[None] and after["static"] != custom  # calibrated as compress does
+    sidecar = json.loads((run / "exports" / "model-int8-static.onnx.json").read_text())
+    assert sidecar["calibration"]["method"] == "minmax"
+
+    _, reused, forced = compress(export_again=True)
+    assert reused == [] and all(forced[q] != after[q] for q in files)
+
+    def current() -> dict:
+        return {q: current_export(RunDir.open(run), "onnx", q) is not None for q in names}
+
+    assert current() == {None: True, "dynamic": True, "static": True}
+    files["dynamic"].write_bytes(files["dynamic"].read_bytes() + b"\0")  # changed since
+    assert current() == {None: True, "dynamic": False, "static": True}
+    best = run / "checkpoints" / "best.pt"
+    state = checkpoint.load(best)
+    state["model"] = {k: v + 0.01 if v.is_floating_point() else v
+                      for k, v in state["model"].items()}  # fmt: skip
+    checkpoint.save({k: v for k, v in state.items() if k != "format"}, best)
+    assert current() == {None: False, "dynamic": False, "static": False}

@@ -152,7 +152,8 @@ def test_static_int8_is_calibrated_and_within_a_point_of_fp32(conv_run: Path, tm
     q, spec = result.quantized, result.spec
     assert result.path.name == "model-int8-static.onnx" and spec.quantize == "static"
     assert spec.calibration == {"method": "minmax", "per_channel": True, "images": 512,
-                                "source": "training images of digits"}  # fmt: skip
+                                "source": "training images of digits",
+                                "images_asked": 512}  # fmt: skip
     assert q["images"] == 144 and abs(q["int8_accuracy"] - q["fp32_accuracy"]) <= 0.01
     assert q["int8_bytes"] < 0.5 * q["fp32_bytes"]
     assert spec.parity.top1_agreement >= 0.97 and spec.parity.tolerance is None

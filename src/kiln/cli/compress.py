@@ -14,7 +14,8 @@ The new run (RUN-pruned50, RUN-channels50) records its parent in prune.json and 
 EPILOG_COMPRESS = """examples:
   kiln compress runs/mnist-fast          fp32, int8 dynamic and static, ExecuTorch, and the
                                          run's pruned and distilled children, in one table
-  kiln compress runs/mnist-fast --runs runs/student-a runs/other --rounds 5"""
+  kiln compress runs/mnist-fast --runs runs/student-a runs/other --rounds 5
+  kiln compress runs/mnist-fast --export-again     do not reuse the exports in RUN/exports"""
 
 
 def cmd_prune(ns: argparse.Namespace) -> int:
@@ -29,7 +30,7 @@ def cmd_compress(ns: argparse.Namespace) -> int:
     from kiln.compress.table import compress_run
 
     compress_run(ns.run, extra_runs=ns.runs, rounds=ns.rounds, calls=ns.calls,
-                 formats=tuple(ns.formats))  # fmt: skip
+                 formats=tuple(ns.formats), export_again=ns.export_again)  # fmt: skip
     return 0
 
 
@@ -80,5 +81,10 @@ def add_parsers(verbs) -> None:
     p.add_argument(
         "--formats", nargs="+", default=["onnx", "executorch"], choices=["onnx", "executorch"],
         help="the run's own exports to measure (both by default)",
+    )  # fmt: skip
+    p.add_argument(
+        "--export-again", action="store_true",
+        help="write every export anew (by default one already in RUN/exports is measured as it "
+        "is when it was made from the same checkpoint with the same settings)",
     )  # fmt: skip
     p.set_defaults(func=cmd_compress)

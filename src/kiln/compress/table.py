@@ -7,6 +7,11 @@ fp32 ONNX, plus any --runs. Columns: file size, non-zero parameters, CPU latency
 and p95 over `calls` calls) and throughput at batch 64, each in the format's own runtime
 (ONNX Runtime, ExecuTorch), and the accuracy on the whole validation split.
 
+An export already in RUN/exports that exporting again would write the same way (the same
+checkpoint, by this Kiln and torch, with compress's settings, the file unchanged) is measured as
+it is: ExecuTorch's programs take a minute to write for a CIFAR-10 net. `export_again` writes
+them all anew.
+
 The machine may be shared: latency is measured in `rounds`, every row in turn within a round so
 that a busy spell slows them all alike, and the median over rounds is kept; the load average
 before and after is printed and saved with the table (RUN/compress.json, and the run's report).
@@ -25,11 +30,14 @@ from typing import Any
 
 import torch
 
+from kiln._version import __version__
 from kiln.compress.measure import nonzero_parameters
-from kiln.deploy.export import export_run
+from kiln.deploy.export import export_run, output_path
+from kiln.deploy.quantize import Calibration
 from kiln.errors import ConfigError, KilnError, RunError
-from kiln.evaluate.report import add_section, table
+from kiln.evaluate.report import add_section, refresh_added_sections, table
 from kiln.infer import open_export
+from kiln.infer.spec import ExportSpec, sha256, sidecar_path
 from kiln.rundir import RunDir, load_model
 from kiln.tasks import get_task
 
@@ -64,6 +72,7 @@ def compress_run(
     calls: int = 300,
     formats: tuple[str, ...] = ("onnx", "executorch"),
     log=print,
+    export_again: bool = False,
 ) -> dict[str, Any]:
     """Export, measure and tabulate (see the module docstring); returns compress.json's data.
     `formats`: the run's own exports to include (children are always fp32 ONNX)."""
@@ -78,9 +87,9 @@ def compress_run(
             raise ConfigError(f"--formats: choose among onnx and executorch, got '{fmt}'")
     own = [(run, v) for v in VARIANTS if v[1] in formats]
     runs = own + [(child, None) for child in children(run, extra_runs)]
-    rows, loaded = [], []
+    rows, loaded, seen = [], [], {}
     for source, variant in runs:
-        row, predictor, sample = export_and_check(source, variant, log)
+        row, predictor, sample = export_and_check(source, variant, log, export_again, seen)
         rows.append(row)
         if predictor is not None:
             loaded.append((row, predictor, sample))
@@ -101,9 +110,12 @@ def compress_run(
         f"{calls} calls")  # fmt: skip
     add_section(run, "compress", section(result, rows))
     if (run.path / "report.html").is_file():
-        from kiln.engine.evaluate import report_run
+        page = refresh_added_sections(run)
+        if page is None:  # a page from before the markers: drawn whole again
+            from kiln.engine.evaluate import report_run
 
-        log(f"Report: {report_run(run.path)}")
+            page = report_run(run.path)
+        log(f"Report: {page}")
     return result
 
 
@@ -141,31 +153,73 @@ def describe(run: RunDir) -> str:
     return f"{cfg.model.name}, fp32 ONNX"
 
 
-def export_and_check(run: RunDir, variant, log):
+def export_and_check(run: RunDir, variant, log, export_again: bool, seen: dict):
     """(row, the file opened in its runtime, validation inputs) for one row; a format that
-    cannot be made here (ExecuTorch not installed) gives a row with a note and no file."""
+    cannot be made here (ExecuTorch not installed) gives a row with a note and no file.
+    `seen`: what earlier rows of the same run read (see `validation_of`)."""
     label, fmt, quantize = variant if variant is not None else (describe(run), "onnx", None)
     row = Row(label, run.path.name)
-    try:
-        result = export_run(run.path, fmt, quantize=quantize, log=lambda _: None)
-    except KilnError as exc:
-        row.note = str(exc).splitlines()[0]
-        log(f"{label}: not measured ({row.note})")
-        return row, None, None
-    spec = result.spec
-    predictor = open_export(result.path, spec)
-    row.file = str(result.path)
-    row.bytes = result.path.stat().st_size
-    model, _ = load_model(run, "best")
-    row.parameters = nonzero_parameters(model)
-    task = get_task(spec.task)
-    inputs, labels, _ = task.export_inputs(run, 10**9, spec)  # the whole validation split
+    found = None if export_again else current_export(run, fmt, quantize)
+    if found is not None:
+        path, spec = found
+    else:
+        try:
+            result = export_run(run.path, fmt, quantize=quantize, log=lambda _: None)
+        except KilnError as exc:
+            row.note = str(exc).splitlines()[0]
+            log(f"{label}: not measured ({row.note})")
+            return row, None, None
+        path, spec = result.path, result.spec
+    predictor = open_export(path, spec)
+    row.file = str(path)
+    row.bytes = path.stat().st_size
+    row.parameters, inputs, labels = validation_of(run, spec, seen)
     if labels is not None:
         outputs = torch.cat([predictor.logits(inputs[i : i + 256])
                              for i in range(0, len(inputs), 256)])  # fmt: skip
-        row.accuracy = task.accuracy(outputs, labels)
-    log(f"{label}: {row.file} ({row.bytes / 1e6:.3f} MB)")
+        row.accuracy = get_task(spec.task).accuracy(outputs, labels)
+    made = "exported earlier from this checkpoint" if found is not None else "exported"
+    log(f"{label}: {row.file} ({row.bytes / 1e6:.3f} MB, {made})")
     return row, predictor, inputs
+
+
+def validation_of(run: RunDir, spec: ExportSpec, seen: dict) -> tuple[int, torch.Tensor, Any]:
+    """(the best checkpoint's non-zero parameters, the whole validation split as the graph takes
+    it, its labels): read once per run, as its five formats' rows share them (building a
+    CIFAR-10 split takes seconds)."""
+    key = run.path.resolve()
+    if key not in seen:
+        model, _ = load_model(run, "best")
+        inputs, labels, _ = get_task(spec.task).export_inputs(run, 10**9, spec)
+        seen[key] = (nonzero_parameters(model), inputs, labels)
+    return seen[key]
+
+
+def current_export(run: RunDir, fmt: str, quantize: str | None) -> tuple[Path, ExportSpec] | None:
+    """The run's export of this kind in RUN/exports when exporting again would write it the
+    same way: from the best checkpoint as it is now (its hash), by this Kiln and torch, not
+    embedded, calibrated with the defaults (static int8), and the file unchanged since."""
+    path = output_path(run, fmt, quantize, None)
+    if not (path.is_file() and sidecar_path(path).is_file()):
+        return None
+    try:
+        spec = ExportSpec.read(sidecar_path(path))
+    except KilnError:
+        return None
+    model, default, calibration = spec.model, Calibration(), spec.calibration or {}
+    asked = tuple(calibration.get(k) for k in ("method", "per_channel", "images_asked"))
+    made_alike = (
+        (spec.format, spec.quantize, spec.raw_input) == (fmt, quantize, None)
+        and (model.checkpoint, model.kiln_version, model.torch_version)
+        == ("best", __version__, torch.__version__)
+        and (quantize != "static" or asked == (default.method, default.per_channel, default.images))
+    )
+    checkpoint = run.checkpoint("best")
+    if not made_alike or model.checkpoint_sha256 is None or not checkpoint.is_file():
+        return None
+    if model.checkpoint_sha256 != sha256(checkpoint) or spec.sha256 != sha256(path):
+        return None
+    return path, spec
 
 
 def timing(predictor, inputs: torch.Tensor, calls: int) -> dict[str, float]:

@@ -30,6 +30,7 @@ from kiln.deploy.export import (
     TOLERANCE,
     ExportError,
     ExportResult,
+    checkpoint_digest,
     load_file,
     output_path,
 )  # fmt: skip
@@ -101,8 +102,10 @@ def export_embedded(
             "sidecar records the resize for the client)"
         )
     path = output_path(run, fmt, None, output, stem="model-embedded")
+    digest = checkpoint_digest(run, which)
     model, epoch = load_model(run, which, "cpu")
     spec = spec_from_run(run, fmt, which, epoch, file=path.name)
+    spec.model.checkpoint_sha256 = digest
     spec.tta_in_graph = True
     head, output_name = task.export_head()
     spec.raw_input = RawInput(resize=resize_mode(cfg))

@@ -102,8 +102,10 @@ def export_run(
             "it the graph takes the model's own size: add --embed-preprocessing or drop it"
         )
     path = output_path(run, fmt, quantize, output)
+    digest = checkpoint_digest(run, which)
     model, epoch = load_model(run, which, "cpu")
     spec = spec_from_run(run, fmt, which, epoch, file=path.name)
+    spec.model.checkpoint_sha256 = digest
     spec.quantize = quantize
     spec.tta_in_graph = fmt != "state_dict"
     n = parity_images if not quantize else max(parity_images, 2048)
@@ -115,7 +117,7 @@ def export_run(
     if quantize == "static":
         calibrate, calibration.source = task.calibration_inputs(run, calibration.images, spec)
         calibrate = q.whole_batches(calibrate)
-        calibration.images = len(calibrate)
+        calibration.images_asked, calibration.images = calibration.images, len(calibrate)
         spec.calibration = calibration.to_dict()
         log(f"Calibrating on {len(calibrate)} {calibration.source} ({calibration.method}, "
             f"{'per channel' if calibration.per_channel else 'per tensor'})")  # fmt: skip
@@ -154,6 +156,13 @@ def export_run(
     finally:
         tmp.unlink(missing_ok=True)
         tmp_fp32.unlink(missing_ok=True)
+
+
+def checkpoint_digest(run: RunDir, which: str) -> str | None:
+    """The checkpoint's hash for the sidecar, taken before the model is loaded: a checkpoint
+    replaced meanwhile makes the export look older than it is, never newer."""
+    file = run.checkpoint(which)
+    return sha256(file) if file.is_file() else None  # missing: load_model says so in one line
 
 
 def check_options(fmt: str, quantize: str | None) -> None:

@@ -34,8 +34,9 @@ class Calibration:
 
     method: str = "minmax"  # minmax, entropy or percentile (ONNX Runtime's calibrators)
     per_channel: bool = True  # one scale per output channel of each weight, not one per tensor
-    images: int = 512
+    images: int = 512  # asked for; once calibrated, how many it was (whole batches, at most these)
     source: str = ""
+    images_asked: int | None = None  # once calibrated: what `images` was before
 
     def check(self) -> None:
         if self.method not in CALIBRATION_METHODS:

@@ -82,7 +82,9 @@ def write_run_report(
         "<h3>Per epoch</h3>",
         epoch_table(rows),
         *sections,
+        ADDED[0],
         *added_sections(run),
+        ADDED[1],
         "<h2>Model</h2>",
         f"<pre>{escape(model_text)}</pre>",
         "<h2>Config</h2>",
@@ -94,6 +96,7 @@ def write_run_report(
 
 
 SECTIONS = "report-sections"  # RUN/report-sections/*.html: parts other commands add to the page
+ADDED = ("<!-- kiln: added sections -->", "<!-- kiln: end of added sections -->")  # around them
 
 
 def add_section(run: RunDir, name: str, html: str) -> Path:
@@ -107,6 +110,21 @@ def add_section(run: RunDir, name: str, html: str) -> Path:
 
 def added_sections(run: RunDir) -> list[str]:
     return [p.read_text() for p in sorted((run.path / SECTIONS).glob("*.html"))]
+
+
+def refresh_added_sections(run: RunDir) -> Path | None:
+    """Put the added sections into the run's report page as it stands, the rest untouched: for
+    a command that changed only its own section (kiln compress), drawing the page again would
+    run the model over the test split once more. None when there is no page with the markers
+    (none yet, or one written by an older Kiln): write it whole."""
+    path = run.path / "report.html"
+    page = path.read_text() if path.is_file() else ""
+    start, end = page.find(ADDED[0]), page.find(ADDED[1])
+    if start < 0 or end < start:
+        return None
+    parts = [ADDED[0], *(part for part in added_sections(run) if part)]
+    write_text_atomic(path, page[:start] + "\n".join(parts) + "\n" + page[end:])
+    return path
 
 
 def write_page(run: RunDir, body: list[str], css: str = "") -> Path:

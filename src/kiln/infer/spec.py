@@ -63,6 +63,7 @@ class ModelSpec(BaseModel):
     run: str
     checkpoint: str
     epoch: int | None = None
+    checkpoint_sha256: str | None = None  # the file exported: is this export still the run's?
     kiln_version: str
     torch_version: str
     created: str
