@@ -37,7 +37,7 @@ from kiln.deploy.quantize import Calibration
 from kiln.errors import ConfigError, KilnError, RunError
 from kiln.evaluate.report import add_section, refresh_added_sections, table
 from kiln.infer import open_export
-from kiln.infer.spec import ExportSpec, sha256, sidecar_path
+from kiln.infer.spec import ExportSpec, find_export, sha256
 from kiln.rundir import RunDir, load_model
 from kiln.tasks import get_task
 
@@ -200,10 +200,8 @@ def current_export(run: RunDir, fmt: str, quantize: str | None) -> tuple[Path, E
     same way: from the best checkpoint as it is now (its hash), by this Kiln and torch, not
     embedded, calibrated with the defaults (static int8), and the file unchanged since."""
     path = output_path(run, fmt, quantize, None)
-    if not (path.is_file() and sidecar_path(path).is_file()):
-        return None
     try:
-        spec = ExportSpec.read(sidecar_path(path))
+        file, spec = find_export(path)  # its sidecar read, the file's hash checked
     except KilnError:
         return None
     model, default, calibration = spec.model, Calibration(), spec.calibration or {}
@@ -215,11 +213,9 @@ def current_export(run: RunDir, fmt: str, quantize: str | None) -> tuple[Path, E
         and (quantize != "static" or asked == (default.method, default.per_channel, default.images))
     )
     checkpoint = run.checkpoint("best")
-    if not made_alike or model.checkpoint_sha256 is None or not checkpoint.is_file():
+    if not made_alike or file != path or spec.sha256 is None or not checkpoint.is_file():
         return None
-    if model.checkpoint_sha256 != sha256(checkpoint) or spec.sha256 != sha256(path):
-        return None
-    return path, spec
+    return (path, spec) if model.checkpoint_sha256 == sha256(checkpoint) else None
 
 
 def timing(predictor, inputs: torch.Tensor, calls: int) -> dict[str, float]:
