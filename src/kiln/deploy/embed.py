@@ -30,15 +30,15 @@ from kiln.deploy.export import (
     TOLERANCE,
     ExportError,
     ExportResult,
-    checkpoint_digest,
     load_file,
+    model_and_spec,
     output_path,
 )  # fmt: skip
 from kiln.deploy.preprocess import RESIZE_MODES, ImagePreprocess
 from kiln.errors import ConfigError, first_line
 from kiln.infer import Predictor, spec_from_run
 from kiln.infer.spec import ExportSpec, Parity, RawInput, sha256, sidecar_path
-from kiln.rundir import RunDir, load_model
+from kiln.rundir import RunDir
 from kiln.tasks import get_task
 
 FORMATS = ("onnx", "torchscript", "executorch")
@@ -102,10 +102,7 @@ def export_embedded(
             "sidecar records the resize for the client)"
         )
     path = output_path(run, fmt, None, output, stem="model-embedded")
-    digest = checkpoint_digest(run, which)
-    model, epoch = load_model(run, which, "cpu")
-    spec = spec_from_run(run, fmt, which, epoch, file=path.name)
-    spec.model.checkpoint_sha256 = digest
+    model, spec = model_and_spec(run, fmt, which, path)
     spec.tta_in_graph = True
     head, output_name = task.export_head()
     spec.raw_input = RawInput(resize=resize_mode(cfg))

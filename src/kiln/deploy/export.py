@@ -102,10 +102,7 @@ def export_run(
             "it the graph takes the model's own size: add --embed-preprocessing or drop it"
         )
     path = output_path(run, fmt, quantize, output)
-    digest = checkpoint_digest(run, which)
-    model, epoch = load_model(run, which, "cpu")
-    spec = spec_from_run(run, fmt, which, epoch, file=path.name)
-    spec.model.checkpoint_sha256 = digest
+    model, spec = model_and_spec(run, fmt, which, path)
     spec.quantize = quantize
     spec.tta_in_graph = fmt != "state_dict"
     n = parity_images if not quantize else max(parity_images, 2048)
@@ -158,11 +155,16 @@ def export_run(
         tmp_fp32.unlink(missing_ok=True)
 
 
-def checkpoint_digest(run: RunDir, which: str) -> str | None:
-    """The checkpoint's hash for the sidecar, taken before the model is loaded: a checkpoint
-    replaced meanwhile makes the export look older than it is, never newer."""
+def model_and_spec(run: RunDir, fmt: str, which: str, path: Path) -> tuple[nn.Module, ExportSpec]:
+    """Checkpoint `which` loaded on the CPU, and the sidecar for its export to `path`, with the
+    checkpoint's hash taken before the model is loaded: a checkpoint replaced meanwhile makes
+    the export look older than it is, never newer."""
     file = run.checkpoint(which)
-    return sha256(file) if file.is_file() else None  # missing: load_model says so in one line
+    digest = sha256(file) if file.is_file() else None  # missing: load_model says so in one line
+    model, epoch = load_model(run, which, "cpu")
+    spec = spec_from_run(run, fmt, which, epoch, file=path.name)
+    spec.model.checkpoint_sha256 = digest
+    return model, spec
 
 
 def check_options(fmt: str, quantize: str | None) -> None:
